@@ -1,0 +1,108 @@
+"""The data module reads IDX files through torchvision and binarises them as documented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TEST_DIGITS, TRAIN_DIGITS, synthetic_digits
+
+from rnn_mnist.data import (
+    DataConfig,
+    binarize,
+    load_binarized_mnist,
+    load_mnist_split,
+    load_test_digits,
+)
+from rnn_mnist.errors import RnnMnistError
+
+
+def test_reads_fixture_through_torchvision(mnist_dir):
+    grey, labels = load_mnist_split(str(mnist_dir), train=True)
+    images, expected_labels = synthetic_digits(TRAIN_DIGITS, seed=1)
+    assert grey.shape == (TRAIN_DIGITS, 784) and grey.dtype == torch.uint8
+    assert torch.equal(grey, torch.from_numpy(images.reshape(-1, 784)))
+    assert labels.tolist() == expected_labels.tolist()
+
+
+def test_environment_variable_names_the_data_folder(mnist_dir, monkeypatch):
+    monkeypatch.setenv("RNN_MNIST_DATA", str(mnist_dir))
+    grey, _ = load_mnist_split(None, train=False)
+    assert len(grey) == TEST_DIGITS
+
+
+def test_threshold_binarisation():
+    grey = torch.tensor([[0, 25, 26, 128, 255]], dtype=torch.uint8)
+    assert binarize(grey, "threshold", 0.1).tolist() == [[0, 0, 1, 1, 1]]
+    assert binarize(grey, "threshold", 0.5).tolist() == [[0, 0, 0, 1, 1]]
+
+
+def test_bernoulli_binarisation_follows_grey_levels():
+    grey = torch.full((200, 784), 64, dtype=torch.uint8)
+    pixels = binarize(grey, "static", 0.1, torch.Generator().manual_seed(0))
+    assert set(pixels.unique().tolist()) == {0, 1}
+    assert abs(pixels.float().mean().item() - 64 / 255) < 0.01
+
+
+def test_split_sizes_and_disjoint_validation(mnist_dir):
+    config = DataConfig(data_dir=str(mnist_dir), val_size=16, test_subset=30)
+    data = load_binarized_mnist(config)
+    train = data.train_pixels(torch.Generator())
+    assert train.shape == (TRAIN_DIGITS - 16, 784)
+    assert data.val.shape == (16, 784) and data.test.shape == (30, 784)
+    assert data.test_indices.tolist() == list(range(30))
+    # Every fixture digit is unique (noise), so disjoint rows mean disjoint digits.
+    train_rows, val_rows = {tuple(r) for r in train.tolist()}, {tuple(r) for r in data.val.tolist()}
+    assert len(train_rows) + len(val_rows) == TRAIN_DIGITS and not train_rows & val_rows
+    subset = load_binarized_mnist(DataConfig(data_dir=str(mnist_dir), val_size=16, train_subset=50))
+    assert torch.equal(subset.train_pixels(torch.Generator()), train[:50])
+
+
+def test_validation_split_is_fixed_by_the_data_seed(mnist_dir):
+    a = load_binarized_mnist(DataConfig(data_dir=str(mnist_dir), val_size=16, data_seed=0))
+    b = load_binarized_mnist(DataConfig(data_dir=str(mnist_dir), val_size=16, data_seed=0))
+    c = load_binarized_mnist(DataConfig(data_dir=str(mnist_dir), val_size=16, data_seed=1))
+    assert torch.equal(a.val, b.val)
+    assert not torch.equal(a.val_labels, c.val_labels) or not torch.equal(a.val, c.val)
+
+
+def test_dynamic_redraws_training_pixels_but_not_evaluation_pixels(mnist_dir):
+    config = DataConfig(data_dir=str(mnist_dir), binarize="dynamic", val_size=16)
+    data = load_binarized_mnist(config)
+    generator = torch.Generator().manual_seed(0)
+    first, second = data.train_pixels(generator), data.train_pixels(generator)
+    assert not torch.equal(first, second)
+    assert torch.equal(load_binarized_mnist(config).test, data.test)
+    assert torch.equal(load_binarized_mnist(config).val, data.val)
+
+
+def test_static_is_fixed_and_matches_test_loader(mnist_dir):
+    config = DataConfig(data_dir=str(mnist_dir), binarize="static", val_size=16)
+    data = load_binarized_mnist(config)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(data.train_pixels(generator), data.train_pixels(generator))
+    test, labels = load_test_digits(config)
+    assert torch.equal(test, data.test) and torch.equal(labels, data.test_labels)
+    other = load_binarized_mnist(
+        DataConfig(data_dir=str(mnist_dir), binarize="static", val_size=16, data_seed=5)
+    )
+    assert not torch.equal(other.test, data.test)
+
+
+def test_missing_data_offline_says_how_to_fix(tmp_path):
+    with pytest.raises(RnnMnistError, match="--data-dir"):
+        load_mnist_split(str(tmp_path), train=True)
+
+
+def test_corrupt_idx_file_is_a_clear_error(tmp_path, mnist_dir):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(mnist_dir, copy)
+    (copy / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"not an idx file")
+    with pytest.raises(RnnMnistError, match="could not read"):
+        load_mnist_split(str(copy), train=True)
+
+
+def test_validation_larger_than_training_set_is_refused(mnist_dir):
+    with pytest.raises(RnnMnistError, match="val-size"):
+        load_binarized_mnist(DataConfig(data_dir=str(mnist_dir), val_size=TRAIN_DIGITS))
