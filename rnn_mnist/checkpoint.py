@@ -1,0 +1,141 @@
+"""Experiment folders, atomic writes, and checkpoints that load with ``weights_only=True``.
+
+A checkpoint is a dict of plain values and CPU tensors only: no pickled modules or Namespaces,
+so it loads on any machine and with torch's safe loader.
+
+    save_checkpoint(paths.checkpoint, {...})
+    checkpoint = load_checkpoint(paths.checkpoint)
+    model = NextPixelModel(ModelConfig.from_dict(checkpoint["model_config"]))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from rnn_mnist.errors import RnnMnistError
+
+CHECKPOINT_FORMAT = "rnn-mnist-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("model_config", "model_state", "optimizer_state", "scheduler_state", "epoch")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_EXP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """Where one experiment's files live: ``<exp_dir>/<exp_name>/``."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, exp_dir: str, exp_name: str) -> ExperimentPaths:
+        if not _EXP_NAME.fullmatch(exp_name):
+            raise RnnMnistError(
+                f"experiment name {exp_name!r} must be letters, digits, '.', '_' or '-' "
+                "(and start with a letter or digit)"
+            )
+        return cls(Path(exp_dir) / exp_name)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.ckpt"
+
+    @property
+    def metrics_pkl(self) -> Path:
+        return self.root / "metrics.pkl"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    def exists(self) -> bool:
+        return self.checkpoint.exists() or self.metrics_pkl.exists()
+
+    def remove_files(self) -> None:
+        """Delete what train.py writes here, and nothing else the folder may hold."""
+        for path in (self.checkpoint, self.metrics_pkl, self.metrics_json, self.log):
+            path.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same folder, then rename it over ``path``.
+
+    A crash or Ctrl-C mid-write leaves the previous file untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; honour the umask instead
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and check a checkpoint; a missing, corrupt or foreign file is an RnnMnistError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RnnMnistError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RnnMnistError(f"{path} is not a readable rnn-mnist checkpoint ({first_line})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise RnnMnistError(f"{path} is not an rnn-mnist checkpoint")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise RnnMnistError(
+            f"{path} has checkpoint version {checkpoint.get('version')}, "
+            f"this rnn-mnist reads version {CHECKPOINT_VERSION}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
+    if missing:
+        raise RnnMnistError(f"{path} is incomplete: missing {', '.join(missing)}")
+    return checkpoint
+
+
+def save_metrics(paths: ExperimentPaths, metrics: dict[str, Any]) -> None:
+    """The ``.pkl`` of plain values and a human-readable ``metrics.json`` beside it."""
+    atomic_write(paths.metrics_pkl, lambda f: pickle.dump(metrics, f, protocol=4))
+    readable = {
+        **metrics,
+        "history": [{k: v for k, v in entry.items() if k != "batch_losses"} for entry in metrics["history"]],
+    }
+    text = json.dumps(readable, indent=2, allow_nan=True)
+    atomic_write(paths.metrics_json, lambda f: f.write(text.encode()))
+
+
+def to_cpu(value: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value

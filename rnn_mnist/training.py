@@ -1,0 +1,367 @@
+"""The training loop: teacher forcing, per-epoch evaluation, atomic checkpoints, exact resume.
+
+    flags = {...}  # every train.py flag, as plain values
+    history = train_experiment(flags)
+
+After every epoch the experiment folder holds a checkpoint and a ``.pkl`` of metrics, both written
+atomically, so Ctrl-C or a crash loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rnn_mnist.checkpoint import (
+    ExperimentPaths,
+    load_checkpoint,
+    save_checkpoint,
+    save_metrics,
+    to_cpu,
+)
+from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
+from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted
+from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
+
+LOSSES = ("bce", "mse")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+EVAL_BATCH_SIZE = 500
+# Flags that may differ on --resume: where the data is, where to run, and how far to train.
+RESUMABLE_CHANGES = {"epochs", "device", "data_dir", "resume", "overwrite"}
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation side of an experiment (model and data have their own configs)."""
+
+    exp_name: str
+    exp_dir: str = "experiments"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    clip: float | None = 1.0
+    loss: str = "bce"
+    seed: int = 0
+    device: str = "auto"
+
+
+def config_from_flags(cls: type, flags: dict[str, Any]) -> Any:
+    """Build one of the config dataclasses from the flat dict of train.py flags."""
+    return cls(**{f.name: flags[f.name] for f in fields(cls) if f.name in flags})
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator the toolkit touches: Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable explicit choice is an error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise RnnMnistError(f"--device {name} was asked for, but this machine has no {name.upper()}")
+    return torch.device(name)
+
+
+def pixel_loss(logits: torch.Tensor, pixels: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean training loss per pixel: BCE on logits, or MSE on sigmoid outputs (the original)."""
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, pixels)
+    return F.mse_loss(torch.sigmoid(logits), pixels)
+
+
+def train_step(
+    model: NextPixelModel,
+    optimizer: torch.optim.Optimizer,
+    pixels: torch.Tensor,
+    loss: str = "bce",
+    clip: float | None = None,
+) -> torch.Tensor:
+    """One teacher-forced update on a batch of float pixels (B, 784); returns the loss tensor."""
+    value = pixel_loss(model.teacher_forced_logits(pixels), pixels, loss)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return value.detach()
+
+
+@torch.no_grad()
+def evaluate_nll(
+    model: NextPixelModel, pixels: torch.Tensor, loss: str, device: torch.device
+) -> dict[str, float]:
+    """Training loss and exact NLL of uint8 pixels (N, 784), in nats per image and bits per pixel."""
+    model.eval()
+    total_loss = total_nll = 0.0
+    for start in range(0, len(pixels), EVAL_BATCH_SIZE):
+        batch = pixels[start : start + EVAL_BATCH_SIZE].to(device).float()
+        logits = model.teacher_forced_logits(batch)
+        nll = F.binary_cross_entropy_with_logits(logits, batch, reduction="sum")
+        total_nll += nll.item()
+        total_loss += pixel_loss(logits, batch, loss).item() * len(batch)
+    model.train()
+    n = len(pixels)
+    nll_nats = total_nll / n
+    return {
+        "loss": total_loss / n,
+        "nll_nats": nll_nats,
+        "bits_per_pixel": nll_nats / (NUM_PIXELS * math.log(2)),
+    }
+
+
+def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every RNG state a resumed run needs, as plain values and CPU tensors."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss),
+        "torch": torch.get_rng_state(),
+        "shuffle": generator.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumed_flags(saved: dict[str, Any], given: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """The saved experiment's flags, updated with the few a resume may change.
+
+    ``explicit`` names the flags the user typed; typing another flag with a value that differs
+    from the experiment's is refused rather than silently ignored.
+    """
+    clashes = [
+        f"--{k.replace('_', '-')} {given[k]} (the experiment has {saved.get(k)})"
+        for k in sorted(explicit - RESUMABLE_CHANGES)
+        if given.get(k) != saved.get(k)
+    ]
+    if clashes:
+        raise RnnMnistError(
+            "--resume continues with the experiment's saved settings; drop "
+            + ", ".join(clashes)
+            + " or start a new experiment"
+        )
+    return {**saved, **{k: given[k] for k in RESUMABLE_CHANGES if k in given}}
+
+
+class RunLog:
+    """Lines for the terminal (above the progress bar) and the experiment's ``train.log``."""
+
+    def __init__(self, path, append: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+
+    def __call__(self, line: str) -> None:
+        tqdm.write(line)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _format_epoch(entry: dict[str, Any]) -> str:
+    val = entry["val_nll_nats"]
+    val_text = "   -  " if val is None else f"{val:6.2f}"
+    return (
+        f"| epoch {entry['epoch']:3d} | train loss {entry['train_loss']:.4f} "
+        f"| val nll {val_text} | test nll {entry['test_nll_nats']:6.2f} nats "
+        f"| {entry['test_bits_per_pixel']:.4f} bits/px | lr {entry['lr']:.1e} "
+        f"| {entry['seconds']:6.1f} s |"
+    )
+
+
+def train_experiment(
+    flags: dict[str, Any], explicit: set[str] | None = None, show_progress: bool = True
+) -> list[dict[str, Any]]:
+    """Train (or resume) the experiment described by train.py's ``flags``; returns its history."""
+    paths = ExperimentPaths.of(flags["exp_dir"], flags["exp_name"])
+    checkpoint = None
+    if flags.get("resume"):
+        if not paths.checkpoint.exists():
+            raise RnnMnistError(
+                f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume"
+            )
+        checkpoint = load_checkpoint(paths.checkpoint)
+        flags = resumed_flags(checkpoint["config"], flags, explicit or set())
+    elif paths.exists() and not flags.get("overwrite"):
+        raise RnnMnistError(
+            f"experiment {paths.root} already exists; pass --resume to continue it "
+            "or --overwrite to start it again"
+        )
+
+    train_cfg = config_from_flags(TrainConfig, flags)
+    data_cfg = config_from_flags(DataConfig, flags)
+    if checkpoint is not None:  # the saved configs are the source of truth
+        model_cfg = ModelConfig.from_dict(checkpoint["model_config"])
+        data_cfg = DataConfig(**{**checkpoint["data_config"], "data_dir": flags["data_dir"]})
+    else:
+        model_cfg = config_from_flags(ModelConfig, flags)
+
+    device = resolve_device(train_cfg.device)
+    set_seed(train_cfg.seed)
+    generator = torch.Generator().manual_seed(train_cfg.seed)  # shuffling and dynamic binarisation
+    data = load_binarized_mnist(data_cfg)
+
+    model = NextPixelModel(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(train_cfg.lr_milestones), gamma=train_cfg.lr_gamma
+    )
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if checkpoint is not None:
+        try:
+            model.load_state_dict(checkpoint["model_state"])
+            optimizer.load_state_dict(checkpoint["optimizer_state"])
+            scheduler.load_state_dict(checkpoint["scheduler_state"])
+            restore_rng(checkpoint["rng_state"], generator, device)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise RnnMnistError(f"{paths.checkpoint} does not match its own config ({exc})") from None
+        history = list(checkpoint["history"])
+        start_epoch = checkpoint["epoch"]
+    elif flags.get("overwrite"):
+        paths.remove_files()  # only now: every check that could refuse the run has passed
+
+    def save(epoch: int) -> None:
+        configs = {
+            "config": dict(flags),
+            "model_config": model_cfg.to_dict(),
+            "data_config": asdict(data_cfg),
+        }
+        save_checkpoint(
+            paths.checkpoint,
+            {
+                **configs,
+                "model_state": to_cpu(model.state_dict()),
+                "optimizer_state": to_cpu(optimizer.state_dict()),
+                "scheduler_state": scheduler.state_dict(),
+                "epoch": epoch,
+                "rng_state": capture_rng(generator, device),
+                "history": history,
+            },
+        )
+        save_metrics(paths, {**configs, "num_parameters": count_parameters(model), "history": history})
+
+    log = RunLog(paths.log, append=checkpoint is not None)
+    saved_epoch = start_epoch
+    try:
+        if checkpoint is None:
+            save(0)  # so that even an interrupted first epoch can be resumed
+            log(
+                f"{paths.root}: {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers}, "
+                f"{count_parameters(model):,} parameters, {len(data.train_grey):,} train"
+                f" / {len(data.val):,} val / {len(data.test):,} test digits, "
+                f"{data_cfg.binarize} binarisation, device {device}"
+            )
+        elif start_epoch >= train_cfg.epochs:
+            log(f"{paths.root}: already trained {start_epoch} epochs; raise --epochs to train more")
+        else:
+            log(f"{paths.root}: resuming after epoch {start_epoch} of {train_cfg.epochs}")
+        for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
+            try:
+                entry = _train_one_epoch(
+                    model, optimizer, data, generator, train_cfg, device, epoch, show_progress
+                )
+            except NonFiniteLoss as exc:
+                raise NonFiniteLoss(
+                    f"{exc}; stopped, and kept the checkpoint after epoch {saved_epoch} in "
+                    f"{paths.root}. Try a lower --lr or a --clip."
+                ) from None
+            scheduler.step()
+            history.append(entry)
+            save(epoch)
+            saved_epoch = epoch
+            log(_format_epoch(entry))
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted; the checkpoint after epoch {saved_epoch} in {paths.root} is intact. "
+            f"Resume with: python train.py --exp-dir {train_cfg.exp_dir} "
+            f"--exp-name {train_cfg.exp_name} --resume"
+        ) from None
+    finally:
+        log.close()
+    return history
+
+
+def _train_one_epoch(
+    model: NextPixelModel,
+    optimizer: torch.optim.Optimizer,
+    data,
+    generator: torch.Generator,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    show_progress: bool,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
+    pixels = data.train_pixels(generator)
+    order = torch.randperm(len(pixels), generator=generator)
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batch_losses: list[float] = []
+    seen = 0
+    model.train()
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        unit="batch",
+        leave=False,
+        disable=not show_progress,
+        dynamic_ncols=True,
+        # In a log file (nohup) every refresh is a new line: refresh twice a minute there.
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
+    for batch_index, idx in enumerate(bar):
+        batch = pixels[idx].to(device, non_blocking=True).float()
+        loss = train_step(model, optimizer, batch, cfg.loss, cfg.clip).item()
+        if not math.isfinite(loss):
+            bar.close()
+            raise NonFiniteLoss(f"the training loss became {loss} in epoch {epoch}, batch {batch_index + 1}")
+        batch_losses.append(loss)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{seen / (time.perf_counter() - started):.0f}")
+    bar.close()
+    train_seconds = time.perf_counter() - started
+
+    val = evaluate_nll(model, data.val, cfg.loss, device) if len(data.val) else None
+    test = evaluate_nll(model, data.test, cfg.loss, device)
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": float(np.mean(batch_losses)),
+        "val_loss": None if val is None else val["loss"],
+        "val_nll_nats": None if val is None else val["nll_nats"],
+        "test_loss": test["loss"],
+        "test_nll_nats": test["nll_nats"],
+        "test_bits_per_pixel": test["bits_per_pixel"],
+        "train_seconds": train_seconds,
+        "seconds": time.perf_counter() - started,
+        "train_sequences_per_second": seen / train_seconds,
+        "batch_losses": batch_losses,
+    }

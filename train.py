@@ -1,0 +1,171 @@
+"""Train a recurrent next-pixel model on binarised MNIST with teacher forcing.
+
+Usage:
+    python train.py --exp-name gru-128 --hidden 128
+    python train.py --exp-name gru-128 --hidden 128 --data-dir ../shared/mnist   # offline
+    python train.py --exp-name gru-128 --epochs 20 --resume                      # continue
+
+Writes experiments/<exp-name>/checkpoint.ckpt and metrics.pkl (plus metrics.json and train.log)
+after every epoch, atomically. Ctrl-C keeps the last complete epoch; --resume picks it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rnn_mnist.data import BINARIZATIONS, DATA_ENV_VAR
+from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.models import CELLS
+from rnn_mnist.training import DEVICES, LOSSES, train_experiment
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def milestones(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
+    if any(v < 1 for v in values) or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"epochs must be increasing and at least 1, got {text!r}")
+    return values
+
+
+class ShortErrorParser(argparse.ArgumentParser):
+    """Reports a bad flag in one line rather than the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ShortErrorParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    exp = parser.add_argument_group("experiment")
+    exp.add_argument("--exp-name", required=True, help="experiment folder name under --exp-dir")
+    exp.add_argument("--exp-dir", default="experiments", help="where experiment folders live")
+    exp.add_argument("--resume", action="store_true", help="continue the experiment to --epochs")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing experiment")
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"folder holding MNIST/raw; unset: ${DATA_ENV_VAR}, else ./data (downloaded if missing)",
+    )
+    data.add_argument(
+        "--binarize",
+        choices=BINARIZATIONS,
+        default="threshold",
+        help="threshold: grey > --threshold; dynamic: Bernoulli(grey) redrawn every epoch; "
+        "static: one Bernoulli draw per digit fixed by --data-seed",
+    )
+    data.add_argument("--threshold", type=fraction, default=0.1, help="grey level for --binarize threshold")
+    data.add_argument(
+        "--val-size", type=non_negative_int, default=5000, help="validation digits held out of the 60k"
+    )
+    data.add_argument(
+        "--train-subset", type=positive_int, default=None, help="train on the first N digits only"
+    )
+    data.add_argument(
+        "--test-subset", type=positive_int, default=None, help="test on the first N test digits only"
+    )
+    data.add_argument(
+        "--data-seed", type=int, default=0, help="fixes the validation split and Bernoulli binarisations"
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--cell", choices=sorted(CELLS), default="gru", help="recurrent cell")
+    model.add_argument(
+        "--hidden",
+        "--hidden-size",
+        dest="hidden_size",
+        type=positive_int,
+        default=128,
+        help="hidden units per layer",
+    )
+    model.add_argument(
+        "--layers", dest="num_layers", type=positive_int, default=1, help="stacked recurrent layers"
+    )
+    model.add_argument(
+        "--dropout", type=fraction, default=0.0, help="dropout between layers and before the output"
+    )
+
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--epochs", type=non_negative_int, default=10, help="total epochs (also when resuming)"
+    )
+    train.add_argument("--batch-size", type=positive_int, default=128, help="digits per batch")
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    train.add_argument(
+        "--lr-milestones",
+        type=milestones,
+        default=(),
+        help="multiply the lr by --lr-gamma after each of these epochs, e.g. 5,8",
+    )
+    train.add_argument("--lr-gamma", type=positive_float, default=0.1, help="lr factor at each milestone")
+    train.add_argument(
+        "--clip", type=non_negative_float, default=1.0, help="gradient-norm clipping (0 disables it)"
+    )
+    train.add_argument(
+        "--loss", choices=LOSSES, default="bce", help="bce on logits, or mse on sigmoid (the original)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="seeds initialisation, shuffling and dynamic binarisation"
+    )
+    train.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Flags that differ from their defaults: --resume refuses those that clash with the experiment.
+    defaults = vars(parser.parse_args(["--exp-name", args.exp_name]))
+    explicit = {k for k, v in vars(args).items() if v != defaults[k]}
+    try:
+        train_experiment(vars(args), explicit=explicit)
+    except RnnMnistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
