@@ -1,0 +1,58 @@
+"""A smoke test on real MNIST, when a copy is at hand ($RNN_MNIST_DATA or ../shared/mnist)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+from rnn_mnist.checkpoint import load_checkpoint
+
+
+def real_mnist_dir() -> Path | None:
+    for candidate in (os.environ.get("RNN_MNIST_DATA"), REPO.parent / "shared" / "mnist"):
+        if candidate and (Path(candidate) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.mark.skipif(real_mnist_dir() is None, reason="no MNIST copy ($RNN_MNIST_DATA or ../shared/mnist)")
+def test_one_epoch_on_a_few_hundred_real_digits(tmp_path):
+    command = [
+        sys.executable,
+        "train.py",
+        "--exp-name",
+        "smoke",
+        "--exp-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(real_mnist_dir()),
+        "--epochs",
+        "1",
+        "--train-subset",
+        "384",
+        "--test-subset",
+        "200",
+        "--val-size",
+        "200",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "32",
+        "--lr",
+        "3e-3",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    checkpoint = load_checkpoint(tmp_path / "smoke" / "checkpoint.ckpt")
+    (entry,) = checkpoint["history"]
+    assert checkpoint["data_config"]["binarize"] == "threshold"
+    # Real digits are mostly background: even 12 updates beat a fair coin (784 ln 2 nats) clearly.
+    assert entry["test_nll_nats"] < 0.8 * 784 * math.log(2)
+    assert torch.isfinite(torch.tensor(entry["batch_losses"])).all()
