@@ -14,62 +14,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rnn_mnist.cli import (
+    ShortErrorParser,
+    fraction,
+    milestones,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from rnn_mnist.data import BINARIZATIONS, DATA_ENV_VAR
-from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.models import CELLS
 from rnn_mnist.training import DEVICES, LOSSES, train_experiment
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def milestones(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
-    if any(v < 1 for v in values) or list(values) != sorted(set(values)):
-        raise argparse.ArgumentTypeError(f"epochs must be increasing and at least 1, got {text!r}")
-    return values
-
-
-class ShortErrorParser(argparse.ArgumentParser):
-    """Reports a bad flag in one line rather than the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     # Flags that differ from their defaults: --resume refuses those that clash with the experiment.
     defaults = vars(parser.parse_args(["--exp-name", args.exp_name]))
     explicit = {k for k, v in vars(args).items() if v != defaults[k]}
-    try:
-        train_experiment(vars(args), explicit=explicit)
-    except RnnMnistError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return run_cli(lambda: train_experiment(vars(args), explicit=explicit))
 
 
 if __name__ == "__main__":
