@@ -1,0 +1,102 @@
+"""The one rollout routine: complete digits pixel by pixel, carrying the recurrent state.
+
+    result = complete(model, pixels, mask_pixels=284, sampling="greedy", samples=1)
+    result.completed   # (N, K, 784) uint8: the visible prefix, then the generated pixels
+    result.probs       # (N, K, mask_pixels): p(pixel = 1) the model gave at each generated step
+
+The visible prefix is fed once, batched, to prime the state; then every digit and sample steps
+together, one pixel at a time. The hidden pixels of ``pixels`` are never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rnn_mnist.data import NUM_PIXELS
+from rnn_mnist.models import NextPixelModel
+
+SAMPLINGS = ("greedy", "bernoulli", "mean")
+
+# choose(probs (B,), step index t) -> the value fed back as pixel t (B,), float.
+Chooser = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class Completion:
+    completed: torch.Tensor  # (N, K, 784) uint8 in {0, 1}
+    probs: torch.Tensor  # (N, K, M) float: p(pixel = 1) at each generated step
+
+
+def chooser(sampling: str, generator: torch.Generator | None = None) -> Chooser:
+    """The feedback rule for ``sampling``: greedy (p > 0.5), bernoulli (draw), or mean (feed p)."""
+    if sampling == "greedy":
+        return lambda probs, t: (probs > 0.5).to(probs.dtype)
+    if sampling == "bernoulli":
+        return lambda probs, t: torch.bernoulli(probs, generator=generator)
+    if sampling == "mean":
+        return lambda probs, t: probs
+    raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
+
+
+@torch.no_grad()
+def rollout(
+    model: NextPixelModel,
+    visible: torch.Tensor,
+    num_steps: int,
+    choose: Chooser,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate ``num_steps`` pixels after ``visible`` (B, V) floats; logits are divided by
+    ``temperature`` before the sigmoid.
+
+    Returns the fed-back values (B, num_steps) and the probabilities (B, num_steps).
+    """
+    batch, num_visible = visible.shape
+    if num_visible == 0:  # a blank canvas: the first input is the learned start value
+        state, next_input = None, model.start_pixel.expand(batch)
+    else:
+        # One batched pass over the prefix; its final state has read pixels 0..V-2.
+        _, state = model(model.shift_right(visible))
+        next_input = visible[:, -1]
+    fed = visible.new_empty(batch, num_steps)
+    probs = visible.new_empty(batch, num_steps)
+    for step in range(num_steps):
+        logit, state = model.step(next_input, state)
+        probs[:, step] = torch.sigmoid(logit / temperature)
+        next_input = fed[:, step] = choose(probs[:, step], num_visible + step)
+    return fed, probs
+
+
+def complete(
+    model: NextPixelModel,
+    pixels: torch.Tensor,
+    mask_pixels: int,
+    sampling: str = "greedy",
+    samples: int = 1,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Completion:
+    """Hide the last ``mask_pixels`` of each digit (N, 784) and complete it ``samples`` times."""
+    if not 1 <= mask_pixels <= NUM_PIXELS:
+        raise ValueError(f"mask_pixels must be in 1..{NUM_PIXELS}, not {mask_pixels}")
+    device = next(model.parameters()).device
+    num_visible = NUM_PIXELS - mask_pixels
+    visible = pixels[:, :num_visible].to(device).float()  # the only part of pixels we read
+    visible = visible.repeat_interleave(samples, dim=0)  # (N*K, V): digit-major, samples together
+    was_training = model.training
+    model.eval()
+    try:
+        fed, probs = rollout(model, visible, mask_pixels, chooser(sampling, generator), temperature)
+    finally:
+        model.train(was_training)
+    # Mean feedback feeds p itself; the completed image shows p > 0.5.
+    generated = fed if sampling != "mean" else (probs > 0.5).to(fed.dtype)
+    completed = torch.cat([visible, generated], dim=1).to(torch.uint8).cpu()
+    n = len(pixels)
+    return Completion(
+        completed=completed.reshape(n, samples, NUM_PIXELS),
+        probs=probs.cpu().reshape(n, samples, mask_pixels),
+    )

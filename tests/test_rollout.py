@@ -1,0 +1,86 @@
+"""The rollout keeps the prefix, never sees hidden pixels, and carries state correctly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.rollout import complete, rollout
+
+
+def _model(cell="gru", layers=1, hidden=16) -> NextPixelModel:
+    torch.manual_seed(0)
+    return NextPixelModel(ModelConfig(cell=cell, hidden_size=hidden, num_layers=layers)).eval()
+
+
+def _digits(n=6, seed=3) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, 784), 0.3), generator=torch.Generator().manual_seed(seed)).to(
+        torch.uint8
+    )
+
+
+@pytest.mark.parametrize("sampling", ["greedy", "bernoulli", "mean"])
+@pytest.mark.parametrize("mask", [1, 284, 392, 784])
+def test_prefix_preserved_and_shapes(sampling, mask):
+    digits = _digits()
+    result = complete(_model(), digits, mask, sampling, samples=3, generator=torch.Generator().manual_seed(0))
+    assert result.completed.shape == (6, 3, 784) and result.completed.dtype == torch.uint8
+    assert result.probs.shape == (6, 3, mask)
+    visible = 784 - mask
+    assert torch.equal(result.completed[:, :, :visible], digits[:, None, :visible].expand(-1, 3, -1))
+    assert set(result.completed.unique().tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("sampling", ["greedy", "bernoulli", "mean"])
+def test_no_leak_of_hidden_pixels(sampling):
+    digits = _digits()
+    noisy = digits.clone()
+    noisy[:, 500:] = torch.randint(0, 2, (6, 284), dtype=torch.uint8)
+    a = complete(_model(), digits, 284, sampling, samples=2, generator=torch.Generator().manual_seed(7))
+    b = complete(_model(), noisy, 284, sampling, samples=2, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.completed, b.completed) and torch.equal(a.probs, b.probs)
+
+
+def test_greedy_is_deterministic_and_bernoulli_reproducible_by_seed():
+    model, digits = _model(), _digits()
+    assert torch.equal(complete(model, digits, 284).completed, complete(model, digits, 284).completed)
+
+    def draw(seed):
+        return complete(
+            model, digits, 284, "bernoulli", samples=2, generator=torch.Generator().manual_seed(seed)
+        )
+
+    assert torch.equal(draw(1).completed, draw(1).completed)
+    assert not torch.equal(draw(1).completed, draw(2).completed)
+
+
+def test_samples_of_one_digit_differ_under_bernoulli():
+    result = complete(
+        _model(), _digits(1), 392, "bernoulli", samples=4, generator=torch.Generator().manual_seed(0)
+    )
+    assert len({tuple(s.tolist()) for s in result.completed[0]}) > 1
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("visible", [0, 1, 500])
+def test_fed_the_true_pixels_the_rollout_gives_teacher_forced_probabilities(cell, layers, visible):
+    model, digits = _model(cell, layers), _digits().float()
+    teacher = torch.sigmoid(model.teacher_forced_logits(digits))
+    _, probs = rollout(model, digits[:, :visible], 784 - visible, lambda p, t: digits[:, t])
+    torch.testing.assert_close(probs, teacher[:, visible:], rtol=1e-5, atol=1e-6)
+
+
+def test_temperature_sharpens_probabilities():
+    model, digits = _model(), _digits().float()
+    _, cold = rollout(model, digits[:, :500], 284, lambda p, t: digits[:, t], temperature=0.5)
+    _, warm = rollout(model, digits[:, :500], 284, lambda p, t: digits[:, t], temperature=1.0)
+    assert ((cold - 0.5).abs() >= (warm - 0.5).abs() - 1e-6).all()
+
+
+def test_impossible_mask_is_refused():
+    with pytest.raises(ValueError):
+        complete(_model(), _digits(), 0)
+    with pytest.raises(ValueError):
+        complete(_model(), _digits(), 785)
