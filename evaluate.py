@@ -1,0 +1,87 @@
+"""Complete masked test digits with a trained model, pixel by pixel, and show it.
+
+Usage:
+    python evaluate.py --exp-name gru-128
+    python evaluate.py --exp-name gru-128 --indices 3705,3217 --sampling bernoulli --samples 4
+    python evaluate.py --exp-name gru-128 --mask-pixels 392 --digit 7 --num-digits 8
+    python evaluate.py --exp-name gru-128 --num-digits 10000 --no-gifs       # metrics only
+
+Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
+truth), completions.png, completions.npz and metrics.json. The model and the test digits'
+binarisation come from the experiment's checkpoint; no architecture flags are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rnn_mnist.cli import ShortErrorParser, positive_float, positive_int, run_cli
+from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
+from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
+from rnn_mnist.rollout import SAMPLINGS
+from rnn_mnist.training import DEVICES
+
+
+def index_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated test indices, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one index")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ShortErrorParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--exp-name", required=True, help="experiment to evaluate (its checkpoint.ckpt)")
+    parser.add_argument("--exp-dir", default="experiments", help="where experiment folders live")
+    parser.add_argument("--out-dir", default=None, help="output folder; unset: plots/<exp-name>")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"folder holding MNIST/raw; unset: ${DATA_ENV_VAR}, else the training one",
+    )
+    parser.add_argument(
+        "--mask-pixels",
+        type=int,
+        default=284,
+        help=f"hide the last N pixels (1..{NUM_PIXELS}; {NUM_PIXELS}: blank)",
+    )
+    parser.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default="greedy",
+        help="feedback: greedy (p > 0.5), bernoulli (draw from p), mean (feed p itself)",
+    )
+    parser.add_argument("--temperature", type=positive_float, default=1.0, help="divides the logits")
+    parser.add_argument("--samples", type=positive_int, default=1, help="completions per digit")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the choice of digits and Bernoulli draws")
+    choice = parser.add_argument_group("which test digits")
+    choice.add_argument("--indices", type=index_list, default=None, help="test-set indices, e.g. 3705,3217")
+    choice.add_argument("--num-digits", type=positive_int, default=16, help="how many, chosen at random")
+    choice.add_argument("--digit", type=int, default=None, help="only digits of this class (0..9)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
+    parser.add_argument("--batch-size", type=positive_int, default=1000, help="digits completed together")
+    parser.add_argument("--no-gifs", dest="gifs", action="store_false", help="skip the GIFs (large runs)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 1 <= args.mask_pixels <= NUM_PIXELS:
+        parser.error(f"--mask-pixels must be in 1..{NUM_PIXELS}, got {args.mask_pixels}")
+    if args.digit is not None and not 0 <= args.digit <= 9:
+        parser.error(f"--digit must be in 0..9, got {args.digit}")
+    if args.indices is not None and any(i < 0 for i in args.indices):
+        parser.error("--indices must be 0 or more")
+    options = EvalOptions(**vars(args))
+    return run_cli(lambda: print(summary(evaluate_experiment(options))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Complete masked test digits with a trained model and measure the completions.
+
+    options = EvalOptions(exp_name="gru-128")
+    metrics = evaluate_experiment(options)   # writes GIFs, completions.png/.npz, metrics.json
+
+The model and the binarisation of the test digits come from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rnn_mnist import visualise
+from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint
+from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
+from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.rollout import complete
+from rnn_mnist.training import resolve_device
+
+
+@dataclass
+class EvalOptions:
+    exp_name: str
+    exp_dir: str = "experiments"
+    out_dir: str | None = None  # None: plots/<exp_name>
+    mask_pixels: int = 284
+    sampling: str = "greedy"
+    temperature: float = 1.0
+    samples: int = 1
+    seed: int = 0
+    indices: tuple[int, ...] | None = None
+    num_digits: int = 16
+    digit: int | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    gifs: bool = True
+    batch_size: int = 1000  # digits per rollout batch (times --samples)
+
+
+def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[str, Any]]:
+    """Rebuild the model from a checkpoint's own config and weights."""
+    checkpoint = load_checkpoint(path)
+    try:
+        model = NextPixelModel(ModelConfig.from_dict(checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model_state"])
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise RnnMnistError(f"{path} does not match its own model config ({exc})") from None
+    return model.to(device).eval(), checkpoint
+
+
+def choose_indices(
+    labels: torch.Tensor, indices: tuple[int, ...] | None, num_digits: int, digit: int | None, seed: int
+) -> torch.Tensor:
+    """Test-set indices to complete: the given ones, or a seeded random choice (of one class)."""
+    if indices is not None:
+        bad = [i for i in indices if not 0 <= i < len(labels)]
+        if bad:
+            raise RnnMnistError(f"--indices {bad[0]} is outside the test set (0..{len(labels) - 1})")
+        chosen = torch.tensor(indices, dtype=torch.long)
+        if digit is not None and (labels[chosen] != digit).any():
+            raise RnnMnistError(f"not every index given to --indices is a {digit}")
+        return chosen
+    candidates = torch.arange(len(labels)) if digit is None else torch.nonzero(labels == digit).flatten()
+    if num_digits > len(candidates):
+        what = "test digits" if digit is None else f"test digits of class {digit}"
+        raise RnnMnistError(f"--num-digits {num_digits} is more than the {len(candidates)} {what}")
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
+    return candidates[order[:num_digits]].sort().values
+
+
+@torch.no_grad()
+def masked_nll(
+    model: NextPixelModel, targets: torch.Tensor, mask_pixels: int, batch_size: int
+) -> torch.Tensor:
+    """Teacher-forced NLL (nats) of each digit's hidden pixels given all earlier true pixels, (N,)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(targets), batch_size):
+        batch = targets[start : start + batch_size].to(device).float()
+        logits = model.teacher_forced_logits(batch)[:, NUM_PIXELS - mask_pixels :]
+        nll = F.binary_cross_entropy_with_logits(
+            logits, batch[:, NUM_PIXELS - mask_pixels :], reduction="none"
+        )
+        out.append(nll.sum(dim=1).cpu())
+    return torch.cat(out)
+
+
+def completion_metrics(
+    completed: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, nll: torch.Tensor, mask_pixels: int
+) -> dict[str, Any]:
+    """Masked pixel accuracy and NLL, overall and per class; completed is (N, K, 784)."""
+    hidden = slice(NUM_PIXELS - mask_pixels, NUM_PIXELS)
+    correct = (completed[:, :, hidden] == targets[:, None, hidden]).float().mean(dim=(1, 2))  # (N,)
+    per_class = {
+        str(d): {
+            "count": int((labels == d).sum()),
+            "masked_pixel_accuracy": float(correct[labels == d].mean()),
+            "masked_nll_nats": float(nll[labels == d].mean()),
+        }
+        for d in labels.unique().tolist()
+    }
+    return {
+        "masked_pixel_accuracy": float(correct.mean()),
+        "masked_nll_nats": float(nll.mean()),
+        "per_class": per_class,
+    }
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
+    """Complete the chosen test digits, write the pictures and arrays, return the metrics."""
+    if not 1 <= options.mask_pixels <= NUM_PIXELS:
+        raise RnnMnistError(f"--mask-pixels must be in 1..{NUM_PIXELS}, not {options.mask_pixels}")
+    paths = ExperimentPaths.of(options.exp_dir, options.exp_name)
+    if not paths.checkpoint.exists():
+        raise RnnMnistError(
+            f"no experiment {options.exp_name!r} in {options.exp_dir}/ (no {paths.checkpoint}); "
+            "train it first with train.py"
+        )
+    device = resolve_device(options.device)
+    model, checkpoint = load_model(paths.checkpoint, device)
+    saved_data = checkpoint.get("data_config", {})
+    data_dir = options.data_dir or os.environ.get(DATA_ENV_VAR) or saved_data.get("data_dir")
+    data_config = DataConfig(**{**saved_data, "data_dir": data_dir})
+    test_pixels, test_labels = load_test_digits(data_config)  # binarised as in training
+    chosen = choose_indices(test_labels, options.indices, options.num_digits, options.digit, options.seed)
+    targets, labels = test_pixels[chosen], test_labels[chosen]
+
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    chunks = []
+    started = time.perf_counter()
+    for start in tqdm(
+        range(0, len(chosen), options.batch_size),
+        desc="completing",
+        unit="batch",
+        disable=not show_progress or len(chosen) <= options.batch_size,
+    ):
+        batch = targets[start : start + options.batch_size]
+        result = complete(
+            model,
+            batch,
+            options.mask_pixels,
+            options.sampling,
+            options.samples,
+            options.temperature,
+            generator,
+        )
+        chunks.append(result.completed)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    completed = torch.cat(chunks)  # (N, K, 784)
+
+    nll = masked_nll(model, targets, options.mask_pixels, options.batch_size)
+    metrics = {
+        "experiment": options.exp_name,
+        "checkpoint_epoch": checkpoint["epoch"],
+        "mask_pixels": options.mask_pixels,
+        "sampling": options.sampling,
+        "temperature": options.temperature,
+        "samples": options.samples,
+        "seed": options.seed,
+        "num_digits": len(chosen),
+        **completion_metrics(completed, targets, labels, nll, options.mask_pixels),
+        "rollout_seconds": seconds,
+        "digits_per_second": len(chosen) / seconds,
+        "completions_per_second": len(chosen) * options.samples / seconds,
+        "device": str(device),
+    }
+
+    out_dir = Path(options.out_dir or Path("plots") / options.exp_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n, k = completed.shape[:2]
+    side = (IMAGE_SIDE, IMAGE_SIDE)
+    _save_npz(
+        out_dir / "completions.npz",
+        completed=completed.reshape(n, k, *side).numpy(),
+        targets=targets.reshape(n, *side).numpy(),
+        labels=labels.numpy(),
+        indices=chosen.numpy(),
+        mask_pixels=np.array(options.mask_pixels),
+    )
+    grid = visualise.completion_grid(completed.numpy(), options.mask_pixels)
+    atomic_write(out_dir / "completions.png", lambda f: f.write(visualise.png_bytes(grid)))
+    if options.gifs:
+        for i in tqdm(range(n), desc="GIFs", unit="digit", disable=not show_progress or n < 8):
+            for sample in range(k):
+                name = f"{labels[i]}-{chosen[i]}" + (f"-{sample}" if k > 1 else "") + ".gif"
+                frames = visualise.triptych_frames(
+                    completed[i, sample].numpy(), targets[i].numpy(), int(labels[i]), options.mask_pixels
+                )
+                visualise.save_gif(out_dir / name, frames)
+    text = json.dumps(metrics, indent=2)
+    atomic_write(out_dir / "metrics.json", lambda f: f.write(text.encode()))
+    metrics["out_dir"] = str(out_dir)
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    lines = [
+        f"{metrics['num_digits']} digits x {metrics['samples']} ({metrics['sampling']}), "
+        f"mask {metrics['mask_pixels']} px, on {metrics['device']}: "
+        f"{metrics['rollout_seconds']:.2f} s ({metrics['digits_per_second']:,.0f} digits/s)",
+        f"masked pixel accuracy {metrics['masked_pixel_accuracy']:.4f}, "
+        f"masked NLL {metrics['masked_nll_nats']:.2f} nats (teacher forced)",
+    ]
+    per_class = metrics["per_class"]
+    if len(per_class) > 1:
+        lines.append(
+            "per class accuracy: "
+            + " ".join(f"{d}:{v['masked_pixel_accuracy']:.3f}" for d, v in sorted(per_class.items()))
+        )
+    lines.append(f"wrote {metrics['out_dir']}/")
+    return "\n".join(lines)

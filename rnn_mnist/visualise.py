@@ -1,0 +1,115 @@
+"""Pictures of completions: animated GIF triptychs and a PNG grid.
+
+    frames = triptych_frames(completed, target, label, mask_pixels=284)
+    save_gif("plots/gru-128/7-0.gif", frames)
+    grid = completion_grid(completed_nk, mask_pixels=284)   # (H, W, 3) uint8, for png_bytes
+
+Given pixels are white, generated ones orange, pixels not yet generated (or hidden) slate blue,
+so a reader always sees what the model drew and what it was told.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
+
+GIVEN_ON, OFF = (255, 255, 255), (0, 0, 0)
+GENERATED_ON, GENERATED_OFF = (255, 150, 30), (35, 20, 10)
+HIDDEN = (45, 55, 85)
+BACKGROUND = (24, 24, 24)
+SCALE, GAP, TITLE_HEIGHT = 6, 8, 22
+MAX_FRAMES, FRAME_MS, HOLD_MS = 90, 40, 2000
+
+
+def colour_pixels(pixels: np.ndarray, mask_pixels: int, generated_until: int = NUM_PIXELS) -> np.ndarray:
+    """RGB (28, 28, 3) of one 784-pixel sequence: given, generated (up to a step) and hidden parts."""
+    pixels = np.asarray(pixels).reshape(NUM_PIXELS).astype(bool)
+    visible = NUM_PIXELS - mask_pixels
+    position = np.arange(NUM_PIXELS)
+    rgb = np.empty((NUM_PIXELS, 3), dtype=np.uint8)
+    given = position < visible
+    generated = ~given & (position < generated_until)
+    rgb[given] = np.where(pixels[given, None], GIVEN_ON, OFF)
+    rgb[generated] = np.where(pixels[generated, None], GENERATED_ON, GENERATED_OFF)
+    rgb[~given & ~generated] = HIDDEN
+    return rgb.reshape(IMAGE_SIDE, IMAGE_SIDE, 3)
+
+
+def upscale(rgb: np.ndarray, scale: int = SCALE) -> np.ndarray:
+    """Crisp nearest-neighbour enlargement."""
+    return rgb.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+@lru_cache(maxsize=64)
+def title_strip(titles: tuple[str, ...], panel_width: int) -> np.ndarray:
+    """A (TITLE_HEIGHT, width, 3) strip with one centred title per panel, drawn by matplotlib."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width = len(titles) * panel_width + (len(titles) + 1) * GAP
+    figure = Figure(figsize=(width / 100, TITLE_HEIGHT / 100), dpi=100, facecolor=np.array(BACKGROUND) / 255)
+    canvas = FigureCanvasAgg(figure)
+    for i, title in enumerate(titles):
+        centre = (GAP + i * (panel_width + GAP) + panel_width / 2) / width
+        figure.text(centre, 0.45, title, ha="center", va="center", color="white", fontsize=10)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def _side_by_side(panels: list[np.ndarray], titles: np.ndarray) -> np.ndarray:
+    height = panels[0].shape[0]
+    row = [np.full((height, GAP, 3), BACKGROUND, dtype=np.uint8)]
+    for panel in panels:
+        row += [panel, row[0]]
+    body = np.concatenate(row, axis=1)
+    bottom = np.full((GAP, body.shape[1], 3), BACKGROUND, dtype=np.uint8)
+    return np.concatenate([titles, body, bottom], axis=0)
+
+
+def triptych_frames(
+    completed: np.ndarray, target: np.ndarray, label: int, mask_pixels: int, max_frames: int = MAX_FRAMES
+) -> list[np.ndarray]:
+    """Frames of given | completion drawn pixel by pixel | ground truth, the last one complete."""
+    visible = NUM_PIXELS - mask_pixels
+    given = upscale(colour_pixels(target, mask_pixels, generated_until=visible))
+    truth = upscale(colour_pixels(target, 0))
+    titles = title_strip((f"given [{label}]", "completion", f"ground truth [{label}]"), given.shape[1])
+    per_frame = math.ceil(mask_pixels / (max_frames - 1))
+    steps = [*range(visible, NUM_PIXELS, per_frame), NUM_PIXELS]
+    return [
+        _side_by_side([given, upscale(colour_pixels(completed, mask_pixels, until)), truth], titles)
+        for until in steps
+    ]
+
+
+def save_gif(path: Path | str, frames: list[np.ndarray]) -> None:
+    """An endlessly looping GIF that holds its last frame."""
+    durations = [FRAME_MS] * (len(frames) - 1) + [HOLD_MS]
+    iio.imwrite(path, np.stack(frames), extension=".gif", duration=durations, loop=0)
+
+
+def completion_grid(completed: np.ndarray, mask_pixels: int, scale: int = 3) -> np.ndarray:
+    """One RGB image tiling every completion (N, K, 784): a row per digit, a column per sample."""
+    n, k, _ = completed.shape
+    columns = k if k > 1 else math.ceil(math.sqrt(n))
+    tiles = [upscale(colour_pixels(c, mask_pixels), scale) for c in completed.reshape(n * k, NUM_PIXELS)]
+    rows = math.ceil(len(tiles) / columns)
+    side = IMAGE_SIDE * scale
+    grid = np.full((rows * (side + 2) + 2, columns * (side + 2) + 2, 3), BACKGROUND, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        grid[
+            2 + r * (side + 2) : 2 + r * (side + 2) + side, 2 + c * (side + 2) : 2 + c * (side + 2) + side
+        ] = tile
+    return grid
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG-encoded RGB image, for an atomic write."""
+    return iio.imwrite("<bytes>", image, extension=".png")
