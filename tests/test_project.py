@@ -9,6 +9,7 @@ import sys
 import pytest
 from conftest import REPO
 
+import evaluate
 import train
 
 
@@ -23,15 +24,23 @@ def test_readme_commands_are_what_ci_runs():
         assert command in readme and command in ci
 
 
-def test_every_train_flag_is_explained():
-    for action in train.build_parser()._actions:
+@pytest.mark.parametrize("script", [train, evaluate], ids=["train", "evaluate"])
+def test_every_flag_is_explained(script):
+    for action in script.build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"
 
 
-def test_help_runs_and_lists_the_flags():
-    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True)
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        ("train.py", ("--exp-name", "--hidden", "--binarize", "--resume", "--overwrite", "--data-dir")),
+        ("evaluate.py", ("--exp-name", "--mask-pixels", "--sampling", "--samples", "--indices", "--no-gifs")),
+    ],
+)
+def test_help_runs_and_lists_the_flags(script, flags):
+    result = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0
-    for flag in ("--exp-name", "--hidden", "--binarize", "--resume", "--overwrite", "--data-dir"):
+    for flag in flags:
         assert flag in result.stdout
 
 
