@@ -59,7 +59,7 @@ def rollout(
         state, next_input = None, model.start_pixel.expand(batch)
     else:
         # One batched pass over the prefix; its final state has read pixels 0..V-2.
-        _, state = model(model.shift_right(visible))
+        state = model.read(model.shift_right(visible))
         next_input = visible[:, -1]
     fed = visible.new_empty(batch, num_steps)
     probs = visible.new_empty(batch, num_steps)

@@ -44,6 +44,25 @@ def make_mnist_folder(root: Path) -> Path:
     return root
 
 
+def tiny_train_args(exp_dir: Path, mnist_dir: Path, name: str, *extra: str) -> list[str]:
+    """train.py flags for a seconds-long run on the fixtures (3 batches an epoch, 2 epochs)."""
+    # fmt: off
+    return [
+        "--exp-name", name, "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
+        "--hidden", "8", "--batch-size", "32", "--val-size", "16", "--epochs", "2", *extra,
+    ]
+    # fmt: on
+
+
+def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
+    """A script's main() in-process, as the shell would see it: exit code and stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:
     """A data folder in torchvision's layout (MNIST/raw/*-ubyte) holding synthetic digits."""

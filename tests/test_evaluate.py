@@ -10,7 +10,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TEST_DIGITS
+from conftest import REPO, TEST_DIGITS, tiny_train_args
+from conftest import run_main as run_script_main
 
 import evaluate
 import train
@@ -24,32 +25,13 @@ def experiment(tmp_path_factory, mnist_dir):
     """A tiny trained experiment; returns the common evaluate.py arguments for it."""
     root = tmp_path_factory.mktemp("eval")
     exp_dir = root / "experiments"
-    args = [
-        "--exp-name",
-        "tiny",
-        "--exp-dir",
-        str(exp_dir),
-        "--data-dir",
-        str(mnist_dir),
-        "--hidden",
-        "8",
-        "--batch-size",
-        "32",
-        "--val-size",
-        "16",
-        "--epochs",
-        "1",
-    ]
+    args = tiny_train_args(exp_dir, mnist_dir, "tiny", "--epochs", "1")
     assert train.main(args) == 0
     return root, ["--exp-name", "tiny", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir)]
 
 
 def run_main(argv, capsys) -> tuple[int, str]:
-    try:
-        code = evaluate.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
+    return run_script_main(evaluate.main, argv, capsys)
 
 
 def test_cli_end_to_end_outputs(experiment):

@@ -41,6 +41,8 @@ def test_stepping_one_pixel_at_a_time_equals_the_sequence_pass(config):
         full = model.teacher_forced_logits(pixels)
         prefix = 25  # prime with a prefix, then step: the way a rollout uses the model
         logits, state = model(model.shift_right(pixels[:, :prefix]))
+        read_state = model.read(model.shift_right(pixels[:, :prefix]))  # chunked, state only
+        torch.testing.assert_close(read_state, state, rtol=1e-5, atol=1e-6)  # tensor or (h, c)
         stepped = [logits]
         for t in range(prefix, 60):
             logit, state = model.step(pixels[:, t - 1], state)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_train_args
+from conftest import run_main as run_script_main
 
 import train
 from rnn_mnist import training
@@ -36,32 +37,11 @@ HISTORY_KEYS = {
 
 
 def tiny_args(tmp_path: Path, mnist_dir: Path, name: str = "exp", *extra: str) -> list[str]:
-    return [
-        "--exp-name",
-        name,
-        "--exp-dir",
-        str(tmp_path / "experiments"),
-        "--data-dir",
-        str(mnist_dir),
-        "--hidden",
-        "8",
-        "--batch-size",
-        "32",
-        "--val-size",
-        "16",
-        "--epochs",
-        "2",
-        *extra,
-    ]
+    return tiny_train_args(tmp_path / "experiments", mnist_dir, name, *extra)
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    """train.main in-process, as the shell would see it: exit code and stderr."""
-    try:
-        code = train.main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    return code, capsys.readouterr().err
+    return run_script_main(train.main, argv, capsys)
 
 
 def without_timings(history: list[dict]) -> list[dict]:
