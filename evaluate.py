@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="digits completed together")
     parser.add_argument("--no-gifs", dest="gifs", action="store_false", help="skip the GIFs (large runs)")
+    parser.add_argument(
+        "--no-judge",
+        dest="judge",
+        action="store_false",
+        help="skip class agreement (the judge trains on first use)",
+    )
     return parser
 
 

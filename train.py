@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=non_negative_int, default=10, help="total epochs (also when resuming)"
     )
     train.add_argument("--batch-size", type=positive_int, default=128, help="digits per batch")
-    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
     train.add_argument(
         "--lr-milestones",
         type=milestones,

@@ -25,6 +25,7 @@ from rnn_mnist import visualise
 from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import complete
 from rnn_mnist.training import resolve_device
@@ -46,6 +47,7 @@ class EvalOptions:
     device: str = "auto"
     data_dir: str | None = None
     gifs: bool = True
+    judge: bool = True  # judge the completions with the digit classifier
     batch_size: int = 1000  # digits per rollout batch (times --samples)
 
 
@@ -118,6 +120,58 @@ def completion_metrics(
     }
 
 
+def agreement_metrics(
+    predicted: torch.Tensor,
+    confidence: torch.Tensor,
+    predicted_prefix_only: torch.Tensor,
+    predicted_ground_truth: torch.Tensor,
+    labels: torch.Tensor,
+    mask_pixels: int,
+) -> dict[str, Any]:
+    """Class agreement of completions (N, K) with the true labels (N,), beside its floor and ceiling.
+
+    The floor is the judge's reading of the visible prefix alone (hidden region blank), the
+    ceiling its reading of the true digit: what the completion adds lies between the two.
+    """
+    agree = (predicted == labels[:, None]).float().mean(dim=1)  # (N,)
+    floor = (predicted_prefix_only == labels).float()
+    ceiling = (predicted_ground_truth == labels).float()
+    metrics: dict[str, Any] = {
+        "class_agreement": float(agree.mean()),
+        "class_agreement_prefix_only": float(floor.mean()),
+        "class_agreement_ground_truth": float(ceiling.mean()),
+        "per_class": {
+            str(d): {
+                "class_agreement": float(agree[labels == d].mean()),
+                "class_agreement_prefix_only": float(floor[labels == d].mean()),
+                "class_agreement_ground_truth": float(ceiling[labels == d].mean()),
+            }
+            for d in labels.unique().tolist()
+        },
+    }
+    if mask_pixels == NUM_PIXELS:  # generation from scratch: does it draw every class, confidently?
+        metrics["generated_class_histogram"] = torch.bincount(predicted.flatten(), minlength=10).tolist()
+        metrics["mean_judge_confidence"] = float(confidence.mean())
+    return metrics
+
+
+def judge_completions(
+    judge: DigitJudge, completed: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, mask_pixels: int
+) -> dict[str, Any]:
+    n, k = completed.shape[:2]
+    probs = classify(judge, completed.reshape(n * k, NUM_PIXELS)).reshape(n, k, 10)
+    prefix_only = targets.clone()
+    prefix_only[:, NUM_PIXELS - mask_pixels :] = 0
+    return agreement_metrics(
+        probs.argmax(dim=-1),
+        probs.max(dim=-1).values,
+        classify(judge, prefix_only).argmax(dim=1),
+        classify(judge, targets).argmax(dim=1),
+        labels,
+        mask_pixels,
+    )
+
+
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -185,6 +239,14 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "device": str(device),
     }
 
+    if options.judge:
+        judge, _ = load_or_train_judge(options.exp_dir, data_dir)
+        judged = judge_completions(judge, completed, targets, labels, options.mask_pixels)
+        for digit, values in judged.pop("per_class").items():
+            metrics["per_class"][digit].update(values)
+        metrics.update(judged)
+        metrics["judge_test_accuracy"] = accuracy(judge, test_pixels, test_labels)
+
     out_dir = Path(options.out_dir or Path("plots") / options.exp_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, k = completed.shape[:2]
@@ -222,6 +284,18 @@ def summary(metrics: dict[str, Any]) -> str:
         f"masked pixel accuracy {metrics['masked_pixel_accuracy']:.4f}, "
         f"masked NLL {metrics['masked_nll_nats']:.2f} nats (teacher forced)",
     ]
+    if "class_agreement" in metrics:
+        lines.append(
+            f"class agreement (judge, test accuracy {metrics['judge_test_accuracy']:.4f}): "
+            f"completions {metrics['class_agreement']:.3f}, "
+            f"prefix only {metrics['class_agreement_prefix_only']:.3f}, "
+            f"ground truth {metrics['class_agreement_ground_truth']:.3f}"
+        )
+    if "generated_class_histogram" in metrics:
+        lines.append(
+            f"judged classes of generated digits: {metrics['generated_class_histogram']}, "
+            f"mean confidence {metrics['mean_judge_confidence']:.3f}"
+        )
     per_class = metrics["per_class"]
     if len(per_class) > 1:
         lines.append(

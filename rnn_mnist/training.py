@@ -47,7 +47,7 @@ class TrainConfig:
     exp_dir: str = "experiments"
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     clip: float | None = 1.0
@@ -345,7 +345,9 @@ def _train_one_epoch(
             raise NonFiniteLoss(f"the training loss became {loss} in epoch {epoch}, batch {batch_index + 1}")
         batch_losses.append(loss)
         seen += len(idx)
-        bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{seen / (time.perf_counter() - started):.0f}")
+        bar.set_postfix(
+            loss=f"{loss:.4f}", seq_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False
+        )
     bar.close()
     train_seconds = time.perf_counter() - started
 

@@ -84,6 +84,10 @@ def test_cli_end_to_end_outputs(experiment):
     for key in ("masked_nll_nats", "per_class", "rollout_seconds", "digits_per_second", "device"):
         assert key in metrics
     assert metrics["device"] == "cpu"
+    for key in ("class_agreement", "class_agreement_prefix_only", "class_agreement_ground_truth"):
+        assert 0 <= metrics[key] <= 1
+    assert 0 <= metrics["judge_test_accuracy"] <= 1
+    assert set(metrics["per_class"][str(labels[0])]) >= {"masked_pixel_accuracy", "class_agreement"}
 
 
 def test_same_seed_same_bernoulli_completions(experiment, capsys):
@@ -108,25 +112,15 @@ def test_same_seed_same_bernoulli_completions(experiment, capsys):
 def test_generation_from_blank_canvas_for_one_class(experiment, capsys):
     root, args = experiment
     out = root / "blank"
-    assert (
-        evaluate.main(
-            [
-                *args,
-                "--out-dir",
-                str(out),
-                "--mask-pixels",
-                "784",
-                "--digit",
-                "3",
-                "--num-digits",
-                "2",
-                "--no-gifs",
-            ]
-        )
-        == 0
-    )
+    # fmt: off
+    argv = [*args, "--out-dir", str(out), "--mask-pixels", "784", "--digit", "3", "--num-digits", "2",
+            "--no-gifs"]
+    # fmt: on
+    assert evaluate.main(argv) == 0
     with np.load(out / "completions.npz") as npz:
         assert npz["labels"].tolist() == [3, 3] and npz["completed"].shape == (2, 1, 28, 28)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(metrics["generated_class_histogram"]) == 2 and 0 < metrics["mean_judge_confidence"] <= 1
 
 
 def test_gif_frames_size_and_last_frame():

@@ -1,0 +1,117 @@
+"""The digit judge, class agreement, and the experiment comparison."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import imageio.v3 as iio
+import pytest
+import torch
+from conftest import tiny_train_args
+
+import train
+from rnn_mnist import compare, judge
+from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.evaluation import agreement_metrics
+
+
+def test_judge_gives_ten_class_logits_and_learns():
+    torch.manual_seed(0)
+    model = judge.DigitJudge()
+    images = torch.bernoulli(torch.full((32, 1, 28, 28), 0.2))
+    labels = torch.arange(32) % 10
+    assert model(images).shape == (32, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = [judge.train_step(model, optimizer, images, labels) for _ in range(40)]
+    assert losses[-1] < 0.75 * losses[0]  # it can fit a batch: the training step really trains
+
+
+def test_random_shift_translates_by_at_most_two_pixels():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 10:15, 12:16] = 1
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        shifted = judge.random_shift(image, generator)
+        matches = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(shifted, torch.roll(image, (dy, dx), dims=(2, 3)))
+        ]
+        assert len(matches) == 1
+
+
+def test_judge_on_fixtures_classifies_and_caches(tmp_path, mnist_dir):
+    model, report = judge.load_or_train_judge(str(tmp_path), str(mnist_dir))
+    assert judge.judge_path(str(tmp_path)).exists()
+    assert set(report["test_accuracy"]) == set(judge.TEST_BINARIZATIONS)
+    probs = judge.classify(model, torch.zeros(3, 784, dtype=torch.uint8))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
+    reloaded, _ = judge.load_or_train_judge(str(tmp_path), str(mnist_dir))  # from the cache
+    assert torch.equal(
+        judge.classify(reloaded, torch.ones(2, 784)), judge.classify(model, torch.ones(2, 784))
+    )
+
+
+def test_class_agreement_by_hand():
+    labels = torch.tensor([3, 3, 7])
+    predicted = torch.tensor([[3, 5], [3, 3], [1, 1]])  # per digit: 1/2, 2/2, 0/2 -> mean 0.5
+    metrics = agreement_metrics(
+        predicted, torch.full((3, 2), 0.9), torch.tensor([3, 0, 0]), torch.tensor([3, 3, 7]), labels, 284
+    )
+    assert metrics["class_agreement"] == pytest.approx(0.5)
+    assert metrics["class_agreement_prefix_only"] == pytest.approx(1 / 3)
+    assert metrics["class_agreement_ground_truth"] == pytest.approx(1.0)
+    assert metrics["per_class"]["3"]["class_agreement"] == pytest.approx(0.75)
+    assert "generated_class_histogram" not in metrics
+    blank = agreement_metrics(predicted, torch.full((3, 2), 0.9), labels, labels, labels, 784)
+    assert blank["generated_class_histogram"] == [0, 2, 0, 3, 0, 1, 0, 0, 0, 0]
+    assert blank["mean_judge_confidence"] == pytest.approx(0.9)
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "metrics.pkl"
+    path.write_bytes(pickle.dumps({"config": {}, "history": [Exploit()]}))
+    with pytest.raises(RnnMnistError, match="refusing"):
+        compare.load_plain_pickle(path)
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps({"config": {"lr": 1e-3, "milestones": (2, 3)}, "history": [{"epoch": 1}]}))
+    assert compare.load_plain_pickle(path)["config"]["milestones"] == (2, 3)
+
+
+def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
+    exp_dir = tmp_path / "experiments"
+    for hidden in ("8", "12"):
+        assert train.main(tiny_train_args(exp_dir, mnist_dir, f"h{hidden}", "--hidden", hidden)) == 0
+    out = tmp_path / "plots"
+    code = compare.main(
+        [str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "hidden", "--out-dir", str(out)]
+    )
+    assert code == 0
+    assert iio.imread(out / "compare-hidden.png").ndim == 3
+    markdown = (out / "compare-hidden.md").read_text()
+    assert markdown.strip() in capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in markdown.splitlines()[2:]]
+    for row, name in zip(rows, ("h8", "h12"), strict=True):
+        with open(exp_dir / name / "metrics.pkl", "rb") as f:
+            metrics = pickle.load(f)
+        last = metrics["history"][-1]
+        cells = [c.strip() for c in row]
+        assert cells[0] == name and cells[2] == str(metrics["model_config"]["hidden_size"])
+        assert cells[4] == f"{metrics['num_parameters']:,}" and cells[5] == str(len(metrics["history"]))
+        assert cells[7] == f"{min(h['val_nll_nats'] for h in metrics['history']):.2f}"
+        assert cells[8] == f"{last['test_nll_nats']:.2f}" and cells[9] == f"{last['test_bits_per_pixel']:.4f}"
+    experiments = [compare.load_experiment(exp_dir / n, out) for n in ("h8", "h12")]
+    assert compare.differences(experiments) == ["hidden_size=8", "hidden_size=12"]
+
+
+def test_compare_refuses_a_folder_without_metrics(tmp_path, capsys):
+    code = compare.main([str(tmp_path), "--name", "x", "--out-dir", str(tmp_path / "plots")])
+    assert code == 2 and "no metrics" in capsys.readouterr().err
