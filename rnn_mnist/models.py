@@ -1,12 +1,14 @@
-"""The next-pixel model: a recurrent network that reads pixel t-1 and predicts pixel t.
+"""The next-pixel model: a recurrent network that reads what came before pixel t and predicts it.
 
     model = NextPixelModel(ModelConfig(cell="gru", hidden_size=128))
-    logits = model.teacher_forced_logits(pixels)       # (B, 784): one logit per pixel
-    state = model.read(model.shift_right(prefix))       # prime the state with a visible prefix
-    logit, state = model.step(last_pixel, state)        # then one pixel at a time
+    logits = model.teacher_forced_logits(pixels)               # (B, 784): one logit per pixel
+    state = model.read(model.features(canvas, 0, 500))         # prime the state with a visible prefix
+    logit, state = model.step(canvas, 500, state)              # then one pixel at a time
 
-Because the input at step t is pixel t-1 (a learned start value at t = 0), the logits give
-p(x_t | x_<t) for every pixel, so their BCE summed over the 784 pixels is the image's exact NLL.
+At step t the input is pixel t-1 (a learned start value at t = 0) and, if configured, the three
+pixels above pixel t, its row and column, and the digit's label: all known before pixel t, so the
+logits give p(x_t | x_<t) for every pixel and their BCE summed over the 784 pixels is the image's
+exact NLL.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
+
+from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 # Pixels per chunk when only the final state is wanted on the CPU (see NextPixelModel.read).
@@ -32,6 +36,13 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 1
     dropout: float = 0.0
+    context: bool = False  # also read the pixels above-left, above and above-right of pixel t
+    position: bool = False  # also read pixel t's row and column (one-hot)
+    num_classes: int = 0  # > 0: condition on the digit's label (one-hot at every step)
+
+    @property
+    def input_size(self) -> int:
+        return 1 + 3 * self.context + 2 * IMAGE_SIDE * self.position + self.num_classes
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -40,6 +51,8 @@ class ModelConfig:
             raise ValueError("hidden_size and num_layers must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.num_classes < 0:
+            raise ValueError("num_classes must be 0 (unconditioned) or more")
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
@@ -61,7 +74,7 @@ class NextPixelModel(nn.Module):
         # from a black pixel.
         self.start_pixel = nn.Parameter(torch.full((1,), 0.5))
         self.rnn = CELLS[config.cell](
-            input_size=1,
+            input_size=config.input_size,
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
@@ -69,38 +82,71 @@ class NextPixelModel(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, 1)
+        position = torch.arange(NUM_PIXELS)
+        row, col = position // IMAGE_SIDE, position % IMAGE_SIDE
+        # Pixels above-left, above and above-right of pixel t, as offsets back from t, and where
+        # each exists (not in the first row, not across the left or right edge).
+        self.context_offsets = (IMAGE_SIDE + 1, IMAGE_SIDE, IMAGE_SIDE - 1)
+        exists = torch.stack([(row > 0) & (col > 0), row > 0, (row > 0) & (col < IMAGE_SIDE - 1)], dim=1)
+        self.register_buffer("context_exists", exists.float(), persistent=False)  # (784, 3)
+        one_hot = nn.functional.one_hot
+        rows_cols = torch.cat([one_hot(row, IMAGE_SIDE), one_hot(col, IMAGE_SIDE)], dim=1)
+        self.register_buffer("position_one_hot", rows_cols.float(), persistent=False)  # (784, 56)
 
-    def forward(self, inputs: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Logits (B, T) for the pixels that follow ``inputs`` (B, T), and the final state."""
-        out, state = self.rnn(inputs.unsqueeze(-1), state)  # (B, T, H)
+    def features(
+        self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Inputs (B, end - start, F) that predict pixels start..end-1 of ``canvas`` (B, >= end - 1).
+
+        Reads ``canvas`` only before each predicted pixel, so the result never depends on
+        pixels start..end-1 themselves; that is what keeps the model causal.
+        """
+        batch, device = canvas.shape[0], canvas.device
+        t = torch.arange(start, end, device=device)
+        prev = canvas[:, (t - 1).clamp(min=0)]
+        if start == 0:  # pixel 0 reads the start value instead
+            prev = torch.cat([self.start_pixel.to(canvas.dtype).expand(batch, 1), prev[:, 1:]], dim=1)
+        parts = [prev.unsqueeze(-1)]
+        if self.config.context:
+            above = torch.stack([canvas[:, (t - k).clamp(min=0)] for k in self.context_offsets], dim=-1)
+            parts.append(above * self.context_exists[start:end])
+        if self.config.position:
+            parts.append(self.position_one_hot[start:end].expand(batch, -1, -1))
+        if self.config.num_classes:
+            if labels is None:
+                raise ValueError("this model is conditioned on the digit's label: pass labels")
+            one_hot = nn.functional.one_hot(labels.to(device).long(), self.config.num_classes)
+            parts.append(one_hot.to(canvas.dtype)[:, None, :].expand(-1, end - start, -1))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def forward(self, features: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Logits (B, T) for the pixels that ``features`` (B, T, F) predict, and the final state."""
+        out, state = self.rnn(features, state)  # (B, T, H)
         logits = self.head(self.dropout(out)).squeeze(-1)  # (B, T)
         return logits, state
 
-    def shift_right(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Inputs that predict ``pixels`` (B, T): the start value followed by pixels 0..T-2."""
-        start = self.start_pixel.to(pixels.dtype).expand(pixels.shape[0], 1)
-        return torch.cat([start, pixels[:, :-1]], dim=1)
-
-    def teacher_forced_logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T) of p(x_t = 1 | x_<t) for every pixel, given the true pixels (B, T)."""
-        logits, _ = self(self.shift_right(pixels))
-        return logits
-
-    def read(self, inputs: torch.Tensor, state: State | None = None) -> State:
-        """Feed ``inputs`` (B, T) and return only the final state, computing no logits.
+    def read(self, features: torch.Tensor, state: State | None = None) -> State:
+        """Feed ``features`` (B, T, F) and return only the final state, computing no logits.
 
         On the CPU the sequence goes in chunks of a few pixels: one long pass writes (B, T, H)
         outputs that fall out of cache, and chunks measured about 2x faster for a 500-pixel
         prefix at batch 1000 (bench/rollout_speed.py). On a GPU the fused whole-sequence kernel wins.
         """
-        chunk = CPU_READ_CHUNK if inputs.device.type == "cpu" else max(inputs.shape[1], 1)
-        for start in range(0, inputs.shape[1], chunk):
-            _, state = self.rnn(inputs[:, start : start + chunk].unsqueeze(-1), state)
+        chunk = CPU_READ_CHUNK if features.device.type == "cpu" else max(features.shape[1], 1)
+        for start in range(0, features.shape[1], chunk):
+            _, state = self.rnn(features[:, start : start + chunk], state)
         return state
 
-    def step(self, pixel: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        """Feed one pixel (B,) and return the next pixel's logit (B,) and the new state."""
-        logits, state = self(pixel.unsqueeze(1), state)
+    def teacher_forced_logits(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T) of p(x_t = 1 | x_<t) for every pixel, given the true pixels (B, T)."""
+        logits, _ = self(self.features(pixels, 0, pixels.shape[1], labels))
+        return logits
+
+    def step(
+        self, canvas: torch.Tensor, t: int, state: State | None, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """The logit (B,) of pixel t given ``canvas`` before t and the state after pixel t-1."""
+        logits, state = self(self.features(canvas, t, t + 1, labels), state)
         return logits.squeeze(1), state
 
 

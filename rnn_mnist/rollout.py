@@ -5,7 +5,8 @@
     result.probs       # (N, K, mask_pixels): p(pixel = 1) the model gave at each generated step
 
 The visible prefix is fed once, batched, to prime the state; then every digit and sample steps
-together, one pixel at a time. The hidden pixels of ``pixels`` are never read.
+together, one pixel at a time, on a canvas that holds the prefix and what was drawn so far.
+The hidden pixels of ``pixels`` are never read.
 """
 
 from __future__ import annotations
@@ -48,26 +49,25 @@ def rollout(
     num_steps: int,
     choose: Chooser,
     temperature: float = 1.0,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``num_steps`` pixels after ``visible`` (B, V) floats; logits are divided by
-    ``temperature`` before the sigmoid.
+    ``temperature`` before the sigmoid. ``labels`` (B,) are for label-conditioned models.
 
     Returns the fed-back values (B, num_steps) and the probabilities (B, num_steps).
     """
     batch, num_visible = visible.shape
-    if num_visible == 0:  # a blank canvas: the first input is the learned start value
-        state, next_input = None, model.start_pixel.expand(batch)
-    else:
-        # One batched pass over the prefix; its final state has read pixels 0..V-2.
-        state = model.read(model.shift_right(visible))
-        next_input = visible[:, -1]
-    fed = visible.new_empty(batch, num_steps)
+    canvas = visible.new_zeros(batch, num_visible + num_steps)  # what the model has seen or drawn
+    canvas[:, :num_visible] = visible
+    # One batched pass over the prefix; a blank canvas starts from no state.
+    state = model.read(model.features(canvas, 0, num_visible, labels)) if num_visible else None
     probs = visible.new_empty(batch, num_steps)
     for step in range(num_steps):
-        logit, state = model.step(next_input, state)
+        t = num_visible + step
+        logit, state = model.step(canvas, t, state, labels)
         probs[:, step] = torch.sigmoid(logit / temperature)
-        next_input = fed[:, step] = choose(probs[:, step], num_visible + step)
-    return fed, probs
+        canvas[:, t] = choose(probs[:, step], t)
+    return canvas[:, num_visible:], probs
 
 
 def complete(
@@ -78,18 +78,24 @@ def complete(
     samples: int = 1,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    labels: torch.Tensor | None = None,
 ) -> Completion:
-    """Hide the last ``mask_pixels`` of each digit (N, 784) and complete it ``samples`` times."""
+    """Hide the last ``mask_pixels`` of each digit (N, 784) and complete it ``samples`` times.
+
+    ``labels`` (N,) tell a label-conditioned model which digit to draw.
+    """
     if not 1 <= mask_pixels <= NUM_PIXELS:
         raise ValueError(f"mask_pixels must be in 1..{NUM_PIXELS}, not {mask_pixels}")
     device = next(model.parameters()).device
     num_visible = NUM_PIXELS - mask_pixels
     visible = pixels[:, :num_visible].to(device).float()  # the only part of pixels we read
     visible = visible.repeat_interleave(samples, dim=0)  # (N*K, V): digit-major, samples together
+    if labels is not None:
+        labels = labels.to(device).repeat_interleave(samples)
     was_training = model.training
     model.eval()
     try:
-        fed, probs = rollout(model, visible, mask_pixels, chooser(sampling, generator), temperature)
+        fed, probs = rollout(model, visible, mask_pixels, chooser(sampling, generator), temperature, labels)
     finally:
         model.train(was_training)
     # Mean feedback feeds p itself; the completed image shows p > 0.5.

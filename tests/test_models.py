@@ -8,10 +8,21 @@ import torch
 from rnn_mnist.models import ModelConfig, NextPixelModel
 
 CONFIGS = [
-    ModelConfig(cell=cell, hidden_size=16, num_layers=layers)
-    for cell in ("gru", "lstm", "rnn")
-    for layers in (1, 2)
+    *(
+        ModelConfig(cell=cell, hidden_size=16, num_layers=layers)
+        for cell in ("gru", "lstm", "rnn")
+        for layers in (1, 2)
+    ),
+    ModelConfig(hidden_size=16, context=True, position=True),
+    ModelConfig(cell="lstm", hidden_size=16, context=True, num_classes=10),
 ]
+LABELS = torch.tensor([3, 0, 9])
+
+
+def _id(config: ModelConfig) -> str:
+    extras = [name for name in ("context", "position") if getattr(config, name)]
+    extras += ["label"] if config.num_classes else []
+    return "-".join([config.cell, str(config.num_layers), *extras])
 
 
 def _model(config: ModelConfig) -> NextPixelModel:
@@ -19,42 +30,58 @@ def _model(config: ModelConfig) -> NextPixelModel:
     return NextPixelModel(config).eval()
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.cell}-{c.num_layers}")
+def _labels(config: ModelConfig, n: int = 3) -> torch.Tensor | None:
+    return LABELS[:n] if config.num_classes else None
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_id)
 def test_changing_pixel_t_changes_no_prediction_up_to_t(config):
-    model = _model(config)
+    model, labels = _model(config), _labels(config)
     pixels = torch.bernoulli(torch.full((3, 784), 0.3), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        before = model.teacher_forced_logits(pixels)
-        for t in (0, 100, 500, 782):
+        before = model.teacher_forced_logits(pixels, labels)
+        for t in (0, 27, 100, 500, 782):
             flipped = pixels.clone()
             flipped[:, t] = 1 - flipped[:, t]
-            after = model.teacher_forced_logits(flipped)
+            after = model.teacher_forced_logits(flipped, labels)
             assert torch.equal(after[:, : t + 1], before[:, : t + 1]), f"pixel {t} leaked backwards"
             assert not torch.allclose(after[:, t + 1], before[:, t + 1]), f"pixel {t} not used"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.cell}-{c.num_layers}")
+@pytest.mark.parametrize("config", CONFIGS, ids=_id)
 def test_stepping_one_pixel_at_a_time_equals_the_sequence_pass(config):
-    model = _model(config)
-    pixels = torch.bernoulli(torch.full((2, 60), 0.4), generator=torch.Generator().manual_seed(2))
+    model, labels = _model(config), _labels(config, 2)
+    pixels = torch.bernoulli(torch.full((2, 90), 0.4), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        full = model.teacher_forced_logits(pixels)
-        prefix = 25  # prime with a prefix, then step: the way a rollout uses the model
-        logits, state = model(model.shift_right(pixels[:, :prefix]))
-        read_state = model.read(model.shift_right(pixels[:, :prefix]))  # chunked, state only
+        full = model.teacher_forced_logits(pixels, labels)
+        prefix = 45  # prime with a prefix, then step: the way a rollout uses the model
+        logits, state = model(model.features(pixels, 0, prefix, labels))
+        read_state = model.read(model.features(pixels, 0, prefix, labels))  # chunked, state only
         torch.testing.assert_close(read_state, state, rtol=1e-5, atol=1e-6)  # tensor or (h, c)
         stepped = [logits]
-        for t in range(prefix, 60):
-            logit, state = model.step(pixels[:, t - 1], state)
+        for t in range(prefix, 90):
+            logit, state = model.step(pixels, t, state, labels)
             stepped.append(logit.unsqueeze(1))
     torch.testing.assert_close(torch.cat(stepped, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_returns_logits_and_state_shapes():
     model = _model(ModelConfig(cell="lstm", hidden_size=8, num_layers=2))
-    logits, (h, c) = model(torch.zeros(5, 784))
+    logits, (h, c) = model(model.features(torch.zeros(5, 784), 0, 784))
     assert logits.shape == (5, 784)
     assert h.shape == c.shape == (2, 5, 8)
+
+
+def test_context_features_are_the_pixels_above_and_only_inside_the_image():
+    model = _model(ModelConfig(hidden_size=4, context=True))
+    canvas = torch.zeros(1, 784)
+    canvas[0, 5 * 28 + 10] = 1  # row 5, column 10
+    features = model.features(canvas, 0, 784)[0]  # (784, 4): prev, above-left, above, above-right
+    assert features[6 * 28 + 11, 1] == 1 and features[6 * 28 + 10, 2] == 1 and features[6 * 28 + 9, 3] == 1
+    assert features[:, 1:].sum() == 3
+    edge = torch.zeros(1, 784)
+    edge[0, 5 * 28 + 27] = 1  # the last column: above-left of row 6 column 0 would wrap around
+    assert model.features(edge, 0, 784)[0, :, 1:].sum() == 2
 
 
 def test_first_pixel_uses_the_start_value():
@@ -66,18 +93,38 @@ def test_first_pixel_uses_the_start_value():
     assert model.teacher_forced_logits(pixels)[0, 0].item() != before
 
 
+def test_label_changes_the_output_distribution_and_is_required():
+    model = _model(ModelConfig(hidden_size=8, num_classes=10))
+    pixels = torch.zeros(2, 784)
+    with torch.no_grad():
+        a = model.teacher_forced_logits(pixels, torch.tensor([1, 1]))
+        b = model.teacher_forced_logits(pixels, torch.tensor([1, 7]))
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+    with pytest.raises(ValueError, match="labels"):
+        model.teacher_forced_logits(pixels)
+
+
 def test_config_round_trip_rebuilds_identical_model():
-    config = ModelConfig(cell="lstm", hidden_size=12, num_layers=2, dropout=0.1)
+    config = ModelConfig(cell="lstm", hidden_size=12, num_layers=2, dropout=0.1, context=True, num_classes=10)
     model = _model(config)
     rebuilt = NextPixelModel(ModelConfig.from_dict(config.to_dict()))
     rebuilt.load_state_dict(model.state_dict())
     rebuilt.eval()
-    pixels = torch.ones(2, 784)
-    assert torch.equal(rebuilt.teacher_forced_logits(pixels), model.teacher_forced_logits(pixels))
+    pixels, labels = torch.ones(2, 784), torch.tensor([4, 2])
+    assert torch.equal(
+        rebuilt.teacher_forced_logits(pixels, labels), model.teacher_forced_logits(pixels, labels)
+    )
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(cell="transformer"), dict(hidden_size=0), dict(num_layers=0), dict(dropout=1.0)]
+    "bad",
+    [
+        dict(cell="transformer"),
+        dict(hidden_size=0),
+        dict(num_layers=0),
+        dict(dropout=1.0),
+        dict(num_classes=-1),
+    ],
 )
 def test_impossible_configs_are_refused(bad):
     with pytest.raises(ValueError):

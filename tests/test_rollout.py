@@ -62,14 +62,35 @@ def test_samples_of_one_digit_differ_under_bernoulli():
     assert len({tuple(s.tolist()) for s in result.completed[0]}) > 1
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
-@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize(
+    "config",
+    [
+        *(
+            ModelConfig(cell=cell, hidden_size=16, num_layers=layers)
+            for cell in ("gru", "lstm", "rnn")
+            for layers in (1, 2)
+        ),
+        ModelConfig(hidden_size=16, context=True, position=True, num_classes=10),
+    ],
+    ids=lambda c: f"{c.cell}-{c.num_layers}{'-context-position-label' if c.context else ''}",
+)
 @pytest.mark.parametrize("visible", [0, 1, 500])
-def test_fed_the_true_pixels_the_rollout_gives_teacher_forced_probabilities(cell, layers, visible):
-    model, digits = _model(cell, layers), _digits().float()
-    teacher = torch.sigmoid(model.teacher_forced_logits(digits))
-    _, probs = rollout(model, digits[:, :visible], 784 - visible, lambda p, t: digits[:, t])
+def test_fed_the_true_pixels_the_rollout_gives_teacher_forced_probabilities(config, visible):
+    torch.manual_seed(0)
+    model, digits = NextPixelModel(config).eval(), _digits().float()
+    labels = torch.arange(6) if config.num_classes else None
+    teacher = torch.sigmoid(model.teacher_forced_logits(digits, labels))
+    _, probs = rollout(model, digits[:, :visible], 784 - visible, lambda p, t: digits[:, t], labels=labels)
     torch.testing.assert_close(probs, teacher[:, visible:], rtol=1e-5, atol=1e-6)
+
+
+def test_conditioned_completion_uses_the_label():
+    torch.manual_seed(0)
+    model = NextPixelModel(ModelConfig(hidden_size=16, num_classes=10)).eval()
+    blank = torch.zeros(2, 784, dtype=torch.uint8)
+    a = complete(model, blank, 784, "greedy", labels=torch.tensor([1, 1]))
+    b = complete(model, blank, 784, "greedy", labels=torch.tensor([1, 8]))
+    assert torch.equal(a.completed[0], b.completed[0]) and not torch.allclose(a.probs[1], b.probs[1])
 
 
 def test_temperature_sharpens_probabilities():
