@@ -26,6 +26,7 @@ from rnn_mnist.cli import (
 )
 from rnn_mnist.data import BINARIZATIONS, DATA_ENV_VAR
 from rnn_mnist.models import CELLS
+from rnn_mnist.scheduled_sampling import MODES, SCHEDULES, Schedule
 from rnn_mnist.training import DEVICES, LOSSES, train_experiment
 
 
@@ -83,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--dropout", type=fraction, default=0.0, help="dropout between layers and before the output"
     )
+    model.add_argument(
+        "--context",
+        action="store_true",
+        help="also feed the 3 pixels above the next one (causal 2-D context)",
+    )
+    model.add_argument("--position", action="store_true", help="also feed the next pixel's row and column")
+    model.add_argument(
+        "--condition",
+        choices=("none", "label"),
+        default="none",
+        help="label: tell the model the digit's class",
+    )
 
     train = parser.add_argument_group("training")
     train.add_argument(
@@ -107,12 +120,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seeds initialisation, shuffling and dynamic binarisation"
     )
     train.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
+
+    ss = parser.add_argument_group("scheduled sampling (see rnn_mnist/scheduled_sampling.py)")
+    ss.add_argument(
+        "--scheduled-sampling",
+        choices=SCHEDULES,
+        default="none",
+        help="decay of eps_i, the probability of feeding the true pixel at batch i; none: teacher forcing",
+    )
+    ss.add_argument(
+        "--ss-k",
+        type=positive_float,
+        default=None,
+        help="k of the schedule; unset: linear 1, exponential 0.9998, inverse-sigmoid 1000",
+    )
+    ss.add_argument(
+        "--ss-c", type=non_negative_float, default=1e-4, help="linear: eps_i = max(ss-min, k - c i)"
+    )
+    ss.add_argument("--ss-min", type=fraction, default=0.5, help="linear: the floor of eps_i")
+    ss.add_argument(
+        "--ss-mode",
+        choices=MODES,
+        default="parallel",
+        help="parallel passes (fast) or pixel by pixel (exact)",
+    )
+    ss.add_argument("--ss-passes", type=positive_int, default=1, help="parallel: prediction passes per batch")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        Schedule(args.scheduled_sampling, args.ss_k, args.ss_c, args.ss_min)
+    except ValueError as exc:
+        parser.error(str(exc))
     # Flags that differ from their defaults: --resume refuses those that clash with the experiment.
     defaults = vars(parser.parse_args(["--exp-name", args.exp_name]))
     explicit = {k for k, v in vars(args).items() if v != defaults[k]}

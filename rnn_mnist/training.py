@@ -31,6 +31,7 @@ from rnn_mnist.checkpoint import (
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted
 from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
+from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, sequential_logits
 
 LOSSES = ("bce", "mse")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -54,6 +55,15 @@ class TrainConfig:
     loss: str = "bce"
     seed: int = 0
     device: str = "auto"
+    scheduled_sampling: str = "none"  # none | linear | exponential | inverse-sigmoid
+    ss_k: float | None = None  # schedule parameter k; None: the schedule's default
+    ss_c: float = 1e-4  # linear: decay per batch
+    ss_min: float = 0.5  # linear: floor
+    ss_mode: str = "parallel"  # parallel (Duckworth et al. 2019) | sequential (exact, slow)
+    ss_passes: int = 1  # parallel: prediction passes before the trained one
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.scheduled_sampling, self.ss_k, self.ss_c, self.ss_min)
 
 
 def config_from_flags(cls: type, flags: dict[str, Any]) -> Any:
@@ -91,9 +101,22 @@ def train_step(
     pixels: torch.Tensor,
     loss: str = "bce",
     clip: float | None = None,
+    labels: torch.Tensor | None = None,
+    fed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One teacher-forced update on a batch of float pixels (B, 784); returns the loss tensor."""
-    value = pixel_loss(model.teacher_forced_logits(pixels), pixels, loss)
+    """One update on a batch of float pixels (B, 784); returns the loss tensor.
+
+    The model reads ``fed`` (scheduled sampling mixes its own draws in there), by default the
+    true pixels: teacher forcing. It is always scored against the true pixels.
+    """
+    logits = model.teacher_forced_logits(pixels if fed is None else fed, labels)
+    return optimize(model, optimizer, pixel_loss(logits, pixels, loss), clip)
+
+
+def optimize(
+    model: NextPixelModel, optimizer: torch.optim.Optimizer, value: torch.Tensor, clip: float | None
+) -> torch.Tensor:
+    """Backpropagate ``value``, clip the gradient norm, step; returns the detached value."""
     optimizer.zero_grad(set_to_none=True)
     value.backward()
     if clip:
@@ -104,14 +127,19 @@ def train_step(
 
 @torch.no_grad()
 def evaluate_nll(
-    model: NextPixelModel, pixels: torch.Tensor, loss: str, device: torch.device
+    model: NextPixelModel,
+    pixels: torch.Tensor,
+    loss: str,
+    device: torch.device,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Training loss and exact NLL of uint8 pixels (N, 784), in nats per image and bits per pixel."""
     model.eval()
     total_loss = total_nll = 0.0
     for start in range(0, len(pixels), EVAL_BATCH_SIZE):
         batch = pixels[start : start + EVAL_BATCH_SIZE].to(device).float()
-        logits = model.teacher_forced_logits(batch)
+        batch_labels = None if labels is None else labels[start : start + EVAL_BATCH_SIZE].to(device)
+        logits = model.teacher_forced_logits(batch, batch_labels)
         nll = F.binary_cross_entropy_with_logits(logits, batch, reduction="sum")
         total_nll += nll.item()
         total_loss += pixel_loss(logits, batch, loss).item() * len(batch)
@@ -221,7 +249,8 @@ def train_experiment(
         model_cfg = ModelConfig.from_dict(checkpoint["model_config"])
         data_cfg = DataConfig(**{**checkpoint["data_config"], "data_dir": flags["data_dir"]})
     else:
-        model_cfg = config_from_flags(ModelConfig, flags)
+        num_classes = 10 if flags.get("condition") == "label" else 0
+        model_cfg = config_from_flags(ModelConfig, {**flags, "num_classes": num_classes})
 
     device = resolve_device(train_cfg.device)
     set_seed(train_cfg.seed)
@@ -285,8 +314,9 @@ def train_experiment(
             log(f"{paths.root}: resuming after epoch {start_epoch} of {train_cfg.epochs}")
         for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
             try:
+                batches_done = sum(len(h["batch_losses"]) for h in history)
                 entry = _train_one_epoch(
-                    model, optimizer, data, generator, train_cfg, device, epoch, show_progress
+                    model, optimizer, data, generator, train_cfg, device, epoch, batches_done, show_progress
                 )
             except NonFiniteLoss as exc:
                 raise NonFiniteLoss(
@@ -317,8 +347,13 @@ def _train_one_epoch(
     cfg: TrainConfig,
     device: torch.device,
     epoch: int,
+    batches_done: int,
     show_progress: bool,
 ) -> dict[str, Any]:
+    """One pass over the training digits, then validation and test NLL: the epoch's history entry.
+
+    ``batches_done`` counts the mini-batches of earlier epochs: the scheduled-sampling index i.
+    """
     started = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
     pixels = data.train_pixels(generator)
@@ -337,9 +372,20 @@ def _train_one_epoch(
         # In a log file (nohup) every refresh is a new line: refresh twice a minute there.
         mininterval=0.5 if sys.stderr.isatty() else 30,
     )
+    conditioned = model.config.num_classes > 0
+    schedule, eps_values = cfg.schedule(), []
     for batch_index, idx in enumerate(bar):
         batch = pixels[idx].to(device, non_blocking=True).float()
-        loss = train_step(model, optimizer, batch, cfg.loss, cfg.clip).item()
+        labels = data.train_labels[idx].to(device) if conditioned else None
+        eps = schedule.teacher_forcing_prob(batches_done + batch_index)
+        eps_values.append(eps)
+        if eps < 1.0 and cfg.ss_mode == "sequential":
+            logits, _ = sequential_logits(model, batch, eps, generator, labels)
+            value = optimize(model, optimizer, pixel_loss(logits, batch, cfg.loss), cfg.clip)
+        else:
+            fed = parallel_mixture(model, batch, eps, generator, labels, cfg.ss_passes)
+            value = train_step(model, optimizer, batch, cfg.loss, cfg.clip, labels, fed)
+        loss = value.item()
         if not math.isfinite(loss):
             bar.close()
             raise NonFiniteLoss(f"the training loss became {loss} in epoch {epoch}, batch {batch_index + 1}")
@@ -351,11 +397,13 @@ def _train_one_epoch(
     bar.close()
     train_seconds = time.perf_counter() - started
 
-    val = evaluate_nll(model, data.val, cfg.loss, device) if len(data.val) else None
-    test = evaluate_nll(model, data.test, cfg.loss, device)
+    val_labels, test_labels = (data.val_labels, data.test_labels) if conditioned else (None, None)
+    val = evaluate_nll(model, data.val, cfg.loss, device, val_labels) if len(data.val) else None
+    test = evaluate_nll(model, data.test, cfg.loss, device, test_labels)
     return {
         "epoch": epoch,
         "lr": lr,
+        "teacher_forcing_prob": float(np.mean(eps_values)),
         "train_loss": float(np.mean(batch_losses)),
         "val_loss": None if val is None else val["loss"],
         "val_nll_nats": None if val is None else val["nll_nats"],
