@@ -5,6 +5,7 @@ Usage:
     python evaluate.py --exp-name gru-128 --indices 3705,3217 --sampling bernoulli --samples 4
     python evaluate.py --exp-name gru-128 --mask-pixels 392 --digit 7 --num-digits 8
     python evaluate.py --exp-name gru-128 --num-digits 10000 --no-gifs       # metrics only
+    python evaluate.py --exp-name gru-label --mask-pixels 784 --per-class 10  # 10 x 10 generated digits
 
 Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
 truth), completions.png, completions.npz and metrics.json. The model and the test digits'
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     choice = parser.add_argument_group("which test digits")
     choice.add_argument("--indices", type=index_list, default=None, help="test-set indices, e.g. 3705,3217")
     choice.add_argument("--num-digits", type=positive_int, default=16, help="how many, chosen at random")
+    choice.add_argument(
+        "--per-class", type=positive_int, default=None, help="N digits of every class, a grid row per class"
+    )
     choice.add_argument("--digit", type=int, default=None, help="only digits of this class (0..9)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="digits completed together")

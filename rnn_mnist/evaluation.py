@@ -44,6 +44,7 @@ class EvalOptions:
     indices: tuple[int, ...] | None = None
     num_digits: int = 16
     digit: int | None = None
+    per_class: int | None = None  # N digits of every class, one grid row per class
     device: str = "auto"
     data_dir: str | None = None
     gifs: bool = True
@@ -63,9 +64,15 @@ def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[s
 
 
 def choose_indices(
-    labels: torch.Tensor, indices: tuple[int, ...] | None, num_digits: int, digit: int | None, seed: int
+    labels: torch.Tensor,
+    indices: tuple[int, ...] | None,
+    num_digits: int,
+    digit: int | None,
+    seed: int,
+    per_class: int | None = None,
 ) -> torch.Tensor:
-    """Test-set indices to complete: the given ones, or a seeded random choice (of one class)."""
+    """Test-set indices to complete: the given ones, or a seeded random choice (of one class, or
+    ``per_class`` of every class, ordered by class)."""
     if indices is not None:
         bad = [i for i in indices if not 0 <= i < len(labels)]
         if bad:
@@ -74,24 +81,31 @@ def choose_indices(
         if digit is not None and (labels[chosen] != digit).any():
             raise RnnMnistError(f"not every index given to --indices is a {digit}")
         return chosen
+    if per_class is not None:
+        return torch.cat([choose_indices(labels, None, per_class, d, seed + d) for d in range(10)])
     candidates = torch.arange(len(labels)) if digit is None else torch.nonzero(labels == digit).flatten()
     if num_digits > len(candidates):
         what = "test digits" if digit is None else f"test digits of class {digit}"
-        raise RnnMnistError(f"--num-digits {num_digits} is more than the {len(candidates)} {what}")
+        raise RnnMnistError(f"{num_digits} digits asked for, but there are only {len(candidates)} {what}")
     order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
     return candidates[order[:num_digits]].sort().values
 
 
 @torch.no_grad()
 def masked_nll(
-    model: NextPixelModel, targets: torch.Tensor, mask_pixels: int, batch_size: int
+    model: NextPixelModel,
+    targets: torch.Tensor,
+    mask_pixels: int,
+    batch_size: int,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Teacher-forced NLL (nats) of each digit's hidden pixels given all earlier true pixels, (N,)."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(targets), batch_size):
         batch = targets[start : start + batch_size].to(device).float()
-        logits = model.teacher_forced_logits(batch)[:, NUM_PIXELS - mask_pixels :]
+        batch_labels = None if labels is None else labels[start : start + batch_size]
+        logits = model.teacher_forced_logits(batch, batch_labels)[:, NUM_PIXELS - mask_pixels :]
         nll = F.binary_cross_entropy_with_logits(
             logits, batch[:, NUM_PIXELS - mask_pixels :], reduction="none"
         )
@@ -194,8 +208,11 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     data_dir = options.data_dir or os.environ.get(DATA_ENV_VAR) or saved_data.get("data_dir")
     data_config = DataConfig(**{**saved_data, "data_dir": data_dir})
     test_pixels, test_labels = load_test_digits(data_config)  # binarised as in training
-    chosen = choose_indices(test_labels, options.indices, options.num_digits, options.digit, options.seed)
+    chosen = choose_indices(
+        test_labels, options.indices, options.num_digits, options.digit, options.seed, options.per_class
+    )
     targets, labels = test_pixels[chosen], test_labels[chosen]
+    conditioned = model.config.num_classes > 0  # then the model is told each digit's class
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
     chunks = []
@@ -206,15 +223,16 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         unit="batch",
         disable=not show_progress or len(chosen) <= options.batch_size,
     ):
-        batch = targets[start : start + options.batch_size]
+        batch = slice(start, start + options.batch_size)
         result = complete(
             model,
-            batch,
+            targets[batch],
             options.mask_pixels,
             options.sampling,
             options.samples,
             options.temperature,
             generator,
+            labels[batch] if conditioned else None,
         )
         chunks.append(result.completed)
     if device.type == "cuda":
@@ -222,7 +240,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     seconds = time.perf_counter() - started
     completed = torch.cat(chunks)  # (N, K, 784)
 
-    nll = masked_nll(model, targets, options.mask_pixels, options.batch_size)
+    nll = masked_nll(model, targets, options.mask_pixels, options.batch_size, labels if conditioned else None)
     metrics = {
         "experiment": options.exp_name,
         "checkpoint_epoch": checkpoint["epoch"],
@@ -232,6 +250,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "samples": options.samples,
         "seed": options.seed,
         "num_digits": len(chosen),
+        "conditioned_on_label": conditioned,
         **completion_metrics(completed, targets, labels, nll, options.mask_pixels),
         "rollout_seconds": seconds,
         "digits_per_second": len(chosen) / seconds,
@@ -245,6 +264,8 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         for digit, values in judged.pop("per_class").items():
             metrics["per_class"][digit].update(values)
         metrics.update(judged)
+        if conditioned and options.mask_pixels == NUM_PIXELS:  # drawn from nothing but the label
+            metrics["target_accuracy"] = metrics["class_agreement"]
         metrics["judge_test_accuracy"] = accuracy(judge, test_pixels, test_labels)
 
     out_dir = Path(options.out_dir or Path("plots") / options.exp_name)
@@ -259,7 +280,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         indices=chosen.numpy(),
         mask_pixels=np.array(options.mask_pixels),
     )
-    grid = visualise.completion_grid(completed.numpy(), options.mask_pixels)
+    grid = visualise.completion_grid(completed.numpy(), options.mask_pixels, columns=options.per_class)
     atomic_write(out_dir / "completions.png", lambda f: f.write(visualise.png_bytes(grid)))
     if options.gifs:
         for i in tqdm(range(n), desc="GIFs", unit="digit", disable=not show_progress or n < 8):
@@ -291,6 +312,8 @@ def summary(metrics: dict[str, Any]) -> str:
             f"prefix only {metrics['class_agreement_prefix_only']:.3f}, "
             f"ground truth {metrics['class_agreement_ground_truth']:.3f}"
         )
+    if "target_accuracy" in metrics:
+        lines.append(f"target accuracy (judged as the requested class): {metrics['target_accuracy']:.3f}")
     if "generated_class_histogram" in metrics:
         lines.append(
             f"judged classes of generated digits: {metrics['generated_class_histogram']}, "

@@ -109,7 +109,7 @@ def accuracy(judge: DigitJudge, pixels: torch.Tensor, labels: torch.Tensor) -> f
 
 
 def train_judge(
-    data_dir: str | None, epochs: int = 3, batch_size: int = 128, seed: int = 0
+    data_dir: str | None, epochs: int = 6, batch_size: int = 128, seed: int = 0
 ) -> tuple[DigitJudge, dict]:
     """Train on all 60k training digits; return the judge and its test accuracies per binarisation."""
     torch.manual_seed(seed)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--exp-dir", default="experiments", help="where the judge is cached")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw; unset: $RNN_MNIST_DATA")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs over the 60k digits")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs over the 60k digits")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation and augmentation")
     parser.add_argument("--overwrite", action="store_true", help="retrain even if a judge is cached")
     args = parser.parse_args(argv)

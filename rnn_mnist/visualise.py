@@ -94,10 +94,13 @@ def save_gif(path: Path | str, frames: list[np.ndarray]) -> None:
     iio.imwrite(path, np.stack(frames), extension=".gif", duration=durations, loop=0)
 
 
-def completion_grid(completed: np.ndarray, mask_pixels: int, scale: int = 3) -> np.ndarray:
-    """One RGB image tiling every completion (N, K, 784): a row per digit, a column per sample."""
+def completion_grid(
+    completed: np.ndarray, mask_pixels: int, scale: int = 3, columns: int | None = None
+) -> np.ndarray:
+    """One RGB image tiling every completion (N, K, 784): a row per digit and a column per sample
+    when K > 1, else ``columns`` per row (default: a square)."""
     n, k, _ = completed.shape
-    columns = k if k > 1 else math.ceil(math.sqrt(n))
+    columns = k if k > 1 else columns or math.ceil(math.sqrt(n))
     tiles = [upscale(colour_pixels(c, mask_pixels), scale) for c in completed.reshape(n * k, NUM_PIXELS)]
     rows = math.ceil(len(tiles) / columns)
     side = IMAGE_SIDE * scale
