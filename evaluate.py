@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--temperature", type=positive_float, default=1.0, help="divides the logits")
     parser.add_argument("--samples", type=positive_int, default=1, help="completions per digit")
+    parser.add_argument(
+        "--best-of",
+        type=positive_int,
+        default=None,
+        help="draw K completions per digit and keep the one the model finds most likely (use with bernoulli)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of digits and Bernoulli draws")
     choice = parser.add_argument_group("which test digits")
     choice.add_argument("--indices", type=index_list, default=None, help="test-set indices, e.g. 3705,3217")
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--mask-pixels must be in 1..{NUM_PIXELS}, got {args.mask_pixels}")
     if args.digit is not None and not 0 <= args.digit <= 9:
         parser.error(f"--digit must be in 0..9, got {args.digit}")
+    if args.best_of is not None and args.samples > 1:
+        parser.error("--best-of keeps one completion per digit; it does not combine with --samples")
     if args.indices is not None and any(i < 0 for i in args.indices):
         parser.error("--indices must be 0 or more")
     options = EvalOptions(**vars(args))

@@ -27,7 +27,7 @@ from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, loa
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import complete
+from rnn_mnist.rollout import complete, most_likely
 from rnn_mnist.training import resolve_device
 
 
@@ -40,6 +40,7 @@ class EvalOptions:
     sampling: str = "greedy"
     temperature: float = 1.0
     samples: int = 1
+    best_of: int | None = None  # draw this many per digit, keep the one the model finds most likely
     seed: int = 0
     indices: tuple[int, ...] | None = None
     num_digits: int = 16
@@ -229,12 +230,12 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             targets[batch],
             options.mask_pixels,
             options.sampling,
-            options.samples,
+            options.best_of or options.samples,
             options.temperature,
             generator,
             labels[batch] if conditioned else None,
         )
-        chunks.append(result.completed)
+        chunks.append((most_likely(result) if options.best_of else result).completed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -248,6 +249,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "sampling": options.sampling,
         "temperature": options.temperature,
         "samples": options.samples,
+        "best_of": options.best_of,
         "seed": options.seed,
         "num_digits": len(chosen),
         "conditioned_on_label": conditioned,
@@ -299,7 +301,9 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
 def summary(metrics: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     lines = [
-        f"{metrics['num_digits']} digits x {metrics['samples']} ({metrics['sampling']}), "
+        f"{metrics['num_digits']} digits x {metrics['samples']} ({metrics['sampling']}"
+        + (f", best of {metrics['best_of']}" if metrics["best_of"] else "")
+        + "), "
         f"mask {metrics['mask_pixels']} px, on {metrics['device']}: "
         f"{metrics['rollout_seconds']:.2f} s ({metrics['digits_per_second']:,.0f} digits/s)",
         f"masked pixel accuracy {metrics['masked_pixel_accuracy']:.4f}, "

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import complete, rollout
+from rnn_mnist.rollout import Completion, complete, most_likely, rollout
 
 
 def _model(cell="gru", layers=1, hidden=16) -> NextPixelModel:
@@ -105,3 +105,23 @@ def test_impossible_mask_is_refused():
         complete(_model(), _digits(), 0)
     with pytest.raises(ValueError):
         complete(_model(), _digits(), 785)
+
+
+def test_most_likely_keeps_the_sample_the_model_prefers():
+    # One digit, two samples of two generated pixels; p(pixel = 1) is 0.9 then 0.2 for both.
+    completed = torch.tensor([[[1, 0, 1, 1], [1, 0, 0, 0]]], dtype=torch.uint8)  # (1, 2, 4); mask 2
+    probs = torch.tensor([[[0.9, 0.2], [0.9, 0.2]]])
+    best = most_likely(Completion(completed, probs))
+    # log 0.9 + log 0.2 for the first sample, log 0.1 + log 0.8 for the second: the first wins.
+    assert best.completed.tolist() == [[[1, 0, 1, 1]]]
+
+
+def test_best_of_end_to_end_on_a_random_model():
+    torch.manual_seed(0)
+    model = NextPixelModel(ModelConfig(hidden_size=8)).eval()
+    result = complete(
+        model, _digits(2), 284, "bernoulli", samples=4, generator=torch.Generator().manual_seed(0)
+    )
+    best = most_likely(result)
+    assert best.completed.shape == (2, 1, 784)
+    assert any(torch.equal(best.completed[0, 0], c) for c in result.completed[0])
