@@ -59,7 +59,8 @@ def load_experiment(folder: Path, out_dir: Path) -> dict[str, Any]:
 def differences(experiments: list[dict[str, Any]]) -> list[str]:
     """A label per experiment naming the flags whose values differ between them."""
     configs = [e["config"] for e in experiments]
-    keys = sorted({k for c in configs for k in c} - NOT_A_DIFFERENCE)
+    # Flags that only some experiments record come from a different version of train.py: skip them.
+    keys = sorted(set.intersection(*(set(c) for c in configs)) - NOT_A_DIFFERENCE)
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     if not varying:
         return [e["name"] for e in experiments]
@@ -113,8 +114,9 @@ def plot(experiments: list[dict[str, Any]], labels: list[str]) -> bytes:
     by_time.set(xlabel="training time (minutes)", title="test NLL by wall time")
     for axes in (by_epoch, by_time):
         axes.grid(alpha=0.3)
-    by_time.legend(fontsize=8)
-    figure.tight_layout()
+    handles, names = by_epoch.get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05 + 0.04 * math.ceil(len(names) / 4), 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
