@@ -221,6 +221,7 @@ def _format_epoch(entry: dict[str, Any]) -> str:
         f"| val nll {val_text} | test nll {entry['test_nll_nats']:6.2f} nats "
         f"| {entry['test_bits_per_pixel']:.4f} bits/px | lr {entry['lr']:.1e} "
         f"| {entry['seconds']:6.1f} s |"
+        + (f" eps {entry['teacher_forcing_prob']:.3f} |" if entry["teacher_forcing_prob"] < 1 else "")
     )
 
 
