@@ -6,7 +6,7 @@ writes plots/compare-hidden.png (test NLL against epoch and against training tim
 experiment, labelled by what differs between them) and plots/compare-hidden.md (the table, also
 printed). Each experiment's metrics.pkl is read with a restricted unpickler that admits plain
 Python values only, so a foreign .pkl cannot run code; evaluate.py's metrics.json in
-<out-dir>/<exp-name>/ adds masked pixel accuracy and class agreement where it exists.
+<eval-dir>/<exp-name>/ (default plots/) adds masked pixel accuracy and class agreement where it exists.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ def load_plain_pickle(path: Path) -> Any:
         raise RnnMnistError(f"{path} is not a plain metrics pickle ({exc})") from None
 
 
-def load_experiment(folder: Path, out_dir: Path) -> dict[str, Any]:
+def load_experiment(folder: Path, eval_dir: Path) -> dict[str, Any]:
     metrics = load_plain_pickle(folder / "metrics.pkl")
     if not isinstance(metrics, dict) or not {"config", "history"} <= set(metrics):
         raise RnnMnistError(f"{folder / 'metrics.pkl'} is not an rnn-mnist metrics file")
     name = metrics["config"].get("exp_name", folder.name)
-    evaluation = out_dir / name / "metrics.json"
+    evaluation = eval_dir / name / "metrics.json"
     metrics["name"] = name
     metrics["evaluation"] = json.loads(evaluation.read_text()) if evaluation.is_file() else None
     return metrics
@@ -123,9 +123,10 @@ def plot(experiments: list[dict[str, Any]], labels: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def compare(folders: list[Path], name: str, out_dir: Path) -> str:
-    """Write compare-<name>.png and .md into out_dir; return the table."""
-    experiments = [load_experiment(folder, out_dir) for folder in folders]
+def compare(folders: list[Path], name: str, out_dir: Path, eval_dir: Path = Path("plots")) -> str:
+    """Write compare-<name>.png and .md into out_dir; return the table. evaluate.py's metrics are
+    read from eval_dir/<exp-name>/metrics.json."""
+    experiments = [load_experiment(folder, eval_dir) for folder in folders]
     markdown = table(experiments)
     png = plot(experiments, differences(experiments))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("exp_dirs", nargs="+", type=Path, help="experiment folders (experiments/<name>)")
     parser.add_argument("--name", required=True, help="names the outputs compare-<name>.png/.md")
     parser.add_argument("--out-dir", type=Path, default=Path("plots"), help="where outputs go")
+    parser.add_argument(
+        "--eval-dir", type=Path, default=Path("plots"), help="where evaluate.py wrote <exp-name>/metrics.json"
+    )
     args = parser.parse_args(argv)
 
     def run() -> None:
-        print(compare(args.exp_dirs, args.name, args.out_dir))
+        print(compare(args.exp_dirs, args.name, args.out_dir, args.eval_dir))
         print(f"\nwrote {args.out_dir}/compare-{args.name}.png and .md")
 
     return run_cli(run)

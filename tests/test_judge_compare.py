@@ -90,10 +90,15 @@ def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
     exp_dir = tmp_path / "experiments"
     for hidden in ("8", "12"):
         assert train.main(tiny_train_args(exp_dir, mnist_dir, f"h{hidden}", "--hidden", hidden)) == 0
-    out = tmp_path / "plots"
-    code = compare.main(
-        [str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "hidden", "--out-dir", str(out)]
+    out, evaluations = tmp_path / "plots", tmp_path / "evaluations"
+    (evaluations / "h8").mkdir(parents=True)  # as if evaluate.py had run on h8 only
+    (evaluations / "h8" / "metrics.json").write_text(
+        '{"masked_pixel_accuracy": 0.8123, "class_agreement": 0.765}'
     )
+    # fmt: off
+    code = compare.main([str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "hidden", "--out-dir", str(out),
+                         "--eval-dir", str(evaluations)])
+    # fmt: on
     assert code == 0
     assert iio.imread(out / "compare-hidden.png").ndim == 3
     markdown = (out / "compare-hidden.md").read_text()
@@ -108,6 +113,7 @@ def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
         assert cells[4] == f"{metrics['num_parameters']:,}" and cells[5] == str(len(metrics["history"]))
         assert cells[7] == f"{min(h['val_nll_nats'] for h in metrics['history']):.2f}"
         assert cells[8] == f"{last['test_nll_nats']:.2f}" and cells[9] == f"{last['test_bits_per_pixel']:.4f}"
+        assert cells[10:] == (["0.8123", "0.765"] if name == "h8" else ["-", "-"])
     experiments = [compare.load_experiment(exp_dir / n, out) for n in ("h8", "h12")]
     assert compare.differences(experiments) == ["hidden_size=8", "hidden_size=12"]
 
