@@ -31,7 +31,7 @@ from rnn_mnist.checkpoint import (
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted
 from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
-from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, sequential_logits
+from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
 
 LOSSES = ("bce", "mse")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -59,7 +59,7 @@ class TrainConfig:
     ss_k: float | None = None  # schedule parameter k; None: the schedule's default
     ss_c: float = 1e-4  # linear: decay per batch
     ss_min: float = 0.5  # linear: floor
-    ss_mode: str = "parallel"  # parallel (Duckworth et al. 2019) | sequential (exact, slow)
+    ss_mode: str = "auto"  # auto | parallel (Duckworth et al. 2019) | sequential (exact)
     ss_passes: int = 1  # parallel: prediction passes before the trained one
 
     def schedule(self) -> Schedule:
@@ -375,12 +375,13 @@ def _train_one_epoch(
     )
     conditioned = model.config.num_classes > 0
     schedule, eps_values = cfg.schedule(), []
+    mode = resolve_mode(cfg.ss_mode, device)
     for batch_index, idx in enumerate(bar):
         batch = pixels[idx].to(device, non_blocking=True).float()
         labels = data.train_labels[idx].to(device) if conditioned else None
         eps = schedule.teacher_forcing_prob(batches_done + batch_index)
         eps_values.append(eps)
-        if eps < 1.0 and cfg.ss_mode == "sequential":
+        if eps < 1.0 and mode == "sequential":
             logits, _ = sequential_logits(model, batch, eps, generator, labels)
             value = optimize(model, optimizer, pixel_loss(logits, batch, cfg.loss), cfg.clip)
         else:

@@ -15,7 +15,7 @@ import evaluate
 import train
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, sequential_logits
+from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
 
 
 def test_schedule_values_at_given_steps():
@@ -36,6 +36,12 @@ def test_schedule_values_at_given_steps():
 def test_impossible_schedules_are_refused(bad):
     with pytest.raises(ValueError):
         Schedule(**bad)
+
+
+def test_auto_mode_is_sequential_on_the_cpu_and_parallel_on_a_gpu():
+    assert resolve_mode("auto", torch.device("cpu")) == "sequential"
+    assert resolve_mode("auto", torch.device("cuda")) == "parallel"
+    assert resolve_mode("parallel", torch.device("cpu")) == "parallel"
 
 
 def _model() -> NextPixelModel:
