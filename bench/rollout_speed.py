@@ -70,11 +70,12 @@ def main() -> None:
         torch.manual_seed(0)
         model, what = NextPixelModel(ModelConfig(hidden_size=128)).eval(), "untrained GRU-128"
     try:
-        digits = load_test_digits(DataConfig(data_dir=args.data_dir))[0][: args.digits]
+        all_digits = load_test_digits(DataConfig(data_dir=args.data_dir))[0]  # read once, also for CUDA
         source = "MNIST test digits"
     except Exception:
-        digits = torch.bernoulli(torch.full((args.digits, NUM_PIXELS), 0.2)).to(torch.uint8)
+        all_digits = torch.bernoulli(torch.full((args.digits, NUM_PIXELS), 0.2)).to(torch.uint8)
         source = "random digits"
+    digits = all_digits[: args.digits]
     n, mask = len(digits), args.mask_pixels
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {what}, {n} {source}, "
@@ -110,9 +111,6 @@ def main() -> None:
     print(f"\nnaive and batched greedy completions agree on {agree.mean().item():.4%} of pixels")
     if torch.cuda.is_available():
         cuda_model = model.to("cuda")
-        all_digits = (
-            load_test_digits(DataConfig(data_dir=args.data_dir))[0] if source.startswith("MNIST") else digits
-        )
         complete(cuda_model, all_digits[:8], mask)
         torch.cuda.synchronize()
         seconds = timed(lambda: (complete(cuda_model, all_digits, mask), torch.cuda.synchronize()), repeats=3)
