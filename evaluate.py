@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rnn_mnist.cli import ShortErrorParser, positive_float, positive_int, run_cli
+from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_float, positive_int, run_cli
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
 from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
 from rnn_mnist.rollout import SAMPLINGS
@@ -35,9 +35,7 @@ def index_list(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ShortErrorParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = ShortErrorParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--exp-name", required=True, help="experiment to evaluate (its checkpoint.ckpt)")
     parser.add_argument("--exp-dir", default="experiments", help="where experiment folders live")
     parser.add_argument("--out-dir", default=None, help="output folder; unset: plots/<exp-name>")

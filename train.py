@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from rnn_mnist.cli import (
+    DefaultsHelpFormatter,
     ShortErrorParser,
     fraction,
     milestones,
@@ -33,7 +34,7 @@ from rnn_mnist.training import DEVICES, LOSSES, train_experiment
 def build_parser() -> argparse.ArgumentParser:
     parser = ShortErrorParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     exp = parser.add_argument_group("experiment")
     exp.add_argument("--exp-name", required=True, help="experiment folder name under --exp-dir")
@@ -141,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument(
         "--ss-mode",
         choices=MODES,
-        default="parallel",
-        help="parallel passes (fast) or pixel by pixel (exact)",
+        default="auto",
+        help="parallel: extra teacher-forced passes (Duckworth et al. 2019); sequential: pixel by pixel "
+        "(exact); auto: sequential on the CPU, where it measured faster, parallel elsewhere",
     )
     ss.add_argument("--ss-passes", type=positive_int, default=1, help="parallel: prediction passes per batch")
     return parser

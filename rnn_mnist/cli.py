@@ -54,6 +54,16 @@ def milestones(text: str) -> tuple[int, ...]:
     return values
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except for on/off switches, where "(default: True)" on a
+    ``--no-x`` flag reads as the opposite of what it means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ShortErrorParser(argparse.ArgumentParser):
     """Reports a bad flag in one line rather than the whole usage block."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rnn_mnist.checkpoint import atomic_write
-from rnn_mnist.cli import run_cli
+from rnn_mnist.cli import DefaultsHelpFormatter, run_cli
 from rnn_mnist.errors import RnnMnistError
 
 # Flags that say where or how a run was launched, not what was trained.
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rnn_mnist.compare",
         description="Compare experiments: an NLL plot and a Markdown table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("exp_dirs", nargs="+", type=Path, help="experiment folders (experiments/<name>)")
     parser.add_argument("--name", required=True, help="names the outputs compare-<name>.png/.md")

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rnn_mnist.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from rnn_mnist.cli import run_cli
+from rnn_mnist.cli import DefaultsHelpFormatter, run_cli
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rnn_mnist.judge",
         description="Train the digit judge once and cache it in <exp-dir>/judge/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--exp-dir", default="experiments", help="where the judge is cached")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw; unset: $RNN_MNIST_DATA")

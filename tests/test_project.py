@@ -44,6 +44,15 @@ def test_help_runs_and_lists_the_flags(script, flags):
         assert flag in result.stdout
 
 
+def test_help_shows_value_defaults_but_not_switch_defaults():
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    text = " ".join(result.stdout.split())  # undo argparse's line wrapping
+    assert "(default: 284)" in text  # --mask-pixels
+    assert "(default: True)" not in text  # --no-gifs / --no-judge would read backwards
+
+
 @pytest.mark.skipif(shutil.which("ruff") is None and not (REPO / ".venv").exists(), reason="ruff missing")
 def test_ruff_clean():
     result = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
@@ -46,6 +47,16 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
 
 def without_timings(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in history]
+
+
+@pytest.mark.parametrize("config", [training.TrainConfig, ModelConfig, DataConfig])
+def test_flag_defaults_match_the_config_defaults(config):
+    # train.py's flags and the config dataclasses each state a default; they must agree, or a run
+    # from the shell and one from Python would train different things.
+    flags = vars(train.build_parser().parse_args(["--exp-name", "x"]))
+    for field in dataclasses.fields(config):
+        if field.name in flags and field.default is not dataclasses.MISSING:
+            assert flags[field.name] == field.default, field.name
 
 
 def test_cli_end_to_end_writes_pkl_and_checkpoint(tmp_path, mnist_dir):
