@@ -3,6 +3,7 @@
     result = complete(model, pixels, mask_pixels=284, sampling="greedy", samples=1)
     result.completed   # (N, K, 784) uint8: the visible prefix, then the generated pixels
     result.probs       # (N, K, mask_pixels): p(pixel = 1) the model gave at each generated step
+                       # (at temperature 1: --temperature changes the draws, not this)
 
 The visible prefix is fed once, batched, to prime the state; then every digit and sample steps
 together, one pixel at a time, on a canvas that holds the prefix and what was drawn so far.
@@ -51,10 +52,13 @@ def rollout(
     temperature: float = 1.0,
     labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate ``num_steps`` pixels after ``visible`` (B, V) floats; logits are divided by
-    ``temperature`` before the sigmoid. ``labels`` (B,) are for label-conditioned models.
+    """Generate ``num_steps`` pixels after ``visible`` (B, V) floats. ``choose`` sees the
+    probabilities with the logits divided by ``temperature``; ``labels`` (B,) are for
+    label-conditioned models.
 
-    Returns the fed-back values (B, num_steps) and the probabilities (B, num_steps).
+    Returns the fed-back values (B, num_steps) and the model's own probabilities (B, num_steps),
+    at temperature 1 whatever ``temperature`` is, so that they score a completion by the model's
+    likelihood (``most_likely``).
     """
     batch, num_visible = visible.shape
     canvas = visible.new_zeros(batch, num_visible + num_steps)  # what the model has seen or drawn
@@ -65,8 +69,9 @@ def rollout(
     for step in range(num_steps):
         t = num_visible + step
         logit, state = model.step(canvas, t, state, labels)
-        probs[:, step] = torch.sigmoid(logit / temperature)
-        canvas[:, t] = choose(probs[:, step], t)
+        probs[:, step] = torch.sigmoid(logit)
+        tempered = probs[:, step] if temperature == 1 else torch.sigmoid(logit / temperature)
+        canvas[:, t] = choose(tempered, t)
     return canvas[:, num_visible:], probs
 
 

@@ -93,11 +93,29 @@ def test_conditioned_completion_uses_the_label():
     assert torch.equal(a.completed[0], b.completed[0]) and not torch.allclose(a.probs[1], b.probs[1])
 
 
-def test_temperature_sharpens_probabilities():
+def test_temperature_sharpens_the_draws_not_the_reported_probabilities():
     model, digits = _model(), _digits().float()
-    _, cold = rollout(model, digits[:, :500], 284, lambda p, t: digits[:, t], temperature=0.5)
-    _, warm = rollout(model, digits[:, :500], 284, lambda p, t: digits[:, t], temperature=1.0)
-    assert ((cold - 0.5).abs() >= (warm - 0.5).abs() - 1e-6).all()
+    seen = {}
+
+    def record(temperature):
+        seen[temperature] = []
+        return lambda p, t: seen[temperature].append(p.clone()) or digits[:, t]
+
+    _, cold = rollout(model, digits[:, :500], 284, record(0.5), temperature=0.5)
+    _, warm = rollout(model, digits[:, :500], 284, record(1.0), temperature=1.0)
+    assert torch.equal(cold, warm)  # the model's own p, for scoring by its likelihood
+    cold_seen, warm_seen = torch.stack(seen[0.5], 1), torch.stack(seen[1.0], 1)
+    assert torch.allclose(warm_seen, warm)
+    assert ((cold_seen - 0.5).abs() >= (warm_seen - 0.5).abs() - 1e-6).all()
+    assert ((cold_seen - 0.5).abs() > (warm_seen - 0.5).abs() + 1e-3).any()
+
+
+def test_near_zero_temperature_draws_like_greedy():
+    model, digits = _model(), _digits()
+    generator = torch.Generator().manual_seed(0)
+    greedy = complete(model, digits, 284, "greedy")
+    cold = complete(model, digits, 284, "bernoulli", temperature=1e-4, generator=generator)
+    assert torch.equal(greedy.completed, cold.completed)
 
 
 def test_impossible_mask_is_refused():
