@@ -20,7 +20,7 @@ import sys
 from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_float, positive_int, run_cli
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
 from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
-from rnn_mnist.rollout import SAMPLINGS
+from rnn_mnist.rollout import BEST_BY, SAMPLINGS
 from rnn_mnist.training import DEVICES
 
 
@@ -62,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--best-of",
         type=positive_int,
         default=None,
-        help="draw K completions per digit and keep the one the model finds most likely (use with bernoulli)",
+        help="draw K completions per digit and keep one, chosen by --best-by (use with bernoulli)",
+    )
+    parser.add_argument(
+        "--best-by",
+        choices=BEST_BY,
+        default="likelihood",
+        help="likelihood: the completion the model finds most likely; label-posterior (label-conditioned "
+        "models): the one from which the model itself most surely infers the requested class, p(label | "
+        "image) by Bayes' rule over its 10 class likelihoods (the judge is never consulted)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of digits and Bernoulli draws")
     choice = parser.add_argument_group("which test digits")
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--digit must be in 0..9, got {args.digit}")
     if args.best_of is not None and args.samples > 1:
         parser.error("--best-of keeps one completion per digit; it does not combine with --samples")
+    if args.best_by != "likelihood" and args.best_of is None:
+        parser.error("--best-by chooses among --best-of K samples; give --best-of too")
     if args.indices is not None and any(i < 0 for i in args.indices):
         parser.error("--indices must be 0 or more")
     options = EvalOptions(**vars(args))

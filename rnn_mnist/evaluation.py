@@ -27,7 +27,7 @@ from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, loa
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import complete, most_likely
+from rnn_mnist.rollout import BEST_BY, complete, most_likely, most_recognisable
 from rnn_mnist.training import resolve_device
 
 
@@ -40,7 +40,8 @@ class EvalOptions:
     sampling: str = "greedy"
     temperature: float = 1.0
     samples: int = 1
-    best_of: int | None = None  # draw this many per digit, keep the one the model finds most likely
+    best_of: int | None = None  # draw this many per digit and keep one of them, chosen by best_by
+    best_by: str = "likelihood"  # likelihood | label-posterior (see rollout.BEST_BY)
     seed: int = 0
     indices: tuple[int, ...] | None = None
     num_digits: int = 16
@@ -214,6 +215,13 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     )
     targets, labels = test_pixels[chosen], test_labels[chosen]
     conditioned = model.config.num_classes > 0  # then the model is told each digit's class
+    if options.best_by not in BEST_BY:
+        raise RnnMnistError(f"--best-by must be one of {', '.join(BEST_BY)}, not {options.best_by!r}")
+    if options.best_by == "label-posterior" and not conditioned:
+        raise RnnMnistError(
+            f"--best-by label-posterior needs a label-conditioned model; {options.exp_name} was trained "
+            "without --condition label"
+        )
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
     chunks = []
@@ -235,7 +243,11 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             generator,
             labels[batch] if conditioned else None,
         )
-        chunks.append((most_likely(result) if options.best_of else result).completed)
+        if options.best_of and options.best_by == "likelihood":
+            result = most_likely(result)
+        elif options.best_of:
+            result = most_recognisable(model, result, labels[batch])
+        chunks.append(result.completed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -250,6 +262,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "temperature": options.temperature,
         "samples": options.samples,
         "best_of": options.best_of,
+        "best_by": options.best_by if options.best_of else None,
         "seed": options.seed,
         "num_digits": len(chosen),
         "conditioned_on_label": conditioned,
@@ -302,7 +315,7 @@ def summary(metrics: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     lines = [
         f"{metrics['num_digits']} digits x {metrics['samples']} ({metrics['sampling']}"
-        + (f", best of {metrics['best_of']}" if metrics["best_of"] else "")
+        + (f", best of {metrics['best_of']} by {metrics['best_by']}" if metrics["best_of"] else "")
         + "), "
         f"mask {metrics['mask_pixels']} px, on {metrics['device']}: "
         f"{metrics['rollout_seconds']:.2f} s ({metrics['digits_per_second']:,.0f} digits/s)",

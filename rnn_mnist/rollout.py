@@ -16,11 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.models import NextPixelModel
 
 SAMPLINGS = ("greedy", "bernoulli", "mean")
+# How --best-of K picks one of K samples: the model's likelihood of it, or (label-conditioned
+# models) how surely the model reads the requested class back from it.
+BEST_BY = ("likelihood", "label-posterior")
 
 # choose(probs (B,), step index t) -> the value fed back as pixel t (B,), float.
 Chooser = Callable[[torch.Tensor, int], torch.Tensor]
@@ -113,17 +117,66 @@ def complete(
     )
 
 
-def most_likely(result: Completion) -> Completion:
-    """Keep, for each digit, the sample the model itself finds most likely.
+def keep_best(result: Completion, score: torch.Tensor) -> Completion:
+    """Keep, for each digit, the sample with the highest ``score`` (N, K)."""
+    best = score.argmax(dim=1)
+    rows = torch.arange(len(best))
+    return Completion(result.completed[rows, best].unsqueeze(1), result.probs[rows, best].unsqueeze(1))
 
-    The score is the log-likelihood of the generated pixels under the probabilities the model gave
-    while drawing them: sum of log p where a pixel is 1 and log(1 - p) where it is 0.
-    """
-    n = result.completed.shape[0]
+
+def log_likelihood(result: Completion) -> torch.Tensor:
+    """The log-likelihood (N, K) of each sample's generated pixels under the probabilities the
+    model gave while drawing them: sum of log p where a pixel is 1 and log(1 - p) where it is 0."""
     mask_pixels = result.probs.shape[2]
     generated = result.completed[:, :, -mask_pixels:].float()  # the generated tail
     probs = result.probs.clamp(1e-7, 1 - 1e-7)
-    score = (generated * probs.log() + (1 - generated) * (1 - probs).log()).sum(dim=2)  # (N, K)
-    best = score.argmax(dim=1)
-    rows = torch.arange(n)
-    return Completion(result.completed[rows, best].unsqueeze(1), result.probs[rows, best].unsqueeze(1))
+    return (generated * probs.log() + (1 - generated) * (1 - probs).log()).sum(dim=2)
+
+
+def most_likely(result: Completion) -> Completion:
+    """Keep, for each digit, the sample the model itself finds most likely."""
+    return keep_best(result, log_likelihood(result))
+
+
+@torch.no_grad()
+def label_log_posterior(
+    model: NextPixelModel, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
+) -> torch.Tensor:
+    """log p(label | image) (B,) under a label-conditioned model, for whole images (B, 784).
+
+    Bayes' rule over the model's own class-conditional likelihoods p(image | class), one
+    teacher-forced pass per class, with a uniform prior: the model read as a classifier.
+    """
+    num_classes = model.config.num_classes
+    if num_classes == 0:
+        raise ValueError("label_log_posterior needs a label-conditioned model (--condition label)")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    log_likelihoods = []  # (B, num_classes) in chunks
+    try:
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device).float()
+            per_class = [
+                -F.binary_cross_entropy_with_logits(
+                    model.teacher_forced_logits(x, torch.full((len(x),), c, device=device)),
+                    x,
+                    reduction="none",
+                ).sum(dim=1)
+                for c in range(num_classes)
+            ]
+            log_likelihoods.append(torch.stack(per_class, dim=1).cpu())
+    finally:
+        model.train(was_training)
+    ll = torch.cat(log_likelihoods)
+    return ll.gather(1, labels.long().view(-1, 1)).squeeze(1) - ll.logsumexp(dim=1)
+
+
+def most_recognisable(model: NextPixelModel, result: Completion, labels: torch.Tensor) -> Completion:
+    """Keep, for each digit, the sample from which the model itself most surely reads back
+    ``labels`` (N,): the highest ``label_log_posterior``. Uses the model only, never the judge."""
+    n, k = result.completed.shape[:2]
+    score = label_log_posterior(
+        model, result.completed.reshape(n * k, NUM_PIXELS), labels.repeat_interleave(k)
+    )
+    return keep_best(result, score.reshape(n, k))

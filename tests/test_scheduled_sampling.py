@@ -134,3 +134,13 @@ def test_label_conditioning_is_saved_and_restored(tmp_path, mnist_dir, capsys):
     assert metrics["conditioned_on_label"] and 0 <= metrics["target_accuracy"] <= 1
     grid = iio.imread(out / "completions.png")
     assert grid.shape[0] > grid.shape[1] * 4  # 10 rows of 2
+
+    # Best of 3 by the model's own reading of the label: still one drawing per requested digit.
+    assert (
+        evaluate.main([*argv, "--sampling", "bernoulli", "--best-of", "3", "--best-by", "label-posterior"])
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_of"] == 3 and metrics["best_by"] == "label-posterior"
+    with np.load(out / "completions.npz") as npz:
+        assert npz["completed"].shape == (20, 1, 28, 28)
