@@ -6,6 +6,8 @@ Usage:
     python evaluate.py --exp-name gru-128 --mask-pixels 392 --digit 7 --num-digits 8
     python evaluate.py --exp-name gru-128 --num-digits 10000 --no-gifs       # metrics only
     python evaluate.py --exp-name gru-label --mask-pixels 784 --per-class 10  # 10 x 10 generated digits
+    python evaluate.py --exp-name gru-label --mask-pixels 784 --per-class 10 --sampling bernoulli \
+        --best-of 8 --best-by label-posterior  # keep the draw the model itself reads as its class
 
 Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
 truth), completions.png, completions.npz and metrics.json. The model and the test digits'
