@@ -17,6 +17,7 @@ import json
 import math
 import pickle
 import sys
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,7 @@ def plot(experiments: list[dict[str, Any]], labels: list[str]) -> bytes:
         history = experiment["history"]
         epochs = [h["epoch"] for h in history]
         nll = [h["test_nll_nats"] for h in history]
-        minutes, total = [], 0.0
-        for h in history:
-            total += h["seconds"] / 60
-            minutes.append(total)
+        minutes = list(accumulate(h["seconds"] / 60 for h in history))
         by_epoch.plot(epochs, nll, marker="o", label=label)
         by_time.plot(minutes, nll, marker="o", label=label)
     by_epoch.set(xlabel="epoch", ylabel="test NLL (nats per digit)", title="test NLL by epoch")

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnn_mnist import visualise
@@ -27,7 +26,7 @@ from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, loa
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import BEST_BY, complete, most_likely, most_recognisable
+from rnn_mnist.rollout import BEST_BY, complete, most_likely, most_recognisable, teacher_forced_nll
 from rnn_mnist.training import resolve_device
 
 
@@ -91,28 +90,6 @@ def choose_indices(
         raise RnnMnistError(f"{num_digits} digits asked for, but there are only {len(candidates)} {what}")
     order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
     return candidates[order[:num_digits]].sort().values
-
-
-@torch.no_grad()
-def masked_nll(
-    model: NextPixelModel,
-    targets: torch.Tensor,
-    mask_pixels: int,
-    batch_size: int,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Teacher-forced NLL (nats) of each digit's hidden pixels given all earlier true pixels, (N,)."""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(targets), batch_size):
-        batch = targets[start : start + batch_size].to(device).float()
-        batch_labels = None if labels is None else labels[start : start + batch_size]
-        logits = model.teacher_forced_logits(batch, batch_labels)[:, NUM_PIXELS - mask_pixels :]
-        nll = F.binary_cross_entropy_with_logits(
-            logits, batch[:, NUM_PIXELS - mask_pixels :], reduction="none"
-        )
-        out.append(nll.sum(dim=1).cpu())
-    return torch.cat(out)
 
 
 def completion_metrics(
@@ -243,17 +220,19 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             generator,
             labels[batch] if conditioned else None,
         )
-        if options.best_of and options.best_by == "likelihood":
-            result = most_likely(result)
-        elif options.best_of:
-            result = most_recognisable(model, result, labels[batch])
+        if options.best_of:
+            by_label = options.best_by == "label-posterior"
+            result = most_recognisable(model, result, labels[batch]) if by_label else most_likely(result)
         chunks.append(result.completed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     completed = torch.cat(chunks)  # (N, K, 784)
 
-    nll = masked_nll(model, targets, options.mask_pixels, options.batch_size, labels if conditioned else None)
+    # Teacher-forced NLL of each digit's hidden pixels given all its earlier true pixels.
+    nll = teacher_forced_nll(
+        model, targets, labels if conditioned else None, NUM_PIXELS - options.mask_pixels, options.batch_size
+    )
     metrics = {
         "experiment": options.exp_name,
         "checkpoint_epoch": checkpoint["epoch"],

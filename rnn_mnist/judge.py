@@ -27,6 +27,7 @@ from rnn_mnist.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from rnn_mnist.cli import DefaultsHelpFormatter, run_cli
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.training import optimize
 
 JUDGE_FOLDER = "judge"
 MAX_SHIFT = 2  # pixels of random translation during training
@@ -85,11 +86,7 @@ def train_step(
     judge: DigitJudge, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
 ) -> float:
     """One cross-entropy update on float images (B, 1, 28, 28)."""
-    loss = F.cross_entropy(judge(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return optimize(judge, optimizer, F.cross_entropy(judge(images), labels), clip=None).item()
 
 
 @torch.no_grad()

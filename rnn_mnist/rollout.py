@@ -139,6 +139,31 @@ def most_likely(result: Completion) -> Completion:
 
 
 @torch.no_grad()
+def teacher_forced_nll(
+    model: NextPixelModel,
+    pixels: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    first_pixel: int = 0,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """NLL (nats, (N,)) of pixels ``first_pixel``.. of each image (N, 784), each given all the
+    true pixels before it. ``labels`` (N,) are for label-conditioned models."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(pixels), batch_size):
+            x = pixels[start : start + batch_size].to(device).float()
+            batch_labels = None if labels is None else labels[start : start + batch_size]
+            logits = model.teacher_forced_logits(x, batch_labels)[:, first_pixel:]
+            nll = F.binary_cross_entropy_with_logits(logits, x[:, first_pixel:], reduction="none")
+            out.append(nll.sum(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
 def label_log_posterior(
     model: NextPixelModel, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
 ) -> torch.Tensor:
@@ -150,26 +175,14 @@ def label_log_posterior(
     num_classes = model.config.num_classes
     if num_classes == 0:
         raise ValueError("label_log_posterior needs a label-conditioned model (--condition label)")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    log_likelihoods = []  # (B, num_classes) in chunks
-    try:
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device).float()
-            per_class = [
-                -F.binary_cross_entropy_with_logits(
-                    model.teacher_forced_logits(x, torch.full((len(x),), c, device=device)),
-                    x,
-                    reduction="none",
-                ).sum(dim=1)
-                for c in range(num_classes)
-            ]
-            log_likelihoods.append(torch.stack(per_class, dim=1).cpu())
-    finally:
-        model.train(was_training)
-    ll = torch.cat(log_likelihoods)
-    return ll.gather(1, labels.long().view(-1, 1)).squeeze(1) - ll.logsumexp(dim=1)
+    log_likelihood = -torch.stack(
+        [
+            teacher_forced_nll(model, images, torch.full((len(images),), c), batch_size=batch_size)
+            for c in range(num_classes)
+        ],
+        dim=1,
+    )  # (B, num_classes)
+    return log_likelihood.gather(1, labels.long().view(-1, 1)).squeeze(1) - log_likelihood.logsumexp(dim=1)
 
 
 def most_recognisable(model: NextPixelModel, result: Completion, labels: torch.Tensor) -> Completion:

@@ -114,7 +114,7 @@ def train_step(
 
 
 def optimize(
-    model: NextPixelModel, optimizer: torch.optim.Optimizer, value: torch.Tensor, clip: float | None
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, value: torch.Tensor, clip: float | None
 ) -> torch.Tensor:
     """Backpropagate ``value``, clip the gradient norm, step; returns the detached value."""
     optimizer.zero_grad(set_to_none=True)
