@@ -1,9 +1,9 @@
 """The next-pixel model: a recurrent network that reads what came before pixel t and predicts it.
 
     model = NextPixelModel(ModelConfig(cell="gru", hidden_size=128))
-    logits = model.teacher_forced_logits(pixels)               # (B, 784): one logit per pixel
-    state = model.read(model.features(canvas, 0, 500))         # prime the state with a visible prefix
-    logit, state = model.step(canvas, 500, state)              # then one pixel at a time
+    logits = model.teacher_forced_logits(pixels)     # (B, 784): one logit per pixel
+    state = model.read(canvas, 500)                  # prime the state with a visible prefix
+    logit, state = model.step(canvas, 500, state)    # then one pixel at a time
 
 At step t the input is pixel t-1 (a learned start value at t = 0) and, if configured, the three
 pixels above pixel t, its row and column, and the digit's label: all known before pixel t, so the
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
+from rnn_mnist.gru import gru_recurrence
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 # Pixels per chunk when only the final state is wanted on the CPU (see NextPixelModel.read).
@@ -92,6 +93,9 @@ class NextPixelModel(nn.Module):
         one_hot = nn.functional.one_hot
         rows_cols = torch.cat([one_hot(row, IMAGE_SIDE), one_hot(col, IMAGE_SIDE)], dim=1)
         self.register_buffer("position_one_hot", rows_cols.float(), persistent=False)  # (784, 56)
+        # A runtime switch, not part of the config: False runs GRUs on nn.GRU on the CPU too (the
+        # reference the fast path is tested and benchmarked against).
+        self.fast_gru = True
 
     def features(
         self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None = None
@@ -119,34 +123,129 @@ class NextPixelModel(nn.Module):
             parts.append(one_hot.to(canvas.dtype)[:, None, :].expand(-1, end - start, -1))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
-    def forward(self, features: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Logits (B, T) for the pixels that ``features`` (B, T, F) predict, and the final state."""
-        out, state = self.rnn(features, state)  # (B, T, H)
-        logits = self.head(self.dropout(out)).squeeze(-1)  # (B, T)
-        return logits, state
+    def uses_fast_gru(self, device: torch.device) -> bool:
+        """The hand-written GRU (rnn_mnist/gru.py) runs GRUs on the CPU; everything else ``nn.RNNBase``."""
+        return self.fast_gru and self.config.cell == "gru" and device.type == "cpu"
 
-    def read(self, features: torch.Tensor, state: State | None = None) -> State:
-        """Feed ``features`` (B, T, F) and return only the final state, computing no logits.
+    def forward(
+        self,
+        canvas: torch.Tensor,
+        start: int,
+        end: int,
+        labels: torch.Tensor | None = None,
+        state: State | None = None,
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, State]:
+        """Logits (B, end - start) for pixels start..end-1 of ``canvas`` and the state after them.
+
+        ``state`` is the state after pixel start-1 (None at the start of an image). With
+        ``logits=False`` only the state is computed.
+        """
+        if self.uses_fast_gru(canvas.device):
+            out, state = self._fast_gru(canvas, start, end, labels, state)  # (T, B, H)
+            out = out.transpose(0, 1)
+        else:
+            out, state = self.rnn(self.features(canvas, start, end, labels), state)  # (B, T, H)
+        if not logits:
+            return None, state
+        with torch.autocast(canvas.device.type, enabled=False):  # the head stays fp32
+            return self.head(self.dropout(out.float())).squeeze(-1), state
+
+    def _fast_gru(
+        self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None, state: State | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs (T, B, H) of the top layer and the state (layers, B, H), on rnn_mnist.gru."""
+        rnn, hidden = self.rnn, self.config.hidden_size
+        batch, steps = canvas.shape[0], end - start
+        if state is None:
+            state = canvas.new_zeros(self.config.num_layers, batch, hidden)
+        x = self._gates_x(canvas, start, end, labels)  # (T, B, 3H)
+        finals = []
+        for layer in range(self.config.num_layers):
+            b_hh = getattr(rnn, f"bias_hh_l{layer}")
+            if layer > 0:  # nn.GRU's dropout between layers, then this layer's input projection
+                x = nn.functional.dropout(x, rnn.dropout, self.training)
+                bias = getattr(rnn, f"bias_ih_l{layer}") + torch.cat(
+                    [b_hh[: 2 * hidden], b_hh.new_zeros(hidden)]
+                )
+                x = nn.functional.linear(x, getattr(rnn, f"weight_ih_l{layer}"), bias).float()
+            hs = gru_recurrence(x, state[layer], getattr(rnn, f"weight_hh_l{layer}"), b_hh[2 * hidden :])
+            x = hs[1:]
+            finals.append(hs[steps])
+        return x, torch.stack(finals)
+
+    def _gates_x(
+        self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Layer 0's input projection (T, B, 3H) plus biases, from the same weights as ``features``.
+
+        The one-hot row, column and label columns of W_ih are gathered (a table lookup) instead of
+        multiplied, and the learned start value enters as a bias at pixel 0, so no gradient flows
+        into the (T, B, F) inputs.
+        """
+        config, rnn = self.config, self.rnn
+        hidden = config.hidden_size
+        weight = rnn.weight_ih_l0  # (3H, F), columns as in features()
+        t = torch.arange(start, end, device=canvas.device)
+        prev = canvas[:, (t - 1).clamp(min=0)]
+        if start == 0:
+            prev = torch.cat([prev.new_zeros(len(canvas), 1), prev[:, 1:]], dim=1)
+        dense = [prev]
+        if config.context:
+            dense += [
+                canvas[:, (t - k).clamp(min=0)] * self.context_exists[start:end, i]
+                for i, k in enumerate(self.context_offsets)
+            ]
+        num_pixel_inputs = len(dense)
+        x = torch.stack(dense, dim=-1).transpose(0, 1)  # (T, B, 1 or 4)
+        columns = weight[:, :num_pixel_inputs]
+        b_hh = rnn.bias_hh_l0
+        bias = (rnn.bias_ih_l0 + torch.cat([b_hh[: 2 * hidden], b_hh.new_zeros(hidden)])).expand(
+            end - start, 3 * hidden
+        )
+        if config.position:
+            rows, cols = t // IMAGE_SIDE, t % IMAGE_SIDE
+            bias = (
+                bias
+                + weight[:, num_pixel_inputs + rows].t()
+                + weight[:, num_pixel_inputs + IMAGE_SIDE + cols].t()
+            )
+        if start == 0:  # pixel 0 reads the learned start value
+            bias = torch.cat([bias[:1] + self.start_pixel * weight[:, 0], bias[1:]])
+        if config.num_classes:
+            if labels is None:
+                raise ValueError("this model is conditioned on the digit's label: pass labels")
+            first = num_pixel_inputs + 2 * IMAGE_SIDE * config.position
+            one_hot = nn.functional.one_hot(labels.to(canvas.device).long(), config.num_classes)
+            x = torch.cat([x, one_hot.to(x.dtype).expand(end - start, -1, -1)], dim=2)
+            columns = torch.cat([columns, weight[:, first : first + config.num_classes]], dim=1)
+        # (T, B, K) @ (K, 3H) + (T, 1, 3H): one pass over the output
+        return torch.baddbmm(bias.unsqueeze(1), x, columns.t().expand(end - start, -1, -1)).float()
+
+    def read(
+        self, canvas: torch.Tensor, end: int, labels: torch.Tensor | None = None, state: State | None = None
+    ) -> State:
+        """Feed pixels 0..end-1 of ``canvas`` and return only the final state, computing no logits.
 
         On the CPU the sequence goes in chunks of a few pixels: one long pass writes (B, T, H)
         outputs that fall out of cache, and chunks measured about 2x faster for a 500-pixel
         prefix at batch 1000 (bench/rollout_speed.py). On a GPU the fused whole-sequence kernel wins.
         """
-        chunk = CPU_READ_CHUNK if features.device.type == "cpu" else max(features.shape[1], 1)
-        for start in range(0, features.shape[1], chunk):
-            _, state = self.rnn(features[:, start : start + chunk], state)
+        chunk = CPU_READ_CHUNK if canvas.device.type == "cpu" else max(end, 1)
+        for start in range(0, end, chunk):
+            _, state = self(canvas, start, min(start + chunk, end), labels, state, logits=False)
         return state
 
     def teacher_forced_logits(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T) of p(x_t = 1 | x_<t) for every pixel, given the true pixels (B, T)."""
-        logits, _ = self(self.features(pixels, 0, pixels.shape[1], labels))
+        logits, _ = self(pixels, 0, pixels.shape[1], labels)
         return logits
 
     def step(
         self, canvas: torch.Tensor, t: int, state: State | None, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
         """The logit (B,) of pixel t given ``canvas`` before t and the state after pixel t-1."""
-        logits, state = self(self.features(canvas, t, t + 1, labels), state)
+        logits, state = self(canvas, t, t + 1, labels, state)
         return logits.squeeze(1), state
 
 

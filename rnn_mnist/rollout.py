@@ -68,7 +68,7 @@ def rollout(
     canvas = visible.new_zeros(batch, num_visible + num_steps)  # what the model has seen or drawn
     canvas[:, :num_visible] = visible
     # One batched pass over the prefix; a blank canvas starts from no state.
-    state = model.read(model.features(canvas, 0, num_visible, labels)) if num_visible else None
+    state = model.read(canvas, num_visible, labels) if num_visible else None
     probs = visible.new_empty(batch, num_steps)
     for step in range(num_steps):
         t = num_visible + step

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from rnn_mnist.models import ModelConfig, NextPixelModel
+
+OLD_MODEL = Path(__file__).parent / "data" / "pre-fast-gru-model.pt"
 
 CONFIGS = [
     *(
@@ -15,6 +19,7 @@ CONFIGS = [
     ),
     ModelConfig(hidden_size=16, context=True, position=True),
     ModelConfig(cell="lstm", hidden_size=16, context=True, num_classes=10),
+    ModelConfig(hidden_size=16, num_layers=2, context=True, position=True, num_classes=10),
 ]
 LABELS = torch.tensor([3, 0, 9])
 
@@ -55,8 +60,8 @@ def test_stepping_one_pixel_at_a_time_equals_the_sequence_pass(config):
     with torch.no_grad():
         full = model.teacher_forced_logits(pixels, labels)
         prefix = 45  # prime with a prefix, then step: the way a rollout uses the model
-        logits, state = model(model.features(pixels, 0, prefix, labels))
-        read_state = model.read(model.features(pixels, 0, prefix, labels))  # chunked, state only
+        logits, state = model(pixels, 0, prefix, labels)
+        read_state = model.read(pixels, prefix, labels)  # chunked, state only
         torch.testing.assert_close(read_state, state, rtol=1e-5, atol=1e-6)  # tensor or (h, c)
         stepped = [logits]
         for t in range(prefix, 90):
@@ -67,7 +72,7 @@ def test_stepping_one_pixel_at_a_time_equals_the_sequence_pass(config):
 
 def test_returns_logits_and_state_shapes():
     model = _model(ModelConfig(cell="lstm", hidden_size=8, num_layers=2))
-    logits, (h, c) = model(model.features(torch.zeros(5, 784), 0, 784))
+    logits, (h, c) = model(torch.zeros(5, 784), 0, 784)
     assert logits.shape == (5, 784)
     assert h.shape == c.shape == (2, 5, 8)
 
@@ -129,3 +134,59 @@ def test_config_round_trip_rebuilds_identical_model():
 def test_impossible_configs_are_refused(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
+
+
+GRU_CONFIGS = [
+    ModelConfig(hidden_size=16),
+    ModelConfig(hidden_size=16, context=True, position=True, num_classes=10),
+    ModelConfig(hidden_size=16, num_layers=2, dropout=0.2, context=True, position=True),
+]
+
+
+@pytest.mark.parametrize("config", GRU_CONFIGS, ids=_id)
+def test_the_fast_cpu_gru_equals_nn_gru_in_logits_and_gradients(config):
+    """rnn_mnist.gru (table lookups for position and label, hand-written backward) against nn.GRU
+    reading the one-hot features, on the same weights."""
+    model, labels = _model(config), _labels(config)
+    pixels = torch.bernoulli(torch.full((3, 784), 0.3), generator=torch.Generator().manual_seed(4))
+    results = []
+    for fast in (False, True):
+        model.fast_gru = fast
+        model.zero_grad()
+        logits = model.teacher_forced_logits(pixels, labels)
+        (logits * torch.linspace(-1, 1, 784)).sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (reference, reference_grads), (fast_logits, fast_grads) = results
+    torch.testing.assert_close(fast_logits, reference, rtol=1e-5, atol=1e-5)
+    for name, grad in reference_grads.items():  # fp32 sums over 784 steps in another order
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-4 * scale, msg=name)
+
+
+def test_a_model_saved_before_the_fast_gru_gives_the_same_logits():
+    """tests/data holds a GRU (2 layers, context, position, label) and its logits, both written by
+    the code before rnn_mnist.gru existed; its state dict loads unchanged and runs on either path."""
+    saved = torch.load(OLD_MODEL, weights_only=True)
+    model = NextPixelModel(ModelConfig.from_dict(saved["model_config"])).eval()
+    model.load_state_dict(saved["model_state"])
+    pixels = saved["pixels"].float()
+    for fast in (True, False):
+        model.fast_gru = fast
+        with torch.no_grad():
+            logits = model.teacher_forced_logits(pixels, saved["labels"])
+        torch.testing.assert_close(logits, saved["logits"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", GRU_CONFIGS[:2], ids=_id)
+def test_bf16_autocast_gives_finite_logits_close_to_fp32_on_both_paths(config):
+    model, labels = _model(config), _labels(config)
+    pixels = torch.bernoulli(torch.full((3, 784), 0.3), generator=torch.Generator().manual_seed(5))
+    for fast in (True, False):
+        model.fast_gru = fast
+        fp32 = model.teacher_forced_logits(pixels, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.teacher_forced_logits(pixels, labels)
+        assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+        assert 0 < (bf16 - fp32).abs().max() < 0.05  # bf16 really ran, and stayed close
+        bf16.sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
