@@ -25,7 +25,9 @@ from rnn_mnist.cli import (
     positive_int,
     run_cli,
 )
+from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import BINARIZATIONS, DATA_ENV_VAR
+from rnn_mnist.lr_schedule import LR_SCHEDULES
 from rnn_mnist.models import CELLS
 from rnn_mnist.scheduled_sampling import MODES, SCHEDULES, Schedule
 from rnn_mnist.training import DEVICES, LOSSES, train_experiment
@@ -88,7 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--context",
         action="store_true",
-        help="also feed the 3 pixels above the next one (causal 2-D context)",
+        help="also feed pixels of the rows above the next one (causal 2-D context)",
+    )
+    model.add_argument(
+        "--context-rows", type=positive_int, default=1, help="with --context: how many rows above"
+    )
+    model.add_argument(
+        "--context-width",
+        type=positive_int,
+        default=3,
+        help="with --context: how many pixels of each row, centred on the next pixel's column (odd)",
     )
     model.add_argument("--position", action="store_true", help="also feed the next pixel's row and column")
     model.add_argument(
@@ -103,14 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=non_negative_int, default=10, help="total epochs (also when resuming)"
     )
     train.add_argument("--batch-size", type=positive_int, default=128, help="digits per batch")
-    train.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
+    train.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (the peak)")
+    train.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="step",
+        help="step: times --lr-gamma after each --lr-milestones epoch; cosine: down to 1%% of --lr "
+        "over --epochs (rnn_mnist/lr_schedule.py)",
+    )
     train.add_argument(
         "--lr-milestones",
         type=milestones,
         default=(),
-        help="multiply the lr by --lr-gamma after each of these epochs, e.g. 5,8",
+        help="step schedule: multiply the lr by --lr-gamma after each of these epochs, e.g. 5,8",
     )
     train.add_argument("--lr-gamma", type=positive_float, default=0.1, help="lr factor at each milestone")
+    train.add_argument(
+        "--warmup-batches",
+        type=non_negative_int,
+        default=0,
+        help="ramp the lr up linearly over these batches",
+    )
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: bf16 autocast of the forward pass (weights, state, loss and evaluation stay fp32; "
+        "see rnn_mnist/compute.py)",
+    )
     train.add_argument(
         "--clip", type=non_negative_float, default=1.0, help="gradient-norm clipping (0 disables it)"
     )

@@ -66,40 +66,41 @@ class _GRURecurrence(torch.autograd.Function):
         with torch.autocast(gates_x.device.type, enabled=False):
             hs = gates_x.new_empty(steps + 1, batch, hidden)
             hs[0] = h0
+            # The states as the matmul reads them: bf16 copies under --precision bf16 (the
+            # weight gradient's GEMM reuses them), the states themselves in fp32.
+            hs_matmul = hs if dtype == hs.dtype else hs.new_empty(hs.shape, dtype=dtype)
+            if hs_matmul is not hs:
+                hs_matmul[0] = h0
             rz = gates_x.new_empty(steps, batch, 2 * hidden)
             gh_n = gates_x.new_empty(steps, batch, hidden)
             n = gates_x.new_empty(steps, batch, hidden)
             w_hh_t = w_hh.t().to(dtype)
-            h_matmul = h0.to(dtype)
             for t in range(steps):
-                gru_cell(gates_x[t], hs[t], h_matmul, w_hh_t, b_hn, out=(rz[t], gh_n[t], n[t], hs[t + 1]))
-                h_matmul = hs[t + 1].to(dtype)
-        ctx.save_for_backward(hs, rz, gh_n, n, w_hh)
-        ctx.matmul_dtype = dtype
+                gru_cell(gates_x[t], hs[t], hs_matmul[t], w_hh_t, b_hn, out=(rz[t], gh_n[t], n[t], hs[t + 1]))
+                if hs_matmul is not hs:
+                    hs_matmul[t + 1].copy_(hs[t + 1])
+        ctx.save_for_backward(hs, hs_matmul, rz, gh_n, n, w_hh)
         return hs
 
     @staticmethod
     def backward(ctx, grad_hs):
-        hs, rz, gh_n, n, w_hh = ctx.saved_tensors
+        hs, hs_matmul, rz, gh_n, n, w_hh = ctx.saved_tensors
         steps, batch, hidden = n.shape
+        dtype = hs_matmul.dtype
         with torch.autocast(hs.device.type, enabled=False):
             grad_hs = grad_hs.contiguous()
-            w = w_hh.to(ctx.matmul_dtype)
-            # Per step: the gradients of the pre-activations (r, z, then W_hn h + b_hn), which are
-            # also the gradients of gh = W_hh h + b_hh; and of the n gate's input part.
-            d_gates = hs.new_empty(steps, batch, 3 * hidden)
-            d_gates_xn = hs.new_empty(steps, batch, hidden)
+            w = w_hh.to(dtype)
+            # Per step: d_gates_x, the gradient of the input gates (r and z pre-activations, and
+            # the n gate's input part), and d_gh, that of gh = W_hh h + b_hh (the same for r and z,
+            # r times it for n), in the matmul dtype for the two GEMMs that read it.
+            d_gates_x = hs.new_empty(steps, batch, 3 * hidden)
+            d_gh = hs.new_empty(steps, batch, 3 * hidden, dtype=dtype)
             one = hs.new_ones(())
             dh = grad_hs[steps].clone()  # dL/dh_t, accumulated backwards
-            tmp, one_minus = hs.new_empty(batch, hidden), hs.new_empty(batch, hidden)
+            tmp, one_minus, d_hn = (hs.new_empty(batch, hidden) for _ in range(3))
             for t in range(steps - 1, -1, -1):
                 r, z, n_t = rz[t, :, :hidden], rz[t, :, hidden:], n[t]
-                d_r, d_z, d_hn = (
-                    d_gates[t, :, :hidden],
-                    d_gates[t, :, hidden : 2 * hidden],
-                    d_gates[t, :, 2 * hidden :],
-                )
-                d_a = d_gates_xn[t]
+                d_r, d_z, d_a = (d_gates_x[t, :, i * hidden : (i + 1) * hidden] for i in range(3))
                 # h = n + z (h_prev - n)
                 torch.sub(one, z, out=one_minus)
                 torch.sub(hs[t], n_t, out=tmp).mul_(dh)
@@ -109,12 +110,12 @@ class _GRURecurrence(torch.autograd.Function):
                 torch.mul(d_a, r, out=d_hn)  # a = x_n + r * gh_n
                 torch.sub(one, r, out=tmp).mul_(gh_n[t])
                 torch.mul(tmp, d_hn, out=d_r)  # d_a gh_n r (1 - r), as d_hn = d_a r
+                d_gh[t, :, : 2 * hidden].copy_(d_gates_x[t, :, : 2 * hidden])
+                d_gh[t, :, 2 * hidden :].copy_(d_hn)
                 dh = dh.mul_(z).add_(grad_hs[t])
-                dh.add_(torch.mm(d_gates[t].to(ctx.matmul_dtype), w))
-            d_gates_flat = d_gates.view(-1, 3 * hidden)
-            d_w_hh = d_gates_flat.t().mm(hs[:-1].reshape(-1, hidden))
-            d_b_hn = d_gates[..., 2 * hidden :].sum((0, 1))
-            d_gates_x = torch.cat([d_gates[..., : 2 * hidden], d_gates_xn], dim=2)
+                dh.add_(torch.mm(d_gh[t], w))
+            d_w_hh = d_gh.view(-1, 3 * hidden).t().mm(hs_matmul[:-1].reshape(-1, hidden)).float()
+            d_b_hn = d_gh[..., 2 * hidden :].sum((0, 1), dtype=torch.float32)
         return d_gates_x, dh, d_w_hh, d_b_hn
 
 

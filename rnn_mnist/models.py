@@ -37,13 +37,19 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 1
     dropout: float = 0.0
-    context: bool = False  # also read the pixels above-left, above and above-right of pixel t
+    context: bool = False  # also read pixels of the rows above pixel t (a causal 2-D context)
+    context_rows: int = 1  # how many rows above
+    context_width: int = 3  # how many pixels of each, centred on t's column (odd); 1 x 3 by default
     position: bool = False  # also read pixel t's row and column (one-hot)
     num_classes: int = 0  # > 0: condition on the digit's label (one-hot at every step)
 
     @property
+    def num_context(self) -> int:
+        return self.context_rows * self.context_width if self.context else 0
+
+    @property
     def input_size(self) -> int:
-        return 1 + 3 * self.context + 2 * IMAGE_SIDE * self.position + self.num_classes
+        return 1 + self.num_context + 2 * IMAGE_SIDE * self.position + self.num_classes
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -54,6 +60,10 @@ class ModelConfig:
             raise ValueError("dropout must be in [0, 1)")
         if self.num_classes < 0:
             raise ValueError("num_classes must be 0 (unconditioned) or more")
+        if not 1 <= self.context_rows < IMAGE_SIDE:
+            raise ValueError(f"context_rows must be in 1..{IMAGE_SIDE - 1}")
+        if not (1 <= self.context_width <= 2 * IMAGE_SIDE - 1 and self.context_width % 2 == 1):
+            raise ValueError(f"context_width must be odd, in 1..{2 * IMAGE_SIDE - 1}")
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
@@ -85,11 +95,16 @@ class NextPixelModel(nn.Module):
         self.head = nn.Linear(config.hidden_size, 1)
         position = torch.arange(NUM_PIXELS)
         row, col = position // IMAGE_SIDE, position % IMAGE_SIDE
-        # Pixels above-left, above and above-right of pixel t, as offsets back from t, and where
-        # each exists (not in the first row, not across the left or right edge).
-        self.context_offsets = (IMAGE_SIDE + 1, IMAGE_SIDE, IMAGE_SIDE - 1)
-        exists = torch.stack([(row > 0) & (col > 0), row > 0, (row > 0) & (col < IMAGE_SIDE - 1)], dim=1)
-        self.register_buffer("context_exists", exists.float(), persistent=False)  # (784, 3)
+        # The context pixels of pixel t as offsets back from t, row by row from the nearest, left
+        # to right (1 x 3: above-left, above, above-right), and where each exists (not above the
+        # first row, not across the left or right edge).
+        half = config.context_width // 2
+        above = [(r, c) for r in range(1, config.context_rows + 1) for c in range(-half, half + 1)]
+        self.context_offsets = tuple(r * IMAGE_SIDE - c for r, c in above) if config.context else ()
+        exists = [(row >= r) & (col + c >= 0) & (col + c < IMAGE_SIDE) for r, c in above]
+        self.register_buffer(
+            "context_exists", torch.stack(exists, dim=1).float(), persistent=False
+        )  # (784, C)
         one_hot = nn.functional.one_hot
         rows_cols = torch.cat([one_hot(row, IMAGE_SIDE), one_hot(col, IMAGE_SIDE)], dim=1)
         self.register_buffer("position_one_hot", rows_cols.float(), persistent=False)  # (784, 56)

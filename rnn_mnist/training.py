@@ -28,8 +28,10 @@ from rnn_mnist.checkpoint import (
     save_metrics,
     to_cpu,
 )
+from rnn_mnist.compute import autocast, configure_cpu_math
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted
+from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
 from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
 
@@ -49,8 +51,11 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 3e-3
+    lr_schedule: str = "step"  # step | cosine (rnn_mnist/lr_schedule.py)
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
+    warmup_batches: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (rnn_mnist/compute.py)
     clip: float | None = 1.0
     loss: str = "bce"
     seed: int = 0
@@ -64,6 +69,17 @@ class TrainConfig:
 
     def schedule(self) -> Schedule:
         return Schedule(self.scheduled_sampling, self.ss_k, self.ss_c, self.ss_min)
+
+    def lr_at(self, batches_per_epoch: int) -> LrSchedule:
+        return LrSchedule(
+            self.lr_schedule,
+            self.lr,
+            self.epochs,
+            batches_per_epoch,
+            self.lr_milestones,
+            self.lr_gamma,
+            self.warmup_batches,
+        )
 
 
 def config_from_flags(cls: type, flags: dict[str, Any]) -> Any:
@@ -103,14 +119,17 @@ def train_step(
     clip: float | None = None,
     labels: torch.Tensor | None = None,
     fed: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """One update on a batch of float pixels (B, 784); returns the loss tensor.
 
     The model reads ``fed`` (scheduled sampling mixes its own draws in there), by default the
-    true pixels: teacher forcing. It is always scored against the true pixels.
+    true pixels: teacher forcing. It is always scored against the true pixels. ``precision``
+    bf16 runs the forward pass under bf16 autocast; the loss is computed in fp32.
     """
-    logits = model.teacher_forced_logits(pixels if fed is None else fed, labels)
-    return optimize(model, optimizer, pixel_loss(logits, pixels, loss), clip)
+    with autocast(pixels.device, precision):
+        logits = model.teacher_forced_logits(pixels if fed is None else fed, labels)
+    return optimize(model, optimizer, pixel_loss(logits.float(), pixels, loss), clip)
 
 
 def optimize(
@@ -251,25 +270,27 @@ def train_experiment(
         data_cfg = DataConfig(**{**checkpoint["data_config"], "data_dir": flags["data_dir"]})
     else:
         num_classes = 10 if flags.get("condition") == "label" else 0
-        model_cfg = config_from_flags(ModelConfig, {**flags, "num_classes": num_classes})
+        try:
+            model_cfg = config_from_flags(ModelConfig, {**flags, "num_classes": num_classes})
+        except ValueError as exc:
+            raise RnnMnistError(str(exc)) from None
 
     device = resolve_device(train_cfg.device)
+    if train_cfg.precision == "bf16" and device.type == "mps":
+        raise RnnMnistError("--precision bf16 runs on the CPU and CUDA; use fp32 on MPS")
+    compute = {**configure_cpu_math(), "precision": train_cfg.precision, "device": str(device)}
     set_seed(train_cfg.seed)
     generator = torch.Generator().manual_seed(train_cfg.seed)  # shuffling and dynamic binarisation
     data = load_binarized_mnist(data_cfg)
 
     model = NextPixelModel(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(train_cfg.lr_milestones), gamma=train_cfg.lr_gamma
-    )
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if checkpoint is not None:
         try:
             model.load_state_dict(checkpoint["model_state"])
             optimizer.load_state_dict(checkpoint["optimizer_state"])
-            scheduler.load_state_dict(checkpoint["scheduler_state"])
             restore_rng(checkpoint["rng_state"], generator, device)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise RnnMnistError(f"{paths.checkpoint} does not match its own config ({exc})") from None
@@ -290,7 +311,7 @@ def train_experiment(
                 **configs,
                 "model_state": to_cpu(model.state_dict()),
                 "optimizer_state": to_cpu(optimizer.state_dict()),
-                "scheduler_state": scheduler.state_dict(),
+                "scheduler_state": {},  # the lr is a function of the batch index (lr_schedule.py)
                 "epoch": epoch,
                 "rng_state": capture_rng(generator, device),
                 "history": history,
@@ -324,8 +345,7 @@ def train_experiment(
                     f"{exc}; stopped, and kept the checkpoint after epoch {saved_epoch} in "
                     f"{paths.root}. Try a lower --lr or a --clip."
                 ) from None
-            scheduler.step()
-            history.append(entry)
+            history.append({**entry, "compute": compute})
             save(epoch)
             saved_epoch = epoch
             log(_format_epoch(entry))
@@ -356,10 +376,11 @@ def _train_one_epoch(
     ``batches_done`` counts the mini-batches of earlier epochs: the scheduled-sampling index i.
     """
     started = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
     pixels = data.train_pixels(generator)
     order = torch.randperm(len(pixels), generator=generator)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    lr_at = cfg.lr_at(len(batches))
+    lr = lr_at(batches_done)
     batch_losses: list[float] = []
     seen = 0
     model.train()
@@ -379,14 +400,17 @@ def _train_one_epoch(
     for batch_index, idx in enumerate(bar):
         batch = pixels[idx].to(device, non_blocking=True).float()
         labels = data.train_labels[idx].to(device) if conditioned else None
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(batches_done + batch_index)
         eps = schedule.teacher_forcing_prob(batches_done + batch_index)
         eps_values.append(eps)
         if eps < 1.0 and mode == "sequential":
-            logits, _ = sequential_logits(model, batch, eps, generator, labels)
-            value = optimize(model, optimizer, pixel_loss(logits, batch, cfg.loss), cfg.clip)
+            with autocast(device, cfg.precision):
+                logits, _ = sequential_logits(model, batch, eps, generator, labels)
+            value = optimize(model, optimizer, pixel_loss(logits.float(), batch, cfg.loss), cfg.clip)
         else:
             fed = parallel_mixture(model, batch, eps, generator, labels, cfg.ss_passes)
-            value = train_step(model, optimizer, batch, cfg.loss, cfg.clip, labels, fed)
+            value = train_step(model, optimizer, batch, cfg.loss, cfg.clip, labels, fed, cfg.precision)
         loss = value.item()
         if not math.isfinite(loss):
             bar.close()

@@ -20,12 +20,14 @@ CONFIGS = [
     ModelConfig(hidden_size=16, context=True, position=True),
     ModelConfig(cell="lstm", hidden_size=16, context=True, num_classes=10),
     ModelConfig(hidden_size=16, num_layers=2, context=True, position=True, num_classes=10),
+    ModelConfig(hidden_size=16, context=True, context_rows=2, context_width=5),
 ]
 LABELS = torch.tensor([3, 0, 9])
 
 
 def _id(config: ModelConfig) -> str:
     extras = [name for name in ("context", "position") if getattr(config, name)]
+    extras += [f"{config.context_rows}x{config.context_width}"] if config.context else []
     extras += ["label"] if config.num_classes else []
     return "-".join([config.cell, str(config.num_layers), *extras])
 
@@ -89,6 +91,21 @@ def test_context_features_are_the_pixels_above_and_only_inside_the_image():
     assert model.features(edge, 0, 784)[0, :, 1:].sum() == 2
 
 
+def test_a_wider_context_reads_the_rows_above_row_by_row_left_to_right():
+    model = _model(ModelConfig(hidden_size=4, context=True, context_rows=2, context_width=5))
+    canvas = torch.zeros(1, 784)
+    canvas[0, 5 * 28 + 10] = 1  # row 5, column 10
+    features = model.features(canvas, 0, 784)[0]  # (784, 1 + 2 * 5)
+    assert features.shape == (784, 11)
+    # Pixel (row 6, column 12) sees it one row up, two columns left: the first of its 5.
+    assert features[6 * 28 + 12, 1] == 1 and features[6 * 28 + 8, 5] == 1
+    assert features[7 * 28 + 10, 8] == 1  # two rows up, same column: the middle of the second row
+    assert features[:, 1:].sum() == 10  # seen by exactly 2 x 5 later pixels
+    edge = torch.zeros(1, 784)
+    edge[0, 5 * 28 + 27] = 1  # the last column must not wrap around to the next row's start
+    assert model.features(edge, 0, 784)[0, :, 1:].sum() == 6  # 3 of 5 columns exist there, 2 rows
+
+
 def test_first_pixel_uses_the_start_value():
     model = _model(ModelConfig(hidden_size=8))
     pixels = torch.zeros(1, 784)
@@ -129,6 +146,8 @@ def test_config_round_trip_rebuilds_identical_model():
         dict(num_layers=0),
         dict(dropout=1.0),
         dict(num_classes=-1),
+        dict(context=True, context_width=4),
+        dict(context=True, context_rows=0),
     ],
 )
 def test_impossible_configs_are_refused(bad):
@@ -138,6 +157,7 @@ def test_impossible_configs_are_refused(bad):
 
 GRU_CONFIGS = [
     ModelConfig(hidden_size=16),
+    ModelConfig(hidden_size=16, context=True, context_rows=3, context_width=7),
     ModelConfig(hidden_size=16, context=True, position=True, num_classes=10),
     ModelConfig(hidden_size=16, num_layers=2, dropout=0.2, context=True, position=True),
 ]
