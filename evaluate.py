@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_float, positive_int, run_cli
+from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
 from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
 from rnn_mnist.rollout import BEST_BY, SAMPLINGS
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--digit", type=int, default=None, help="only digits of this class (0..9)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="digits completed together")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: the rollout's GEMMs in bf16 (state and probabilities fp32); NLLs are always fp32",
+    )
     parser.add_argument("--no-gifs", dest="gifs", action="store_false", help="skip the GIFs (large runs)")
     parser.add_argument(
         "--no-judge",

@@ -1,20 +1,26 @@
-"""Rollout speed: batched completion against a per-digit loop and the naive re-run of the prefix.
+"""Rollout speed: completing test digits before and after rnn_mnist/gru.py, in one run.
 
 Usage:
-    python bench/rollout_speed.py --data-dir ../shared/mnist
-    python bench/rollout_speed.py --exp-name gru-128 --digits 1000
+    python bench/rollout_speed.py --data-dir ../shared/mnist --exp-name ctx-fast
+    python bench/rollout_speed.py --digits 1000 --rounds 1
 
-All three rows complete the last --mask-pixels pixels of the same test digits with greedy feedback.
-The batched and per-digit rows use the toolkit's one rollout routine (rnn_mnist.rollout.complete);
-the naive row re-runs the whole sequence at every step, as transformer-style samplers do. The slow
-rows are timed on a few digits and extrapolated to --digits, and say so.
+Every row completes the last --mask-pixels pixels of the same --digits test digits greedily with the
+toolkit's one rollout routine (rnn_mnist.rollout.complete), in a fresh process (the CPU settings of
+rnn_mnist/compute.py are process-wide), rounds interleaved, median reported. "before" is the
+toolkit as it ran before: nn.GRU, fp32, default settings, 1,000 digits a batch, as evaluate.py does.
+Each row's completions are compared with the before row's: the fraction of generated pixels that
+agree. A last check re-runs the whole prefix for every generated pixel (the naive way) on a few
+digits and compares.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,29 +30,74 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rnn_mnist.checkpoint import ExperimentPaths  # noqa: E402
+from rnn_mnist.compute import configure_cpu_math  # noqa: E402
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_test_digits  # noqa: E402
 from rnn_mnist.evaluation import load_model  # noqa: E402
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.rollout import complete  # noqa: E402
 
+# name -> (fast GRU, precision, CPU settings, digits per batch; 0: all at once)
+ROWS = {
+    "before: nn.GRU, fp32, default settings, 1,000 a batch": (False, "fp32", False, 1000),
+    "fast GRU, fp32, CPU settings, 1,000 a batch": (True, "fp32", True, 1000),
+    "fast GRU, fp32, CPU settings, all at once": (True, "fp32", True, 0),
+    "fast GRU, bf16, CPU settings, 1,000 a batch": (True, "bf16", True, 1000),
+    "fast GRU, bf16, CPU settings, all at once": (True, "bf16", True, 0),
+}
+
+
+def load(args: argparse.Namespace) -> tuple[NextPixelModel, torch.Tensor, torch.Tensor | None, str]:
+    """The model, the digits, their labels (for a label-conditioned model) and a description."""
+    device = torch.device("cpu")
+    if args.exp_name:
+        model, _ = load_model(ExperimentPaths.of(args.exp_dir, args.exp_name).checkpoint, device)
+        what = f"experiment {args.exp_name}"
+    else:
+        torch.manual_seed(0)
+        model, what = NextPixelModel(ModelConfig(hidden_size=128)).eval(), "untrained GRU-128"
+    try:
+        digits, labels = load_test_digits(DataConfig(data_dir=args.data_dir))
+        source = "MNIST test digits"
+    except Exception:
+        digits = torch.bernoulli(torch.full((args.digits, NUM_PIXELS), 0.2)).to(torch.uint8)
+        labels, source = torch.arange(args.digits) % 10, "random digits"
+    labels = labels[: args.digits] if model.config.num_classes else None
+    return model, digits[: args.digits], labels, f"{what}, {min(len(digits), args.digits)} {source}"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Time one row in this process; save its completions to --out; print JSON."""
+    fast, precision, cpu_settings, batch_size = ROWS[args.worker]
+    if cpu_settings:
+        configure_cpu_math()
+    model, digits, labels, _ = load(args)
+    model.fast_gru = fast
+    batch_size = batch_size or len(digits)
+
+    def run() -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(digits), batch_size):
+            part = slice(start, start + batch_size)
+            given = None if labels is None else labels[part]
+            chunks.append(complete(model, digits[part], args.mask_pixels, labels=given, precision=precision))
+        return torch.cat([c.completed[:, 0] for c in chunks])
+
+    complete(model, digits[:8], args.mask_pixels, labels=None if labels is None else labels[:8])  # warm-up
+    start = time.perf_counter()
+    completed = run()
+    seconds = time.perf_counter() - start
+    torch.save(completed, args.out)
+    print(json.dumps({"seconds": seconds}))
+
 
 @torch.no_grad()
-def naive_complete(model: NextPixelModel, pixels: torch.Tensor, mask_pixels: int) -> torch.Tensor:
+def naive_complete(model: NextPixelModel, pixels: torch.Tensor, mask_pixels: int, labels) -> torch.Tensor:
     """The reference: feed the whole canvas again for every generated pixel."""
     canvas = pixels.float().clone()
     for t in range(NUM_PIXELS - mask_pixels, NUM_PIXELS):
-        logits = model.teacher_forced_logits(canvas[:, : t + 1])  # the input for step t is pixel t-1
+        logits = model.teacher_forced_logits(canvas[:, : t + 1], labels)  # the input for step t is pixel t-1
         canvas[:, t] = (logits[:, t] > 0).float()
     return canvas
-
-
-def timed(run, repeats: int = 1) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -56,67 +107,51 @@ def main() -> None:
     parser.add_argument("--exp-name", default=None, help="use this experiment's model (else a fresh GRU-128)")
     parser.add_argument("--exp-dir", default="experiments", help="where experiment folders live")
     parser.add_argument("--data-dir", default=None, help="MNIST folder (else random digits)")
-    parser.add_argument("--digits", type=int, default=1000, help="digits to complete")
+    parser.add_argument("--digits", type=int, default=10000, help="digits to complete")
     parser.add_argument("--mask-pixels", type=int, default=284, help="pixels generated per digit")
-    parser.add_argument("--loop-digits", type=int, default=50, help="digits timed in the per-digit loop")
-    parser.add_argument("--naive-digits", type=int, default=5, help="digits timed in the naive rollout")
-    args = parser.parse_args()
-
-    device = torch.device("cpu")
-    if args.exp_name:
-        model, _ = load_model(ExperimentPaths.of(args.exp_dir, args.exp_name).checkpoint, device)
-        what = f"experiment {args.exp_name}"
-    else:
-        torch.manual_seed(0)
-        model, what = NextPixelModel(ModelConfig(hidden_size=128)).eval(), "untrained GRU-128"
-    try:
-        all_digits = load_test_digits(DataConfig(data_dir=args.data_dir))[0]  # read once, also for CUDA
-        source = "MNIST test digits"
-    except Exception:
-        all_digits = torch.bernoulli(torch.full((args.digits, NUM_PIXELS), 0.2)).to(torch.uint8)
-        source = "random digits"
-    digits = all_digits[: args.digits]
-    n, mask = len(digits), args.mask_pixels
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {what}, {n} {source}, "
-        f"{mask} generated pixels each\n"
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is reported)")
+    parser.add_argument(
+        "--naive-digits", type=int, default=5, help="digits checked against the naive rollout"
     )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
 
-    complete(model, digits[:8], mask)  # warm-up
-    batched = timed(lambda: complete(model, digits, mask), repeats=3)
-    loop = timed(lambda: [complete(model, digits[i : i + 1], mask) for i in range(args.loop_digits)])
-    loop_total = loop / args.loop_digits * n
-    naive = timed(lambda: naive_complete(model, digits[: args.naive_digits], mask))
-    naive_total = naive / args.naive_digits * n
+    model, digits, labels, what = load(args)
+    n, mask = len(digits), args.mask_pixels
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, {mask} generated\n")
+    times: dict[str, list[float]] = {row: [] for row in ROWS}
+    completions: dict[str, torch.Tensor] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for i, row in enumerate(ROWS):
+                out = str(Path(tmp) / f"{i}.pt")
+                command = [sys.executable, __file__, "--worker", row, "--out", out, "--digits", str(n)]
+                command += ["--mask-pixels", str(mask), "--exp-dir", args.exp_dir]
+                command += ["--exp-name", args.exp_name] if args.exp_name else []
+                command += ["--data-dir", args.data_dir] if args.data_dir else []
+                result = subprocess.run(command, check=True, capture_output=True, text=True)
+                times[row].append(json.loads(result.stdout)["seconds"])
+                completions[row] = torch.load(out, weights_only=True)
+    before = next(iter(ROWS))
+    reference = statistics.median(times[before])
+    print(f"| cpu: completing {n:,} digits, greedy | seconds | digits/s | vs before | pixels as before |")
+    print("|---|---:|---:|---:|---:|")
+    for row, seconds in times.items():
+        median = statistics.median(seconds)
+        agree = (completions[row][:, -mask:] == completions[before][:, -mask:]).float().mean().item()
+        print(f"| {row} | {median:.2f} | {n / median:,.0f} | {reference / median:.2f} | {agree:.4%} |")
 
-    # The naive and batched rollouts must agree: same model, same greedy rule.
+    configure_cpu_math()
     few = digits[: args.naive_digits]
-    agree = (
-        naive_complete(model, few, mask).to(torch.uint8) == complete(model, few, mask).completed[:, 0]
-    ).float()
-
-    rows = [
-        (f"batched rollout ({n} digits at once)", batched, "measured"),
-        ("per-digit loop of the same routine", loop_total, f"measured on {args.loop_digits}, extrapolated"),
-        (
-            "naive: re-run the whole prefix every step",
-            naive_total,
-            f"measured on {args.naive_digits} (batched), extrapolated",
-        ),
-    ]
-    print(f"| cpu: completing {n} digits | seconds | digits/s | batched is x faster | how |")
-    print("|---|---:|---:|---:|---|")
-    for name, seconds, how in rows:
-        print(f"| {name} | {seconds:.3f} | {n / seconds:,.0f} | {seconds / batched:,.1f} | {how} |")
-    print(f"\nnaive and batched greedy completions agree on {agree.mean().item():.4%} of pixels")
-    if torch.cuda.is_available():
-        cuda_model = model.to("cuda")
-        complete(cuda_model, all_digits[:8], mask)
-        torch.cuda.synchronize()
-        seconds = timed(lambda: (complete(cuda_model, all_digits, mask), torch.cuda.synchronize()), repeats=3)
-        print(
-            f"\ncuda: {len(all_digits)} digits in {seconds:.3f} s ({len(all_digits) / seconds:,.0f} digits/s)"
-        )
+    given = None if labels is None else labels[: args.naive_digits]
+    naive = naive_complete(model, few, mask, given).to(torch.uint8)
+    agree = (naive == complete(model, few, mask, labels=given).completed[:, 0]).float().mean().item()
+    print(
+        f"\nnaive (prefix re-run every step) and batched fast-GRU completions agree on {agree:.4%} of pixels"
+    )
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
 Usage:
     python bench/train_speed.py --data-dir ../shared/mnist
-    python bench/train_speed.py --hidden 256 --batch-size 64 --steps 30
+    python bench/train_speed.py --hidden 256 --batch-size 64 --rounds 5
 
-Prints two tables: sequences/s of one teacher-forced training step (the toolkit's `train_step`,
-with and without its default gradient clipping, against the bare loop; rounds are interleaved so
-machine noise hits all alike), and the time from launch to the first training batch (train.py
-end to end on one batch, against building the original's Python list of 60k (tensor, label) tuples).
+Prints two tables. First, sequences/s of one teacher-forced training step, one row per way of
+running it: the bare fp32 loop a from-scratch script would write (the reference), the toolkit on
+nn.GRU as it ran before rnn_mnist/gru.py, and the toolkit with each precision and CPU setting of
+rnn_mnist/compute.py. Every row runs in a fresh process, because the allocator and GEMM-routing
+settings are process-wide; rounds are interleaved so that machine noise hits all rows alike, and the
+median is reported. Each row also gives the step's FLOPs (the GEMMs: forward, and twice that
+backward) and the GFLOP/s they ran at. Second, the time from launch to the first training batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rnn_mnist.compute import configure_cpu_math  # noqa: E402
 from rnn_mnist.data import (  # noqa: E402
     DataConfig,
     load_binarized_mnist,
@@ -35,6 +40,20 @@ from rnn_mnist.data import (  # noqa: E402
 )
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.training import train_step  # noqa: E402
+
+# name -> (what runs, model inputs, precision, apply rnn_mnist.compute's CPU settings)
+PLAIN, RICH = {}, {"context": True, "position": True, "num_classes": 10}
+ROWS = {
+    "bare nn.GRU + Linear + Adam, fp32 (reference)": ("bare", PLAIN, "fp32", False),
+    "toolkit on nn.GRU, fp32, default settings (before)": ("nn", PLAIN, "fp32", False),
+    "toolkit on nn.GRU, bf16 autocast, CPU settings": ("nn", PLAIN, "bf16", True),
+    "toolkit fast GRU, fp32, default settings": ("fast", PLAIN, "fp32", False),
+    "toolkit fast GRU, fp32, CPU settings": ("fast", PLAIN, "fp32", True),
+    "toolkit fast GRU, bf16, CPU settings": ("fast", PLAIN, "bf16", True),
+    "+ context, position, label: on nn.GRU, fp32, default settings (before)": ("nn", RICH, "fp32", False),
+    "+ context, position, label: fast GRU, fp32, CPU settings": ("fast", RICH, "fp32", True),
+    "+ context, position, label: fast GRU, bf16, CPU settings": ("fast", RICH, "bf16", True),
+}
 
 
 class BareModel(nn.Module):
@@ -58,64 +77,83 @@ def bare_step(model: BareModel, optimizer: torch.optim.Optimizer, x: torch.Tenso
     optimizer.step()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def step_flops(config: ModelConfig, batch_size: int) -> float:
+    """GEMM FLOPs of one training step: forward (recurrent, input and output projections), and
+    twice the forward for the backward pass (input and weight gradients)."""
+    hidden, gates = config.hidden_size, 3 * config.hidden_size
+    per_pixel = 2 * hidden * gates + 2 * config.input_size * gates + 2 * hidden
+    return 3 * per_pixel * 784 * batch_size
 
 
-def step_speeds(hidden: int, batch_size: int, steps: int, rounds: int, device: torch.device) -> list[tuple]:
+def worker(row: str, hidden: int, batch_size: int, steps: int, device: torch.device) -> None:
+    """Time ``steps`` training steps of one row in this process; print JSON."""
+    kind, inputs, precision, cpu_settings = ROWS[row]
+    if cpu_settings:
+        configure_cpu_math()
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((batch_size, 784), 0.2)).to(device)
-    bare = BareModel(hidden).to(device)
-    bare_opt = torch.optim.Adam(bare.parameters(), lr=1e-3)
-    ours = NextPixelModel(ModelConfig(hidden_size=hidden)).to(device)
-    ours_opt = torch.optim.Adam(ours.parameters(), lr=1e-3)
-    candidates = {
-        "bare nn.GRU + Linear + Adam (reference)": lambda: bare_step(bare, bare_opt, x),
-        "toolkit train_step, --clip 1.0 (default)": lambda: train_step(ours, ours_opt, x, "bce", 1.0),
-        "toolkit train_step, --clip 0": lambda: train_step(ours, ours_opt, x, "bce", None),
-    }
-    for run in candidates.values():  # warm-up: lazy imports, allocator, oneDNN/cuDNN plans
-        run(), run()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
+    labels = (torch.arange(batch_size) % 10).to(device)
+    config = ModelConfig(hidden_size=hidden, **inputs)
+    if kind == "bare":
+        model = BareModel(hidden).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def run() -> None:
+            bare_step(model, optimizer, x)
+    else:
+        model = NextPixelModel(config).to(device)
+        model.fast_gru = kind == "fast"
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        given = labels if config.num_classes else None
+
+        def run() -> None:
+            train_step(model, optimizer, x, "bce", 1.0, given, precision=precision)
+
+    run(), run()  # warm-up: allocator, oneDNN plans
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    print(json.dumps({"seconds": seconds, "flops": step_flops(config, batch_size)}))
+
+
+def step_speeds(
+    hidden: int, batch_size: int, steps: int, rounds: int, device: str
+) -> list[tuple[str, float, float, float]]:
+    times: dict[str, list[float]] = {row: [] for row in ROWS}
+    flops: dict[str, float] = {}
     for _ in range(rounds):
-        for name, run in candidates.items():
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                run()
-            sync(device)
-            times[name].append((time.perf_counter() - start) / steps)
-    reference = statistics.median(times[next(iter(candidates))])
+        for row in ROWS:
+            command = [sys.executable, __file__, "--worker", row, "--hidden", str(hidden)]
+            command += ["--batch-size", str(batch_size), "--steps", str(steps), "--device", device]
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            times[row].append(result["seconds"])
+            flops[row] = result["flops"]
+    reference = statistics.median(next(iter(times.values())))
     return [
-        (name, batch_size / statistics.median(t), reference / statistics.median(t))
-        for name, t in times.items()
+        (
+            row,
+            batch_size / statistics.median(t),
+            reference / statistics.median(t),
+            flops[row] / statistics.median(t),
+        )
+        for row, t in times.items()
     ]
 
 
 def startup_times(data_dir: str) -> list[tuple[str, float]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        # fmt: off
         command = [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--exp-name",
-            "startup",
-            "--exp-dir",
-            tmp,
-            "--data-dir",
-            data_dir,
-            "--epochs",
-            "1",
-            "--train-subset",
-            "128",
-            "--batch-size",
-            "128",
-            "--val-size",
-            "1",
-            "--test-subset",
-            "1",
+            sys.executable, str(REPO / "train.py"), "--exp-name", "startup", "--exp-dir", tmp,
+            "--data-dir", data_dir, "--epochs", "1", "--train-subset", "128", "--batch-size", "128",
+            "--val-size", "1", "--test-subset", "1",
         ]
+        # fmt: on
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, cwd=REPO)
         rows.append(
@@ -148,21 +186,28 @@ def main() -> None:
     )
     parser.add_argument("--hidden", type=int, default=128, help="GRU hidden size")
     parser.add_argument("--batch-size", type=int, default=128, help="sequences per step")
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median is reported)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per row and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is reported)")
     parser.add_argument("--data-dir", default=None, help="MNIST folder for the start-up table")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the fast GRU rows run nn.GRU there)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.hidden, args.batch_size, args.steps, torch.device(args.device))
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    settings = configure_cpu_math()  # only to report what the "CPU settings" rows use
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"GRU-{args.hidden}, batch {args.batch_size}, 784 steps per sequence\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, GRU-{args.hidden}, "
+        f"batch {args.batch_size}, 784 steps per sequence; CPU settings: fp32 GEMMs "
+        f"{settings['float32_matmul_precision']!r}, allocator {settings['allocator']!r}\n"
     )
-    print("| device | training step | seq/s | vs reference |")
-    print("|---|---|---:|---:|")
-    for device in devices:
-        for name, speed, ratio in step_speeds(args.hidden, args.batch_size, args.steps, args.rounds, device):
-            print(f"| {device.type} | {name} | {speed:,.0f} | {ratio:.3f} |")
+    print(f"| training step ({args.device}) | seq/s | vs reference | GFLOP/step | GFLOP/s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, speed, ratio, flop_rate in step_speeds(
+        args.hidden, args.batch_size, args.steps, args.rounds, args.device
+    ):
+        flops = flop_rate * args.batch_size / speed
+        print(f"| {name} | {speed:,.0f} | {ratio:.2f} | {flops / 1e9:.1f} | {flop_rate / 1e9:.0f} |")
 
     data_dir = resolve_data_dir(args.data_dir)
     try:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from rnn_mnist import visualise
 from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint
+from rnn_mnist.compute import configure_cpu_math
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
@@ -51,6 +52,7 @@ class EvalOptions:
     gifs: bool = True
     judge: bool = True  # judge the completions with the digit classifier
     batch_size: int = 1000  # digits per rollout batch (times --samples)
+    precision: str = "fp32"  # fp32 | bf16: the rollout's GEMMs (rnn_mnist/compute.py)
 
 
 def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[str, Any]]:
@@ -182,6 +184,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             "train it first with train.py"
         )
     device = resolve_device(options.device)
+    compute = configure_cpu_math()
     model, checkpoint = load_model(paths.checkpoint, device)
     saved_data = checkpoint.get("data_config", {})
     data_dir = options.data_dir or os.environ.get(DATA_ENV_VAR) or saved_data.get("data_dir")
@@ -219,6 +222,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             options.temperature,
             generator,
             labels[batch] if conditioned else None,
+            options.precision,
         )
         if options.best_of:
             by_label = options.best_by == "label-posterior"
@@ -250,6 +254,8 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "digits_per_second": len(chosen) / seconds,
         "completions_per_second": len(chosen) * options.samples / seconds,
         "device": str(device),
+        "precision": options.precision,
+        "compute": compute,
     }
 
     if options.judge:

@@ -1,7 +1,7 @@
 """A GRU recurrence written for the CPU, with a hand-written backward pass.
 
     gates_x = x @ W_ih.T + b_ih + [b_hr, b_hz, 0]   # (T, B, 3H): every input projection at once
-    hs = gru_recurrence(gates_x, h0, W_hh, b_hn)     # (T + 1, B, H): h0, then the state after each step
+    outputs, h_last = gru_recurrence(gates_x, h0, W_hh, b_hn)   # (T, B, H): the state after each step
 
 Why not ``nn.GRU``: on the CPU it records about ten autograd nodes per pixel and stacks 784 outputs,
 so a training step spends more time in bookkeeping, copies and page faults than in arithmetic.
@@ -121,21 +121,25 @@ class _GRURecurrence(torch.autograd.Function):
 
 def gru_recurrence(
     gates_x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor
-) -> torch.Tensor:
-    """States (T + 1, B, H) of a GRU layer: ``h0`` (B, H), then after each of the T steps.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (T, B, H) of a GRU layer over T steps from the state ``h0`` (B, H), and its final state.
 
     ``gates_x`` (T, B, 3H) holds the input projections with b_ih and the r, z parts of b_hh already
     added; ``b_hn`` (H,) is the n part of b_hh, which the GRU scales by r.
     """
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, h0, w_hh, b_hn)):
-        return _GRURecurrence.apply(gates_x, h0, w_hh, b_hn)
-    # Inference: no buffers kept, only the states.
     steps = gates_x.shape[0]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, h0, w_hh, b_hn)):
+        hs = _GRURecurrence.apply(gates_x, h0, w_hh, b_hn)
+        return hs[1:], hs[steps]
+    # Inference: no buffers kept, only the states (one step, as in a rollout: no copies at all).
     dtype = _matmul_dtype(gates_x)
     with torch.autocast(gates_x.device.type, enabled=False):
+        w_hh_t = w_hh.t().to(dtype)
+        if steps == 1:
+            h = gru_cell(gates_x[0], h0, h0.to(dtype), w_hh_t, b_hn)
+            return h.unsqueeze(0), h
         hs = gates_x.new_empty(steps + 1, *h0.shape)
         hs[0] = h0
-        w_hh_t = w_hh.t().to(dtype)
         for t in range(steps):
             gru_cell(gates_x[t], hs[t], hs[t].to(dtype), w_hh_t, b_hn, out=(None, None, None, hs[t + 1]))
-    return hs
+    return hs[1:], hs[steps]

@@ -42,6 +42,7 @@ class ModelConfig:
     context_width: int = 3  # how many pixels of each, centred on t's column (odd); 1 x 3 by default
     position: bool = False  # also read pixel t's row and column (one-hot)
     num_classes: int = 0  # > 0: condition on the digit's label (one-hot at every step)
+    head_hidden: int = 0  # > 0: the output is an MLP with one hidden ReLU layer this wide, not linear
 
     @property
     def num_context(self) -> int:
@@ -58,8 +59,8 @@ class ModelConfig:
             raise ValueError("hidden_size and num_layers must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
-        if self.num_classes < 0:
-            raise ValueError("num_classes must be 0 (unconditioned) or more")
+        if self.num_classes < 0 or self.head_hidden < 0:
+            raise ValueError("num_classes and head_hidden must be 0 (none) or more")
         if not 1 <= self.context_rows < IMAGE_SIDE:
             raise ValueError(f"context_rows must be in 1..{IMAGE_SIDE - 1}")
         if not (1 <= self.context_width <= 2 * IMAGE_SIDE - 1 and self.context_width % 2 == 1):
@@ -92,25 +93,37 @@ class NextPixelModel(nn.Module):
             batch_first=True,
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, 1)
+        if config.head_hidden:
+            self.head = nn.Sequential(
+                nn.Linear(config.hidden_size, config.head_hidden), nn.ReLU(), nn.Linear(config.head_hidden, 1)
+            )
+        else:
+            self.head = nn.Linear(config.hidden_size, 1)
         position = torch.arange(NUM_PIXELS)
         row, col = position // IMAGE_SIDE, position % IMAGE_SIDE
-        # The context pixels of pixel t as offsets back from t, row by row from the nearest, left
-        # to right (1 x 3: above-left, above, above-right), and where each exists (not above the
-        # first row, not across the left or right edge).
+        # The pixels that pixel t reads, as offsets back from t: the previous pixel, then the
+        # context rows above, nearest first, left to right (1 x 3: above-left, above,
+        # above-right); and where each exists (not before pixel 0, not above the first row, not
+        # across the left or right edge). One gather reads them all.
         half = config.context_width // 2
         above = [(r, c) for r in range(1, config.context_rows + 1) for c in range(-half, half + 1)]
-        self.context_offsets = tuple(r * IMAGE_SIDE - c for r, c in above) if config.context else ()
-        exists = [(row >= r) & (col + c >= 0) & (col + c < IMAGE_SIDE) for r, c in above]
-        self.register_buffer(
-            "context_exists", torch.stack(exists, dim=1).float(), persistent=False
-        )  # (784, C)
+        above = above if config.context else []
+        offsets = torch.tensor([1] + [r * IMAGE_SIDE - c for r, c in above])
+        exists = [position >= 1] + [(row >= r) & (col + c >= 0) & (col + c < IMAGE_SIDE) for r, c in above]
+        index = (position[:, None] - offsets[None, :]).clamp(min=0)
+        self.register_buffer("pixel_index", index, persistent=False)  # (784, 1 + C)
+        self.register_buffer("pixel_exists", torch.stack(exists, dim=1).float(), persistent=False)
         one_hot = nn.functional.one_hot
         rows_cols = torch.cat([one_hot(row, IMAGE_SIDE), one_hot(col, IMAGE_SIDE)], dim=1)
         self.register_buffer("position_one_hot", rows_cols.float(), persistent=False)  # (784, 56)
         # A runtime switch, not part of the config: False runs GRUs on nn.GRU on the CPU too (the
         # reference the fast path is tested and benchmarked against).
         self.fast_gru = True
+
+    def pixel_inputs(self, canvas: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """The pixels (B, end - start, 1 + C) that predict pixels start..end-1: the previous one
+        (0 before pixel 0) and the C context pixels above. Reads ``canvas`` only before each."""
+        return canvas[:, self.pixel_index[start:end]] * self.pixel_exists[start:end]
 
     def features(
         self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None = None
@@ -121,14 +134,11 @@ class NextPixelModel(nn.Module):
         pixels start..end-1 themselves; that is what keeps the model causal.
         """
         batch, device = canvas.shape[0], canvas.device
-        t = torch.arange(start, end, device=device)
-        prev = canvas[:, (t - 1).clamp(min=0)]
-        if start == 0:  # pixel 0 reads the start value instead
-            prev = torch.cat([self.start_pixel.to(canvas.dtype).expand(batch, 1), prev[:, 1:]], dim=1)
-        parts = [prev.unsqueeze(-1)]
-        if self.config.context:
-            above = torch.stack([canvas[:, (t - k).clamp(min=0)] for k in self.context_offsets], dim=-1)
-            parts.append(above * self.context_exists[start:end])
+        pixels = self.pixel_inputs(canvas, start, end)
+        if start == 0:  # pixel 0 reads the start value instead of a previous pixel
+            first = torch.cat([self.start_pixel.to(canvas.dtype).expand(batch, 1), pixels[:, 0, 1:]], dim=1)
+            pixels = torch.cat([first.unsqueeze(1), pixels[:, 1:]], dim=1)
+        parts = [pixels]
         if self.config.position:
             parts.append(self.position_one_hot[start:end].expand(batch, -1, -1))
         if self.config.num_classes:
@@ -171,7 +181,7 @@ class NextPixelModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs (T, B, H) of the top layer and the state (layers, B, H), on rnn_mnist.gru."""
         rnn, hidden = self.rnn, self.config.hidden_size
-        batch, steps = canvas.shape[0], end - start
+        batch = canvas.shape[0]
         if state is None:
             state = canvas.new_zeros(self.config.num_layers, batch, hidden)
         x = self._gates_x(canvas, start, end, labels)  # (T, B, 3H)
@@ -184,10 +194,11 @@ class NextPixelModel(nn.Module):
                     [b_hh[: 2 * hidden], b_hh.new_zeros(hidden)]
                 )
                 x = nn.functional.linear(x, getattr(rnn, f"weight_ih_l{layer}"), bias).float()
-            hs = gru_recurrence(x, state[layer], getattr(rnn, f"weight_hh_l{layer}"), b_hh[2 * hidden :])
-            x = hs[1:]
-            finals.append(hs[steps])
-        return x, torch.stack(finals)
+            x, final = gru_recurrence(
+                x, state[layer], getattr(rnn, f"weight_hh_l{layer}"), b_hh[2 * hidden :]
+            )
+            finals.append(final)
+        return x, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
 
     def _gates_x(
         self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None
@@ -201,24 +212,15 @@ class NextPixelModel(nn.Module):
         config, rnn = self.config, self.rnn
         hidden = config.hidden_size
         weight = rnn.weight_ih_l0  # (3H, F), columns as in features()
-        t = torch.arange(start, end, device=canvas.device)
-        prev = canvas[:, (t - 1).clamp(min=0)]
-        if start == 0:
-            prev = torch.cat([prev.new_zeros(len(canvas), 1), prev[:, 1:]], dim=1)
-        dense = [prev]
-        if config.context:
-            dense += [
-                canvas[:, (t - k).clamp(min=0)] * self.context_exists[start:end, i]
-                for i, k in enumerate(self.context_offsets)
-            ]
-        num_pixel_inputs = len(dense)
-        x = torch.stack(dense, dim=-1).transpose(0, 1)  # (T, B, 1 or 4)
+        x = self.pixel_inputs(canvas, start, end).transpose(0, 1)  # (T, B, 1 + C)
+        num_pixel_inputs = x.shape[2]
         columns = weight[:, :num_pixel_inputs]
         b_hh = rnn.bias_hh_l0
         bias = (rnn.bias_ih_l0 + torch.cat([b_hh[: 2 * hidden], b_hh.new_zeros(hidden)])).expand(
             end - start, 3 * hidden
         )
         if config.position:
+            t = torch.arange(start, end, device=canvas.device)
             rows, cols = t // IMAGE_SIDE, t % IMAGE_SIDE
             bias = (
                 bias
@@ -247,9 +249,49 @@ class NextPixelModel(nn.Module):
         prefix at batch 1000 (bench/rollout_speed.py). On a GPU the fused whole-sequence kernel wins.
         """
         chunk = CPU_READ_CHUNK if canvas.device.type == "cpu" else max(end, 1)
+        if state is None and end > chunk and len(canvas) > 1:
+            return self._read_from_blank(canvas, end, labels, chunk)
         for start in range(0, end, chunk):
             _, state = self(canvas, start, min(start + chunk, end), labels, state, logits=False)
         return state
+
+    def _read_from_blank(
+        self, canvas: torch.Tensor, end: int, labels: torch.Tensor | None, chunk: int
+    ) -> State:
+        """``read`` from pixel 0, sharing the work of blank starts.
+
+        Until its first ink a digit's state is that of a blank canvas (with its label), and MNIST
+        digits start a few rows down. So a blank canvas is read once per label, and each digit
+        joins the batched read at the last chunk boundary before its first ink, starting from
+        the blank state there: digits sorted by that boundary are a growing prefix of the batch.
+        """
+        inked = canvas[:, :end] != 0
+        first_ink = torch.where(inked.any(dim=1), inked.float().argmax(dim=1), end)
+        joins, order = torch.sort(torch.div(first_ink, chunk, rounding_mode="floor") * chunk, stable=True)
+        canvas = canvas[order]
+        if labels is None:
+            blank_labels, group = None, torch.zeros(len(order), dtype=torch.long, device=canvas.device)
+        else:
+            labels = labels.to(canvas.device)[order]
+            blank_labels, group = torch.unique(labels, return_inverse=True)
+        blank = canvas.new_zeros(1 if blank_labels is None else len(blank_labels), end)
+        blank_state = state = None
+        active = 0  # digits [0, active) of the sorted batch are being read
+        for start in range(0, end, chunk):
+            joining = int(torch.searchsorted(joins, start, right=True))
+            if joining > active:
+                state = _join(state, blank_state, group, active, joining, self, len(order), canvas)
+                active = joining
+            stop = min(start + chunk, end)
+            if active:
+                rows = None if labels is None else labels[:active]
+                _, read = self(canvas[:active], start, stop, rows, _rows(state, active), logits=False)
+                _assign(state, active, read)
+            _, blank_state = self(blank, start, stop, blank_labels, blank_state, logits=False)
+        state = _join(state, blank_state, group, active, len(order), self, len(order), canvas)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return _take(state, inverse)
 
     def teacher_forced_logits(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T) of p(x_t = 1 | x_<t) for every pixel, given the true pixels (B, T)."""
@@ -262,6 +304,45 @@ class NextPixelModel(nn.Module):
         """The logit (B,) of pixel t given ``canvas`` before t and the state after pixel t-1."""
         logits, state = self(canvas, t, t + 1, labels, state)
         return logits.squeeze(1), state
+
+
+def _rows(state: State, count: int) -> State:
+    """The states of the first ``count`` digits."""
+    return tuple(s[:, :count] for s in state) if isinstance(state, tuple) else state[:, :count]
+
+
+def _take(state: State, index: torch.Tensor) -> State:
+    return tuple(s[:, index] for s in state) if isinstance(state, tuple) else state[:, index]
+
+
+def _assign(state: State, count: int, value: State) -> None:
+    for target, source in zip(
+        *((state, value) if isinstance(state, tuple) else ((state,), (value,))), strict=True
+    ):
+        target[:, :count] = source
+
+
+def _join(
+    state: State | None,
+    blank_state: State | None,
+    group: torch.Tensor,
+    first: int,
+    last: int,
+    model: NextPixelModel,
+    batch: int,
+    canvas: torch.Tensor,
+) -> State:
+    """Digits first..last-1 join the read with the blank state of their label (zeros at pixel 0)."""
+    if state is None:  # allocated at the first join, zeros: the state before pixel 0
+        zeros = canvas.new_zeros(model.config.num_layers, batch, model.config.hidden_size)
+        state = (zeros, zeros.clone()) if model.config.cell == "lstm" else zeros
+    if blank_state is not None and last > first:
+        joining = _take(blank_state, group[first:last])
+        for target, source in zip(
+            *((state, joining) if isinstance(state, tuple) else ((state,), (joining,))), strict=True
+        ):
+            target[:, first:last] = source
+    return state
 
 
 def count_parameters(model: nn.Module) -> int:

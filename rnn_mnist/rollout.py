@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rnn_mnist.compute import autocast
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.models import NextPixelModel
 
@@ -55,10 +56,11 @@ def rollout(
     choose: Chooser,
     temperature: float = 1.0,
     labels: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``num_steps`` pixels after ``visible`` (B, V) floats. ``choose`` sees the
     probabilities with the logits divided by ``temperature``; ``labels`` (B,) are for
-    label-conditioned models.
+    label-conditioned models; ``precision`` bf16 runs the GEMMs in bf16 (rnn_mnist/compute.py).
 
     Returns the fed-back values (B, num_steps) and the model's own probabilities (B, num_steps),
     at temperature 1 whatever ``temperature`` is, so that they score a completion by the model's
@@ -67,15 +69,16 @@ def rollout(
     batch, num_visible = visible.shape
     canvas = visible.new_zeros(batch, num_visible + num_steps)  # what the model has seen or drawn
     canvas[:, :num_visible] = visible
-    # One batched pass over the prefix; a blank canvas starts from no state.
-    state = model.read(canvas, num_visible, labels) if num_visible else None
     probs = visible.new_empty(batch, num_steps)
-    for step in range(num_steps):
-        t = num_visible + step
-        logit, state = model.step(canvas, t, state, labels)
-        probs[:, step] = torch.sigmoid(logit)
-        tempered = probs[:, step] if temperature == 1 else torch.sigmoid(logit / temperature)
-        canvas[:, t] = choose(tempered, t)
+    with autocast(visible.device, precision):
+        # One batched pass over the prefix; a blank canvas starts from no state.
+        state = model.read(canvas, num_visible, labels) if num_visible else None
+        for step in range(num_steps):
+            t = num_visible + step
+            logit, state = model.step(canvas, t, state, labels)
+            probs[:, step] = torch.sigmoid(logit)
+            tempered = probs[:, step] if temperature == 1 else torch.sigmoid(logit / temperature)
+            canvas[:, t] = choose(tempered, t)
     return canvas[:, num_visible:], probs
 
 
@@ -88,6 +91,7 @@ def complete(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     labels: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> Completion:
     """Hide the last ``mask_pixels`` of each digit (N, 784) and complete it ``samples`` times.
 
@@ -104,7 +108,9 @@ def complete(
     was_training = model.training
     model.eval()
     try:
-        fed, probs = rollout(model, visible, mask_pixels, chooser(sampling, generator), temperature, labels)
+        fed, probs = rollout(
+            model, visible, mask_pixels, chooser(sampling, generator), temperature, labels, precision
+        )
     finally:
         model.train(was_training)
     # Mean feedback feeds p itself; the completed image shows p > 0.5.

@@ -20,7 +20,7 @@ CONFIGS = [
     ModelConfig(hidden_size=16, context=True, position=True),
     ModelConfig(cell="lstm", hidden_size=16, context=True, num_classes=10),
     ModelConfig(hidden_size=16, num_layers=2, context=True, position=True, num_classes=10),
-    ModelConfig(hidden_size=16, context=True, context_rows=2, context_width=5),
+    ModelConfig(hidden_size=16, context=True, context_rows=2, context_width=5, head_hidden=8),
 ]
 LABELS = torch.tensor([3, 0, 9])
 
@@ -210,3 +210,21 @@ def test_bf16_autocast_gives_finite_logits_close_to_fp32_on_both_paths(config):
         assert 0 < (bf16 - fp32).abs().max() < 0.05  # bf16 really ran, and stayed close
         bf16.sum().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_id)
+def test_reading_a_prefix_shares_blank_starts_without_changing_the_state(config):
+    """read() lets digits join at their first ink from a blank canvas's state; the result must be
+    the state of reading every digit from pixel 0."""
+    model, labels = _model(config), _labels(config, 3)
+    generator = torch.Generator().manual_seed(6)
+    canvas = torch.bernoulli(torch.full((3, 300), 0.3), generator=generator)
+    canvas[0, :150] = 0  # first ink after a blank start
+    canvas[1, :] = 0  # all blank
+    canvas[2, 0] = 1  # ink at once
+    with torch.no_grad():
+        shared = model.read(canvas, 300, labels)
+        state = None
+        for start in range(0, 300, 8):  # every digit from pixel 0, no sharing
+            _, state = model(canvas, start, min(start + 8, 300), labels, state, logits=False)
+    torch.testing.assert_close(shared, state, rtol=1e-5, atol=1e-6)
