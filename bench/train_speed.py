@@ -45,7 +45,9 @@ from rnn_mnist.training import train_step  # noqa: E402
 PLAIN, RICH = {}, {"context": True, "position": True, "num_classes": 10}
 ROWS = {
     "bare nn.GRU + Linear + Adam, fp32 (reference)": ("bare", PLAIN, "fp32", False),
+    "bare nn.GRU + Linear + Adam, fp32, CPU settings": ("bare", PLAIN, "fp32", True),
     "toolkit on nn.GRU, fp32, default settings (before)": ("nn", PLAIN, "fp32", False),
+    "toolkit on nn.GRU, fp32, CPU settings": ("nn", PLAIN, "fp32", True),
     "toolkit on nn.GRU, bf16 autocast, CPU settings": ("nn", PLAIN, "bf16", True),
     "toolkit fast GRU, fp32, default settings": ("fast", PLAIN, "fp32", False),
     "toolkit fast GRU, fp32, CPU settings": ("fast", PLAIN, "fp32", True),

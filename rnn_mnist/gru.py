@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 
-def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
     """bf16 when autocast asks for it on x's device (as --precision bf16 does), else x's own dtype."""
     device = x.device.type
     if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
@@ -62,7 +62,7 @@ class _GRURecurrence(torch.autograd.Function):
     def forward(ctx, gates_x, h0, w_hh, b_hn):
         steps, batch, _ = gates_x.shape
         hidden = h0.shape[1]
-        dtype = _matmul_dtype(gates_x)
+        dtype = matmul_dtype(gates_x)
         with torch.autocast(gates_x.device.type, enabled=False):
             hs = gates_x.new_empty(steps + 1, batch, hidden)
             hs[0] = h0
@@ -132,7 +132,7 @@ def gru_recurrence(
         hs = _GRURecurrence.apply(gates_x, h0, w_hh, b_hn)
         return hs[1:], hs[steps]
     # Inference: no buffers kept, only the states (one step, as in a rollout: no copies at all).
-    dtype = _matmul_dtype(gates_x)
+    dtype = matmul_dtype(gates_x)
     with torch.autocast(gates_x.device.type, enabled=False):
         w_hh_t = w_hh.t().to(dtype)
         if steps == 1:

@@ -13,13 +13,14 @@ exact NLL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
-from rnn_mnist.gru import gru_recurrence
+from rnn_mnist.gru import gru_cell, gru_recurrence, matmul_dtype
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 # Pixels per chunk when only the final state is wanted on the CPU (see NextPixelModel.read).
@@ -27,6 +28,8 @@ CPU_READ_CHUNK = 8
 
 # GRU/RNN carry a tensor (layers, B, H); LSTM carries a pair (h, c) of them.
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# step(canvas, t, state) -> (logit (B,), state), for a fixed batch and labels (NextPixelModel.stepper)
+Stepper = Callable[[torch.Tensor, int, "State | None"], tuple[torch.Tensor, State]]
 
 
 @dataclass
@@ -210,25 +213,11 @@ class NextPixelModel(nn.Module):
         into the (T, B, F) inputs.
         """
         config, rnn = self.config, self.rnn
-        hidden = config.hidden_size
         weight = rnn.weight_ih_l0  # (3H, F), columns as in features()
         x = self.pixel_inputs(canvas, start, end).transpose(0, 1)  # (T, B, 1 + C)
         num_pixel_inputs = x.shape[2]
         columns = weight[:, :num_pixel_inputs]
-        b_hh = rnn.bias_hh_l0
-        bias = (rnn.bias_ih_l0 + torch.cat([b_hh[: 2 * hidden], b_hh.new_zeros(hidden)])).expand(
-            end - start, 3 * hidden
-        )
-        if config.position:
-            t = torch.arange(start, end, device=canvas.device)
-            rows, cols = t // IMAGE_SIDE, t % IMAGE_SIDE
-            bias = (
-                bias
-                + weight[:, num_pixel_inputs + rows].t()
-                + weight[:, num_pixel_inputs + IMAGE_SIDE + cols].t()
-            )
-        if start == 0:  # pixel 0 reads the learned start value
-            bias = torch.cat([bias[:1] + self.start_pixel * weight[:, 0], bias[1:]])
+        bias = self._static_gates(start, end)
         if config.num_classes:
             if labels is None:
                 raise ValueError("this model is conditioned on the digit's label: pass labels")
@@ -238,6 +227,27 @@ class NextPixelModel(nn.Module):
             columns = torch.cat([columns, weight[:, first : first + config.num_classes]], dim=1)
         # (T, B, K) @ (K, 3H) + (T, 1, 3H): one pass over the output
         return torch.baddbmm(bias.unsqueeze(1), x, columns.t().expand(end - start, -1, -1)).float()
+
+    def _static_gates(self, start: int, end: int) -> torch.Tensor:
+        """What layer 0's input gates (T, 3H) hold whatever the pixels: b_ih, the r and z parts of
+        b_hh, the row and column columns of W_ih (``--position``), and the start value at pixel 0."""
+        rnn, hidden, weight = self.rnn, self.config.hidden_size, self.rnn.weight_ih_l0
+        num_pixel_inputs = self.pixel_index.shape[1]
+        b_hh = rnn.bias_hh_l0
+        bias = (rnn.bias_ih_l0 + torch.cat([b_hh[: 2 * hidden], b_hh.new_zeros(hidden)])).expand(
+            end - start, 3 * hidden
+        )
+        if self.config.position:
+            t = torch.arange(start, end, device=weight.device)
+            rows, cols = t // IMAGE_SIDE, t % IMAGE_SIDE
+            bias = (
+                bias
+                + weight[:, num_pixel_inputs + rows].t()
+                + weight[:, num_pixel_inputs + IMAGE_SIDE + cols].t()
+            )
+        if start == 0:  # pixel 0 reads the learned start value
+            bias = torch.cat([bias[:1] + self.start_pixel * weight[:, 0], bias[1:]])
+        return bias
 
     def read(
         self, canvas: torch.Tensor, end: int, labels: torch.Tensor | None = None, state: State | None = None
@@ -304,6 +314,60 @@ class NextPixelModel(nn.Module):
         """The logit (B,) of pixel t given ``canvas`` before t and the state after pixel t-1."""
         logits, state = self(canvas, t, t + 1, labels, state)
         return logits.squeeze(1), state
+
+    @torch.no_grad()
+    def stepper(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> Stepper:
+        """``step`` for a rollout: what does not change from pixel to pixel is prepared once.
+
+        On the fast-GRU path the biases, the position table and the label columns are folded into
+        one (784, 3H) table and a (B, K) input buffer, so a step is one gather, one addmm, the GRU
+        cell and the head. Elsewhere it is ``step`` itself.
+        """
+        if not self.uses_fast_gru(device):
+            return lambda canvas, t, state: self.step(canvas, t, state, labels)
+        config, rnn, hidden = self.config, self.rnn, self.config.hidden_size
+        weight = rnn.weight_ih_l0
+        num_pixel_inputs = self.pixel_index.shape[1]
+        static = self._static_gates(0, NUM_PIXELS)  # (784, 3H)
+        columns = [weight[:, :num_pixel_inputs]]
+        inputs = torch.zeros(batch, num_pixel_inputs + config.num_classes, device=device)  # (B, K)
+        if config.num_classes:  # the label's one-hot columns: filled once, multiplied every step
+            first = num_pixel_inputs + 2 * IMAGE_SIDE * config.position
+            columns.append(weight[:, first : first + config.num_classes])
+            inputs[:, num_pixel_inputs:] = nn.functional.one_hot(labels.to(device).long(), config.num_classes)
+        columns_t = torch.cat(columns, dim=1).t().contiguous()  # (K, 3H)
+        layers = [
+            (
+                None if layer == 0 else getattr(rnn, f"weight_ih_l{layer}").t(),
+                None
+                if layer == 0
+                else getattr(rnn, f"bias_ih_l{layer}")
+                + torch.cat([getattr(rnn, f"bias_hh_l{layer}")[: 2 * hidden], weight.new_zeros(hidden)]),
+                getattr(rnn, f"weight_hh_l{layer}").t(),
+                getattr(rnn, f"bias_hh_l{layer}")[2 * hidden :],
+            )
+            for layer in range(config.num_layers)
+        ]
+
+        def step(canvas: torch.Tensor, t: int, state: State | None) -> tuple[torch.Tensor, State]:
+            dtype = matmul_dtype(static)
+            with torch.autocast(device.type, enabled=False):
+                torch.mul(
+                    canvas[:, self.pixel_index[t]], self.pixel_exists[t], out=inputs[:, :num_pixel_inputs]
+                )
+                x = torch.addmm(static[t], inputs, columns_t)  # (B, 3H): layer 0's input gates
+                if state is None:
+                    state = canvas.new_zeros(config.num_layers, len(canvas), hidden)
+                finals = []
+                for layer, (w_ih_t, b_ih, w_hh_t, b_hn) in enumerate(layers):
+                    if layer > 0:
+                        x = torch.addmm(b_ih, finals[-1], w_ih_t)
+                    h = state[layer]
+                    finals.append(gru_cell(x, h, h.to(dtype), w_hh_t.to(dtype), b_hn))
+                logit = self.head(finals[-1]).squeeze(1)
+            return logit, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
+
+        return step
 
 
 def _rows(state: State, count: int) -> State:

@@ -73,9 +73,10 @@ def rollout(
     with autocast(visible.device, precision):
         # One batched pass over the prefix; a blank canvas starts from no state.
         state = model.read(canvas, num_visible, labels) if num_visible else None
+        step_model = model.stepper(labels, batch, visible.device)
         for step in range(num_steps):
             t = num_visible + step
-            logit, state = model.step(canvas, t, state, labels)
+            logit, state = step_model(canvas, t, state)
             probs[:, step] = torch.sigmoid(logit)
             tempered = probs[:, step] if temperature == 1 else torch.sigmoid(logit / temperature)
             canvas[:, t] = choose(tempered, t)

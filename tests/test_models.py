@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rnn_mnist.compute import autocast
 from rnn_mnist.models import ModelConfig, NextPixelModel
 
 OLD_MODEL = Path(__file__).parent / "data" / "pre-fast-gru-model.pt"
@@ -41,11 +42,12 @@ def _labels(config: ModelConfig, n: int = 3) -> torch.Tensor | None:
     return LABELS[:n] if config.num_classes else None
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("config", CONFIGS, ids=_id)
-def test_changing_pixel_t_changes_no_prediction_up_to_t(config):
+def test_changing_pixel_t_changes_no_prediction_up_to_t(config, precision):
     model, labels = _model(config), _labels(config)
     pixels = torch.bernoulli(torch.full((3, 784), 0.3), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    with torch.no_grad(), autocast(pixels.device, precision):
         before = model.teacher_forced_logits(pixels, labels)
         for t in (0, 27, 100, 500, 782):
             flipped = pixels.clone()
@@ -228,3 +230,18 @@ def test_reading_a_prefix_shares_blank_starts_without_changing_the_state(config)
         for start in range(0, 300, 8):  # every digit from pixel 0, no sharing
             _, state = model(canvas, start, min(start + 8, 300), labels, state, logits=False)
     torch.testing.assert_close(shared, state, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_id)
+def test_the_rollout_stepper_equals_step(config):
+    """stepper() prepares the static parts once; every step must still equal step()."""
+    model, labels = _model(config), _labels(config, 2)
+    pixels = torch.bernoulli(torch.full((2, 784), 0.4), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        step = model.stepper(labels, 2, pixels.device)
+        state_a = state_b = model.read(pixels, 400, labels)
+        for t in range(400, 420):
+            logit_a, state_a = model.step(pixels, t, state_a, labels)
+            logit_b, state_b = step(pixels, t, state_b)
+            torch.testing.assert_close(logit_b, logit_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state_b, state_a, rtol=1e-5, atol=1e-5)

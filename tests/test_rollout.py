@@ -40,14 +40,19 @@ def test_prefix_preserved_and_shapes(sampling, mask):
     assert set(result.completed.unique().tolist()) <= {0, 1}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("sampling", ["greedy", "bernoulli", "mean"])
-def test_no_leak_of_hidden_pixels(sampling):
+def test_no_leak_of_hidden_pixels(sampling, precision):
     digits = _digits()
     noisy = digits.clone()
     noisy[:, 500:] = torch.randint(0, 2, (6, 284), dtype=torch.uint8)
-    a = complete(_model(), digits, 284, sampling, samples=2, generator=torch.Generator().manual_seed(7))
-    b = complete(_model(), noisy, 284, sampling, samples=2, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(a.completed, b.completed) and torch.equal(a.probs, b.probs)
+    runs = [
+        complete(
+            _model(), x, 284, sampling, 2, generator=torch.Generator().manual_seed(7), precision=precision
+        )
+        for x in (digits, noisy)
+    ]
+    assert torch.equal(runs[0].completed, runs[1].completed) and torch.equal(runs[0].probs, runs[1].probs)
 
 
 def test_greedy_is_deterministic_and_bernoulli_reproducible_by_seed():

@@ -109,3 +109,15 @@ def test_evaluate_in_bf16_records_it_and_agrees_mostly_with_fp32(tmp_path, mnist
 
 def test_fp32_is_the_default_precision():
     assert training.TrainConfig(exp_name="x").precision == "fp32"
+
+
+def test_the_fast_preset_sets_its_recipe_and_typed_flags_override_it(tmp_path, mnist_dir):
+    args = tiny_train_args(tmp_path, mnist_dir, "preset", "--preset", "fast", "--epochs", "1")
+    assert train.main(args) == 0
+    checkpoint = load_checkpoint(tmp_path / "preset" / "checkpoint.ckpt")
+    config, model = checkpoint["config"], checkpoint["model_config"]
+    for flag, value in train.PRESETS["fast"].items():
+        if flag != "epochs":
+            assert config[flag] == value, flag
+    assert config["epochs"] == 1 and len(checkpoint["history"]) == 1  # typed: overrides the preset's 7
+    assert model["context"] and (model["context_rows"], model["context_width"]) == (3, 7)
