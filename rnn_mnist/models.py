@@ -193,10 +193,9 @@ class NextPixelModel(nn.Module):
             b_hh = getattr(rnn, f"bias_hh_l{layer}")
             if layer > 0:  # nn.GRU's dropout between layers, then this layer's input projection
                 x = nn.functional.dropout(x, rnn.dropout, self.training)
-                bias = getattr(rnn, f"bias_ih_l{layer}") + torch.cat(
-                    [b_hh[: 2 * hidden], b_hh.new_zeros(hidden)]
-                )
-                x = nn.functional.linear(x, getattr(rnn, f"weight_ih_l{layer}"), bias).float()
+                x = nn.functional.linear(
+                    x, getattr(rnn, f"weight_ih_l{layer}"), self._input_bias(layer)
+                ).float()
             x, final = gru_recurrence(
                 x, state[layer], getattr(rnn, f"weight_hh_l{layer}"), b_hh[2 * hidden :]
             )
@@ -228,15 +227,19 @@ class NextPixelModel(nn.Module):
         # (T, B, K) @ (K, 3H) + (T, 1, 3H): one pass over the output
         return torch.baddbmm(bias.unsqueeze(1), x, columns.t().expand(end - start, -1, -1)).float()
 
+    def _input_bias(self, layer: int) -> torch.Tensor:
+        """b_ih plus the r and z parts of b_hh (3H,): the biases that add to a layer's input gates.
+        The n part of b_hh stays apart, because the GRU scales it by r."""
+        b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
+        return getattr(self.rnn, f"bias_ih_l{layer}") + torch.cat(
+            [b_hh[: -self.config.hidden_size], b_hh.new_zeros(self.config.hidden_size)]
+        )
+
     def _static_gates(self, start: int, end: int) -> torch.Tensor:
         """What layer 0's input gates (T, 3H) hold whatever the pixels: b_ih, the r and z parts of
         b_hh, the row and column columns of W_ih (``--position``), and the start value at pixel 0."""
-        rnn, hidden, weight = self.rnn, self.config.hidden_size, self.rnn.weight_ih_l0
-        num_pixel_inputs = self.pixel_index.shape[1]
-        b_hh = rnn.bias_hh_l0
-        bias = (rnn.bias_ih_l0 + torch.cat([b_hh[: 2 * hidden], b_hh.new_zeros(hidden)])).expand(
-            end - start, 3 * hidden
-        )
+        weight, num_pixel_inputs = self.rnn.weight_ih_l0, self.pixel_index.shape[1]
+        bias = self._input_bias(0).expand(end - start, -1)
         if self.config.position:
             t = torch.arange(start, end, device=weight.device)
             rows, cols = t // IMAGE_SIDE, t % IMAGE_SIDE
@@ -336,13 +339,10 @@ class NextPixelModel(nn.Module):
             columns.append(weight[:, first : first + config.num_classes])
             inputs[:, num_pixel_inputs:] = nn.functional.one_hot(labels.to(device).long(), config.num_classes)
         columns_t = torch.cat(columns, dim=1).t().contiguous()  # (K, 3H)
-        layers = [
+        layers = [  # (W_ih.T, input bias) of the layers above the first, W_hh.T and b_hn of each
             (
-                None if layer == 0 else getattr(rnn, f"weight_ih_l{layer}").t(),
-                None
-                if layer == 0
-                else getattr(rnn, f"bias_ih_l{layer}")
-                + torch.cat([getattr(rnn, f"bias_hh_l{layer}")[: 2 * hidden], weight.new_zeros(hidden)]),
+                getattr(rnn, f"weight_ih_l{layer}").t() if layer else None,
+                self._input_bias(layer) if layer else None,
                 getattr(rnn, f"weight_hh_l{layer}").t(),
                 getattr(rnn, f"bias_hh_l{layer}")[2 * hidden :],
             )
