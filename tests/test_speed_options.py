@@ -78,7 +78,7 @@ def test_a_cosine_bf16_run_resumed_after_ctrl_c_equals_an_uninterrupted_one(tmp_
     assert train.main(tiny_train_args(tmp_path, mnist_dir, "resumed", *settings)) == 130
     monkeypatch.setattr(training, "_train_one_epoch", real_epoch)
     torch.manual_seed(999)
-    assert train.main(tiny_train_args(tmp_path, mnist_dir, "resumed", "--resume")) == 0
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "resumed", "--resume", "--epochs", "3")) == 0
 
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.ckpt")
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.ckpt")
