@@ -245,3 +245,21 @@ def test_the_rollout_stepper_equals_step(config):
             logit_b, state_b = step(pixels, t, state_b)
             torch.testing.assert_close(logit_b, logit_a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state_b, state_a, rtol=1e-5, atol=1e-5)
+
+
+def test_the_hand_written_gru_backward_passes_gradcheck():
+    """rnn_mnist.gru's backward against finite differences, in float64 (the matmul follows the
+    input's dtype unless bf16 autocast is on)."""
+    from rnn_mnist.gru import gru_recurrence
+
+    generator = torch.Generator().manual_seed(8)
+    inputs = [
+        torch.randn(shape, dtype=torch.float64, generator=generator, requires_grad=True)
+        for shape in ((5, 2, 9), (2, 3), (9, 3), (3,))
+    ]  # gates_x (T, B, 3H), h0 (B, H), W_hh (3H, H), b_hn (H,)
+
+    def states(gates_x, h0, w_hh, b_hn):
+        outputs, final = gru_recurrence(gates_x, h0, w_hh, b_hn)
+        return outputs, final
+
+    assert torch.autograd.gradcheck(states, inputs)
