@@ -57,29 +57,41 @@ def gru_cell(
     return torch.lerp(n, h, z, out=h_new)  # z h + (1 - z) n
 
 
+def _run(
+    gates_x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor, keep: bool
+) -> tuple[torch.Tensor, ...]:
+    """Step the recurrence over all of ``gates_x``: the states hs (T + 1, B, H), h0 first; with
+    ``keep``, also what the backward pass reads: the states as the matmul saw them, rz, gh_n, n."""
+    steps, batch, _ = gates_x.shape
+    hidden = h0.shape[1]
+    dtype = matmul_dtype(gates_x)
+    with torch.autocast(gates_x.device.type, enabled=False):
+        hs = gates_x.new_empty(steps + 1, batch, hidden)
+        hs[0] = h0
+        w_hh_t = w_hh.t().to(dtype)
+        if not keep:
+            for t in range(steps):
+                gru_cell(gates_x[t], hs[t], hs[t].to(dtype), w_hh_t, b_hn, out=(None, None, None, hs[t + 1]))
+            return (hs,)
+        # The states as the matmul reads them: bf16 copies under --precision bf16 (the weight
+        # gradient's GEMM reuses them), the states themselves in fp32.
+        hs_matmul = hs if dtype == hs.dtype else hs.new_empty(hs.shape, dtype=dtype)
+        hs_matmul[0] = h0
+        rz = gates_x.new_empty(steps, batch, 2 * hidden)
+        gh_n = gates_x.new_empty(steps, batch, hidden)
+        n = gates_x.new_empty(steps, batch, hidden)
+        for t in range(steps):
+            gru_cell(gates_x[t], hs[t], hs_matmul[t], w_hh_t, b_hn, out=(rz[t], gh_n[t], n[t], hs[t + 1]))
+            if hs_matmul is not hs:
+                hs_matmul[t + 1].copy_(hs[t + 1])
+    return hs, hs_matmul, rz, gh_n, n
+
+
 class _GRURecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, h0, w_hh, b_hn):
-        steps, batch, _ = gates_x.shape
-        hidden = h0.shape[1]
-        dtype = matmul_dtype(gates_x)
-        with torch.autocast(gates_x.device.type, enabled=False):
-            hs = gates_x.new_empty(steps + 1, batch, hidden)
-            hs[0] = h0
-            # The states as the matmul reads them: bf16 copies under --precision bf16 (the
-            # weight gradient's GEMM reuses them), the states themselves in fp32.
-            hs_matmul = hs if dtype == hs.dtype else hs.new_empty(hs.shape, dtype=dtype)
-            if hs_matmul is not hs:
-                hs_matmul[0] = h0
-            rz = gates_x.new_empty(steps, batch, 2 * hidden)
-            gh_n = gates_x.new_empty(steps, batch, hidden)
-            n = gates_x.new_empty(steps, batch, hidden)
-            w_hh_t = w_hh.t().to(dtype)
-            for t in range(steps):
-                gru_cell(gates_x[t], hs[t], hs_matmul[t], w_hh_t, b_hn, out=(rz[t], gh_n[t], n[t], hs[t + 1]))
-                if hs_matmul is not hs:
-                    hs_matmul[t + 1].copy_(hs[t + 1])
-        ctx.save_for_backward(hs, hs_matmul, rz, gh_n, n, w_hh)
+        hs, *kept = _run(gates_x, h0, w_hh, b_hn, keep=True)
+        ctx.save_for_backward(hs, *kept, w_hh)
         return hs
 
     @staticmethod
@@ -131,15 +143,10 @@ def gru_recurrence(
     if torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, h0, w_hh, b_hn)):
         hs = _GRURecurrence.apply(gates_x, h0, w_hh, b_hn)
         return hs[1:], hs[steps]
-    # Inference: no buffers kept, only the states (one step, as in a rollout: no copies at all).
-    dtype = matmul_dtype(gates_x)
-    with torch.autocast(gates_x.device.type, enabled=False):
-        w_hh_t = w_hh.t().to(dtype)
-        if steps == 1:
-            h = gru_cell(gates_x[0], h0, h0.to(dtype), w_hh_t, b_hn)
-            return h.unsqueeze(0), h
-        hs = gates_x.new_empty(steps + 1, *h0.shape)
-        hs[0] = h0
-        for t in range(steps):
-            gru_cell(gates_x[t], hs[t], hs[t].to(dtype), w_hh_t, b_hn, out=(None, None, None, hs[t + 1]))
+    if steps == 1:  # one step, as in a rollout: no copies at all
+        dtype = matmul_dtype(gates_x)  # before autocast is switched off below
+        with torch.autocast(gates_x.device.type, enabled=False):
+            h = gru_cell(gates_x[0], h0, h0.to(dtype), w_hh.t().to(dtype), b_hn)
+        return h.unsqueeze(0), h
+    (hs,) = _run(gates_x, h0, w_hh, b_hn, keep=False)  # inference: no buffers kept
     return hs[1:], hs[steps]

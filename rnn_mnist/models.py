@@ -5,8 +5,8 @@
     state = model.read(canvas, 500)                  # prime the state with a visible prefix
     logit, state = model.step(canvas, 500, state)    # then one pixel at a time
 
-At step t the input is pixel t-1 (a learned start value at t = 0) and, if configured, the three
-pixels above pixel t, its row and column, and the digit's label: all known before pixel t, so the
+At step t the input is pixel t-1 (a learned start value at t = 0) and, if configured, pixels of
+the rows above pixel t, its row and column, and the digit's label: all known before pixel t, so the
 logits give p(x_t | x_<t) for every pixel and their BCE summed over the 784 pixels is the image's
 exact NLL.
 """
@@ -220,12 +220,16 @@ class NextPixelModel(nn.Module):
         if config.num_classes:
             if labels is None:
                 raise ValueError("this model is conditioned on the digit's label: pass labels")
-            first = num_pixel_inputs + 2 * IMAGE_SIDE * config.position
             one_hot = nn.functional.one_hot(labels.to(canvas.device).long(), config.num_classes)
             x = torch.cat([x, one_hot.to(x.dtype).expand(end - start, -1, -1)], dim=2)
-            columns = torch.cat([columns, weight[:, first : first + config.num_classes]], dim=1)
+            columns = torch.cat([columns, self._label_columns()], dim=1)
         # (T, B, K) @ (K, 3H) + (T, 1, 3H): one pass over the output
         return torch.baddbmm(bias.unsqueeze(1), x, columns.t().expand(end - start, -1, -1)).float()
+
+    def _label_columns(self) -> torch.Tensor:
+        """The columns (3H, classes) of W_ih that the label's one-hot input multiplies."""
+        first = self.pixel_index.shape[1] + 2 * IMAGE_SIDE * self.config.position
+        return self.rnn.weight_ih_l0[:, first : first + self.config.num_classes]
 
     def _input_bias(self, layer: int) -> torch.Tensor:
         """b_ih plus the r and z parts of b_hh (3H,): the biases that add to a layer's input gates.
@@ -288,23 +292,27 @@ class NextPixelModel(nn.Module):
             labels = labels.to(canvas.device)[order]
             blank_labels, group = torch.unique(labels, return_inverse=True)
         blank = canvas.new_zeros(1 if blank_labels is None else len(blank_labels), end)
-        blank_state = state = None
+        zeros = canvas.new_zeros(self.config.num_layers, len(order), self.config.hidden_size)
+        state = (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros  # before pixel 0
+        blank_state = None
         active = 0  # digits [0, active) of the sorted batch are being read
         for start in range(0, end, chunk):
             joining = int(torch.searchsorted(joins, start, right=True))
-            if joining > active:
-                state = _join(state, blank_state, group, active, joining, self, len(order), canvas)
-                active = joining
+            if blank_state is not None and joining > active:  # they start from their label's blank state
+                _assign(state, slice(active, joining), _select(blank_state, group[active:joining]))
+            active = max(active, joining)
             stop = min(start + chunk, end)
             if active:
                 rows = None if labels is None else labels[:active]
-                _, read = self(canvas[:active], start, stop, rows, _rows(state, active), logits=False)
-                _assign(state, active, read)
+                now = _select(state, slice(0, active))
+                _, read = self(canvas[:active], start, stop, rows, now, logits=False)
+                _assign(state, slice(0, active), read)
             _, blank_state = self(blank, start, stop, blank_labels, blank_state, logits=False)
-        state = _join(state, blank_state, group, active, len(order), self, len(order), canvas)
+        # Digits with no ink before ``end`` end where the blank canvas does.
+        _assign(state, slice(active, None), _select(blank_state, group[active:]))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
-        return _take(state, inverse)
+        return _select(state, inverse)
 
     def teacher_forced_logits(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T) of p(x_t = 1 | x_<t) for every pixel, given the true pixels (B, T)."""
@@ -332,25 +340,24 @@ class NextPixelModel(nn.Module):
         weight = rnn.weight_ih_l0
         num_pixel_inputs = self.pixel_index.shape[1]
         static = self._static_gates(0, NUM_PIXELS)  # (784, 3H)
+        dtype = matmul_dtype(static)  # of the recurrent GEMM: bf16 under --precision bf16
         columns = [weight[:, :num_pixel_inputs]]
         inputs = torch.zeros(batch, num_pixel_inputs + config.num_classes, device=device)  # (B, K)
         if config.num_classes:  # the label's one-hot columns: filled once, multiplied every step
-            first = num_pixel_inputs + 2 * IMAGE_SIDE * config.position
-            columns.append(weight[:, first : first + config.num_classes])
+            columns.append(self._label_columns())
             inputs[:, num_pixel_inputs:] = nn.functional.one_hot(labels.to(device).long(), config.num_classes)
         columns_t = torch.cat(columns, dim=1).t().contiguous()  # (K, 3H)
         layers = [  # (W_ih.T, input bias) of the layers above the first, W_hh.T and b_hn of each
             (
                 getattr(rnn, f"weight_ih_l{layer}").t() if layer else None,
                 self._input_bias(layer) if layer else None,
-                getattr(rnn, f"weight_hh_l{layer}").t(),
+                getattr(rnn, f"weight_hh_l{layer}").t().to(dtype),
                 getattr(rnn, f"bias_hh_l{layer}")[2 * hidden :],
             )
             for layer in range(config.num_layers)
         ]
 
         def step(canvas: torch.Tensor, t: int, state: State | None) -> tuple[torch.Tensor, State]:
-            dtype = matmul_dtype(static)
             with torch.autocast(device.type, enabled=False):
                 torch.mul(
                     canvas[:, self.pixel_index[t]], self.pixel_exists[t], out=inputs[:, :num_pixel_inputs]
@@ -363,50 +370,23 @@ class NextPixelModel(nn.Module):
                     if layer > 0:
                         x = torch.addmm(b_ih, finals[-1], w_ih_t)
                     h = state[layer]
-                    finals.append(gru_cell(x, h, h.to(dtype), w_hh_t.to(dtype), b_hn))
+                    finals.append(gru_cell(x, h, h.to(dtype), w_hh_t, b_hn))
                 logit = self.head(finals[-1]).squeeze(1)
             return logit, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
 
         return step
 
 
-def _rows(state: State, count: int) -> State:
-    """The states of the first ``count`` digits."""
-    return tuple(s[:, :count] for s in state) if isinstance(state, tuple) else state[:, :count]
-
-
-def _take(state: State, index: torch.Tensor) -> State:
+def _select(state: State, index: slice | torch.Tensor) -> State:
+    """The states of the digits ``index`` (a state is (layers, B, H), or an LSTM's pair of them)."""
     return tuple(s[:, index] for s in state) if isinstance(state, tuple) else state[:, index]
 
 
-def _assign(state: State, count: int, value: State) -> None:
-    for target, source in zip(
-        *((state, value) if isinstance(state, tuple) else ((state,), (value,))), strict=True
-    ):
-        target[:, :count] = source
-
-
-def _join(
-    state: State | None,
-    blank_state: State | None,
-    group: torch.Tensor,
-    first: int,
-    last: int,
-    model: NextPixelModel,
-    batch: int,
-    canvas: torch.Tensor,
-) -> State:
-    """Digits first..last-1 join the read with the blank state of their label (zeros at pixel 0)."""
-    if state is None:  # allocated at the first join, zeros: the state before pixel 0
-        zeros = canvas.new_zeros(model.config.num_layers, batch, model.config.hidden_size)
-        state = (zeros, zeros.clone()) if model.config.cell == "lstm" else zeros
-    if blank_state is not None and last > first:
-        joining = _take(blank_state, group[first:last])
-        for target, source in zip(
-            *((state, joining) if isinstance(state, tuple) else ((state,), (joining,))), strict=True
-        ):
-            target[:, first:last] = source
-    return state
+def _assign(state: State, rows: slice, value: State) -> None:
+    """Write ``value`` into the digits ``rows`` of ``state`` (layers, B, H), in place."""
+    pairs = zip(state, value, strict=True) if isinstance(state, tuple) else [(state, value)]
+    for target, source in pairs:
+        target[:, rows] = source
 
 
 def count_parameters(model: nn.Module) -> int:
