@@ -126,7 +126,10 @@ class NextPixelModel(nn.Module):
     def pixel_inputs(self, canvas: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """The pixels (B, end - start, 1 + C) that predict pixels start..end-1: the previous one
         (0 before pixel 0) and the C context pixels above. Reads ``canvas`` only before each."""
-        return canvas[:, self.pixel_index[start:end]] * self.pixel_exists[start:end]
+        index = self.pixel_index[start:end]  # (T, 1 + C)
+        # index_select, not canvas[:, index]: advanced indexing measured 3.5x slower on the CPU.
+        pixels = canvas.index_select(1, index.reshape(-1)).view(len(canvas), *index.shape)
+        return pixels * self.pixel_exists[start:end]
 
     def features(
         self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None = None
@@ -360,7 +363,9 @@ class NextPixelModel(nn.Module):
         def step(canvas: torch.Tensor, t: int, state: State | None) -> tuple[torch.Tensor, State]:
             with torch.autocast(device.type, enabled=False):
                 torch.mul(
-                    canvas[:, self.pixel_index[t]], self.pixel_exists[t], out=inputs[:, :num_pixel_inputs]
+                    canvas.index_select(1, self.pixel_index[t]),
+                    self.pixel_exists[t],
+                    out=inputs[:, :num_pixel_inputs],
                 )
                 x = torch.addmm(static[t], inputs, columns_t)  # (B, 3H): layer 0's input gates
                 if state is None:
