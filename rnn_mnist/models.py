@@ -302,20 +302,20 @@ class NextPixelModel(nn.Module):
         for start in range(0, end, chunk):
             joining = int(torch.searchsorted(joins, start, right=True))
             if blank_state is not None and joining > active:  # they start from their label's blank state
-                _assign(state, slice(active, joining), _select(blank_state, group[active:joining]))
+                assign_state(state, slice(active, joining), select_state(blank_state, group[active:joining]))
             active = max(active, joining)
             stop = min(start + chunk, end)
             if active:
                 rows = None if labels is None else labels[:active]
-                now = _select(state, slice(0, active))
+                now = select_state(state, slice(0, active))
                 _, read = self(canvas[:active], start, stop, rows, now, logits=False)
-                _assign(state, slice(0, active), read)
+                assign_state(state, slice(0, active), read)
             _, blank_state = self(blank, start, stop, blank_labels, blank_state, logits=False)
         # Digits with no ink before ``end`` end where the blank canvas does.
-        _assign(state, slice(active, None), _select(blank_state, group[active:]))
+        assign_state(state, slice(active, None), select_state(blank_state, group[active:]))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
-        return _select(state, inverse)
+        return select_state(state, inverse)
 
     def teacher_forced_logits(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T) of p(x_t = 1 | x_<t) for every pixel, given the true pixels (B, T)."""
@@ -382,12 +382,12 @@ class NextPixelModel(nn.Module):
         return step
 
 
-def _select(state: State, index: slice | torch.Tensor) -> State:
+def select_state(state: State, index: slice | torch.Tensor) -> State:
     """The states of the digits ``index`` (a state is (layers, B, H), or an LSTM's pair of them)."""
     return tuple(s[:, index] for s in state) if isinstance(state, tuple) else state[:, index]
 
 
-def _assign(state: State, rows: slice, value: State) -> None:
+def assign_state(state: State, rows: slice, value: State) -> None:
     """Write ``value`` into the digits ``rows`` of ``state`` (layers, B, H), in place."""
     pairs = zip(state, value, strict=True) if isinstance(state, tuple) else [(state, value)]
     for target, source in pairs:

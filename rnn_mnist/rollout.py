@@ -1,17 +1,26 @@
-"""The one rollout routine: complete digits pixel by pixel, carrying the recurrent state.
+"""The one rollout routine: fill the hidden pixels of digits pixel by pixel, carrying the state.
 
     result = complete(model, pixels, mask_pixels=284, sampling="greedy", samples=1)
-    result.completed   # (N, K, 784) uint8: the visible prefix, then the generated pixels
-    result.probs       # (N, K, mask_pixels): p(pixel = 1) the model gave at each generated step
-                       # (at temperature 1: --temperature changes the draws, not this)
+    result = complete(model, pixels, hidden=parse_mask("center:14"), sampling="bernoulli",
+                      samples=32, inpaint="sample")        # in-painting by sequential Monte Carlo
+    result.completed   # (N, K, 784) uint8: the visible pixels, and the generated ones in the holes
+    result.probs       # (N, K, M): p(pixel = 1) the model gave at each of the M hidden pixels, in
+                       # pixel order (at temperature 1: --temperature changes the draws, not this)
 
-The visible prefix is fed once, batched, to prime the state; then every digit and sample steps
-together, one pixel at a time, on a canvas that holds the prefix and what was drawn so far.
-The hidden pixels of ``pixels`` are never read.
+The visible pixels before the first hole are read once, batched, and shared by all K particles
+of a digit; then every digit and particle walks on together: a hidden pixel is drawn from the
+model, a visible one is fed as it is. The hidden pixels of ``pixels`` are never read.
+
+In-painting (``inpaint="sample"`` or ``"best"``) weighs each particle by how likely the model finds
+the visible pixels after the holes given the particle's fill, and resamples particles (with their
+states) when the weights degenerate: sequential Monte Carlo, which samples the model's posterior
+p(hidden | visible) as K grows. ``"blind"`` ignores that evidence and keeps all K draws. For a suffix
+mask nothing visible follows the hole, so the weights stay equal and all three are the same.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,12 +29,16 @@ import torch.nn.functional as F
 
 from rnn_mnist.compute import autocast
 from rnn_mnist.data import NUM_PIXELS
-from rnn_mnist.models import NextPixelModel
+from rnn_mnist.masks import runs, suffix_mask
+from rnn_mnist.models import CPU_READ_CHUNK, NextPixelModel, State, select_state
 
 SAMPLINGS = ("greedy", "bernoulli", "mean")
 # How --best-of K picks one of K samples: the model's likelihood of it, or (label-conditioned
 # models) how surely the model reads the requested class back from it.
 BEST_BY = ("likelihood", "label-posterior")
+# blind: each particle draws the holes from the pixels before them; sample / best: sequential Monte
+# Carlo, one particle per digit drawn by weight / the heaviest.
+INPAINTS = ("blind", "sample", "best")
 
 # choose(probs (B,), step index t) -> the value fed back as pixel t (B,), float.
 Chooser = Callable[[torch.Tensor, int], torch.Tensor]
@@ -34,7 +47,20 @@ Chooser = Callable[[torch.Tensor, int], torch.Tensor]
 @dataclass
 class Completion:
     completed: torch.Tensor  # (N, K, 784) uint8 in {0, 1}
-    probs: torch.Tensor  # (N, K, M) float: p(pixel = 1) at each generated step
+    probs: torch.Tensor  # (N, K, M) float: p(pixel = 1) at each hidden pixel
+    hidden: torch.Tensor  # (784,) bool: the mask
+    mean_ess: float = float("nan")  # in-painting: mean effective sample size at the weighings
+    resamples: int = 0  # in-painting: how many times a digit's particles were resampled
+
+
+@dataclass
+class Particles:
+    canvas: torch.Tensor  # (N * K, 784) float: the visible pixels and the filled holes
+    probs: torch.Tensor  # (N * K, M) float: p(pixel = 1) at each hidden pixel, at temperature 1
+    log_weight: torch.Tensor  # (N, K): log p(visible after the holes | fill), since resampling
+    log_joint: torch.Tensor  # (N, K): log p(fill, visible after the first hole | visible before)
+    ess: list[float]  # the mean effective sample size over digits at each weighing
+    resamples: int  # how many times a digit's particles were resampled, summed over digits
 
 
 def chooser(sampling: str, generator: torch.Generator | None = None) -> Chooser:
@@ -48,94 +74,219 @@ def chooser(sampling: str, generator: torch.Generator | None = None) -> Chooser:
     raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
 
 
+def _log_prob(logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """log p(pixels) (B,) under Bernoulli ``logits`` (B, T)."""
+    return -F.binary_cross_entropy_with_logits(logits, pixels, reduction="none").sum(dim=1)
+
+
 @torch.no_grad()
 def rollout(
     model: NextPixelModel,
-    visible: torch.Tensor,
-    num_steps: int,
+    canvas: torch.Tensor,
+    hidden: torch.Tensor,
     choose: Chooser,
     temperature: float = 1.0,
     labels: torch.Tensor | None = None,
     precision: str = "fp32",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate ``num_steps`` pixels after ``visible`` (B, V) floats. ``choose`` sees the
-    probabilities with the logits divided by ``temperature``; ``labels`` (B,) are for
-    label-conditioned models; ``precision`` bf16 runs the GEMMs in bf16 (rnn_mnist/compute.py).
+    particles: int = 1,
+    weigh: bool = False,
+    generator: torch.Generator | None = None,
+) -> Particles:
+    """Fill the ``hidden`` pixels (784,) bool of ``canvas`` (N, 784) floats, ``particles`` times each.
 
-    Returns the fed-back values (B, num_steps) and the model's own probabilities (B, num_steps),
-    at temperature 1 whatever ``temperature`` is, so that they score a completion by the model's
-    likelihood (``most_likely``).
+    ``choose`` sees the probabilities with the logits divided by ``temperature``; ``labels`` (N,)
+    are for label-conditioned models; ``precision`` bf16 runs the GEMMs in bf16
+    (rnn_mnist/compute.py). With ``weigh``, the visible pixels after the first hole weigh the
+    particles (with the importance correction for a tempered draw) and a digit's particles are
+    resampled with ``generator`` whenever their effective sample size falls below half of them.
+    Without it, nothing after the last hole is read.
     """
-    batch, num_visible = visible.shape
-    canvas = visible.new_zeros(batch, num_visible + num_steps)  # what the model has seen or drawn
-    canvas[:, :num_visible] = visible
-    probs = visible.new_empty(batch, num_steps)
-    with autocast(visible.device, precision):
-        # One batched pass over the prefix; a blank canvas starts from no state.
-        state = model.read(canvas, num_visible, labels) if num_visible else None
-        step_model = model.stepper(labels, batch, visible.device)
-        for step in range(num_steps):
-            t = num_visible + step
+    n, k, device = len(canvas), particles, canvas.device
+    canvas = canvas.masked_fill(hidden.to(device), 0)  # the hidden pixels are never read
+    first_hole = int(hidden.float().argmax())
+    last_hole = NUM_PIXELS - int(hidden.flip(0).float().argmax())
+    log_weight = canvas.new_zeros(n, k)
+    log_joint = canvas.new_zeros(n * k)  # travels with its particle through resampling
+    probs = canvas.new_empty(n * k, int(hidden.sum()))
+    ess: list[float] = []
+    resamples, done = 0, 0  # digits resampled; hidden pixels drawn so far
+    chunk = CPU_READ_CHUNK if device.type == "cpu" else NUM_PIXELS
+    with autocast(device, precision):
+        # The pixels before the first hole, read once for all particles of a digit.
+        state: State | None = model.read(canvas, first_hole, labels) if first_hole else None
+        rows = torch.arange(n, device=device).repeat_interleave(k)  # particle -> digit
+        canvas = canvas[rows]
+        labels = None if labels is None else labels.to(device)[rows]
+        state = None if state is None else select_state(state, rows)
+        step_model = model.stepper(labels, n * k, device)
+        for start, end, is_hidden in runs(hidden):
+            if end <= first_hole or (start >= last_hole and not weigh):
+                continue
+            if is_hidden:
+                for t in range(start, end):
+                    logit, state = step_model(canvas, t, state)
+                    probs[:, done] = p = torch.sigmoid(logit)
+                    q = p if temperature == 1 else torch.sigmoid(logit / temperature)
+                    canvas[:, t] = choose(q, t)
+                    done += 1
+                    if weigh:
+                        drawn, logit = canvas[:, t : t + 1], logit[:, None]
+                        log_p = _log_prob(logit, drawn)
+                        log_joint += log_p
+                        if temperature != 1:  # drawn from q: weighed towards the model's p
+                            log_weight += (log_p - _log_prob(logit / temperature, drawn)).view(n, k)
+                continue
+            # A visible run, fed as it is; with ``weigh``, its likelihood weighs each particle.
+            logits, state = _feed(model, step_model, canvas, start, end, labels, state, chunk)
+            if weigh:
+                evidence = _log_prob(logits.float(), canvas[:, start:end])
+                log_weight += evidence.view(n, k)
+                log_joint += evidence
+                index, log_weight, count = _resample(log_weight, ess, generator)
+                if count:  # each particle's canvas, probabilities and state go with it
+                    canvas, probs, log_joint = canvas[index], probs[index], log_joint[index]
+                    state = select_state(state, index)
+                    resamples += count
+    return Particles(canvas, probs, log_weight, log_joint.view(n, k), ess, resamples)
+
+
+def _feed(
+    model: NextPixelModel,
+    step_model: Callable,
+    canvas: torch.Tensor,
+    start: int,
+    end: int,
+    labels: torch.Tensor | None,
+    state: State | None,
+    chunk: int,
+) -> tuple[torch.Tensor, State]:
+    """Feed the visible pixels start..end-1: their logits (B, end - start) and the state after.
+
+    A short run goes through the rollout's stepper; a long one in batched passes of ``chunk``."""
+    logits = []
+    if end - start < chunk:
+        for t in range(start, end):
             logit, state = step_model(canvas, t, state)
-            probs[:, step] = torch.sigmoid(logit)
-            tempered = probs[:, step] if temperature == 1 else torch.sigmoid(logit / temperature)
-            canvas[:, t] = choose(tempered, t)
-    return canvas[:, num_visible:], probs
+            logits.append(logit[:, None])
+    else:
+        for first in range(start, end, chunk):
+            part, state = model(canvas, first, min(first + chunk, end), labels, state)
+            logits.append(part)
+    return torch.cat(logits, dim=1), state
+
+
+def _resample(
+    log_weight: torch.Tensor, ess: list[float], generator: torch.Generator | None
+) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+    """Systematic resampling of the digits (N of them, K particles each) whose effective sample
+    size is below K / 2. Returns which particle (N * K,) each slot now holds (None if no digit
+    is resampled), the new log weights and how many digits were resampled; records the mean
+    effective sample size in ``ess``."""
+    n, k = log_weight.shape
+    device = log_weight.device
+    weight = torch.softmax(log_weight, dim=1)
+    effective = 1 / weight.square().sum(dim=1)  # (N,), in 1..K
+    ess.append(effective.mean().item())
+    degenerate = effective < k / 2
+    count = int(degenerate.sum())
+    if not count:
+        return None, log_weight, 0
+    offsets = torch.rand(n, 1, generator=generator).to(device)
+    points = (offsets + torch.arange(k, device=device)) / k  # (N, K), one offset per digit
+    chosen = torch.searchsorted(weight.cumsum(dim=1), points).clamp_(max=k - 1)
+    chosen = torch.where(degenerate[:, None], chosen, torch.arange(k, device=device))
+    # After resampling, a digit's particles are equally weighted, each with the mean weight.
+    mean = log_weight.logsumexp(dim=1, keepdim=True) - math.log(k)
+    log_weight = torch.where(degenerate[:, None], mean.expand(-1, k), log_weight)
+    return (torch.arange(n, device=device)[:, None] * k + chosen).view(-1), log_weight, count
 
 
 def complete(
     model: NextPixelModel,
     pixels: torch.Tensor,
-    mask_pixels: int,
+    mask_pixels: int | None = None,
     sampling: str = "greedy",
     samples: int = 1,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     labels: torch.Tensor | None = None,
     precision: str = "fp32",
+    hidden: torch.Tensor | None = None,
+    inpaint: str = "blind",
 ) -> Completion:
-    """Hide the last ``mask_pixels`` of each digit (N, 784) and complete it ``samples`` times.
+    """Hide the last ``mask_pixels`` of each digit (N, 784), or the ``hidden`` pixels (784,) bool,
+    and fill them with ``samples`` particles each (rnn_mnist/masks.py makes masks).
 
+    ``inpaint`` blind keeps all ``samples`` draws; sample / best keep one per digit, drawn by its
+    weight / the heaviest (sequential Monte Carlo, which needs Bernoulli draws when samples > 1).
     ``labels`` (N,) tell a label-conditioned model which digit to draw.
     """
-    if not 1 <= mask_pixels <= NUM_PIXELS:
-        raise ValueError(f"mask_pixels must be in 1..{NUM_PIXELS}, not {mask_pixels}")
+    if hidden is None:
+        if mask_pixels is None or not 1 <= mask_pixels <= NUM_PIXELS:
+            raise ValueError(f"mask_pixels must be in 1..{NUM_PIXELS}, not {mask_pixels}")
+        hidden = suffix_mask(mask_pixels)
+    if not hidden.any():
+        raise ValueError("the mask hides no pixel")
+    if inpaint not in INPAINTS:
+        raise ValueError(f"inpaint must be one of {INPAINTS}, not {inpaint!r}")
+    weigh = inpaint != "blind"
+    if weigh and samples > 1 and sampling != "bernoulli":
+        raise ValueError(f"in-painting with {samples} particles needs bernoulli sampling, not {sampling}")
     device = next(model.parameters()).device
-    num_visible = NUM_PIXELS - mask_pixels
-    visible = pixels[:, :num_visible].to(device).float()  # the only part of pixels we read
-    visible = visible.repeat_interleave(samples, dim=0)  # (N*K, V): digit-major, samples together
-    if labels is not None:
-        labels = labels.to(device).repeat_interleave(samples)
+    hidden = hidden.cpu()
     was_training = model.training
     model.eval()
     try:
-        fed, probs = rollout(
-            model, visible, mask_pixels, chooser(sampling, generator), temperature, labels, precision
+        filled = rollout(
+            model,
+            pixels.to(device).float(),
+            hidden,
+            chooser(sampling, generator),
+            temperature,
+            labels,
+            precision,
+            particles=samples,
+            weigh=weigh,
+            generator=generator,
         )
     finally:
         model.train(was_training)
-    # Mean feedback feeds p itself; the completed image shows p > 0.5.
-    generated = fed if sampling != "mean" else (probs > 0.5).to(fed.dtype)
-    completed = torch.cat([visible, generated], dim=1).to(torch.uint8).cpu()
+    canvas, probs = filled.canvas.cpu(), filled.probs.cpu()
+    if sampling == "mean":  # mean feedback feeds p itself; the completed image shows p > 0.5
+        canvas[:, hidden] = (probs > 0.5).to(canvas.dtype)
     n = len(pixels)
-    return Completion(
-        completed=completed.reshape(n, samples, NUM_PIXELS),
-        probs=probs.cpu().reshape(n, samples, mask_pixels),
+    result = Completion(
+        completed=canvas.to(torch.uint8).reshape(n, samples, NUM_PIXELS),
+        probs=probs.reshape(n, samples, -1),
+        hidden=hidden,
+        mean_ess=sum(filled.ess) / len(filled.ess) if filled.ess else float(samples),
+        resamples=filled.resamples,
     )
+    if not weigh or samples == 1:
+        return result
+    if inpaint == "best":  # the fill the model finds most likely, evidence included
+        return keep_best(result, filled.log_joint.cpu())
+    pick = torch.multinomial(torch.softmax(filled.log_weight.cpu(), dim=1), 1, generator=generator)
+    return keep_best(result, F.one_hot(pick.squeeze(1), samples).float())
 
 
 def keep_best(result: Completion, score: torch.Tensor) -> Completion:
     """Keep, for each digit, the sample with the highest ``score`` (N, K)."""
     best = score.argmax(dim=1)
     rows = torch.arange(len(best))
-    return Completion(result.completed[rows, best].unsqueeze(1), result.probs[rows, best].unsqueeze(1))
+    return Completion(
+        result.completed[rows, best].unsqueeze(1),
+        result.probs[rows, best].unsqueeze(1),
+        result.hidden,
+        result.mean_ess,
+        result.resamples,
+    )
 
 
 def log_likelihood(result: Completion) -> torch.Tensor:
     """The log-likelihood (N, K) of each sample's generated pixels under the probabilities the
     model gave while drawing them: sum of log p where a pixel is 1 and log(1 - p) where it is 0."""
-    mask_pixels = result.probs.shape[2]
-    generated = result.completed[:, :, -mask_pixels:].float()  # the generated tail
+    generated = result.completed[:, :, result.hidden].float()
     probs = result.probs.clamp(1e-7, 1 - 1e-7)
     return (generated * probs.log() + (1 - generated) * (1 - probs).log()).sum(dim=2)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rnn_mnist.masks import suffix_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import (
     Completion,
@@ -93,8 +94,9 @@ def test_fed_the_true_pixels_the_rollout_gives_teacher_forced_probabilities(conf
     model, digits = NextPixelModel(config).eval(), _digits().float()
     labels = torch.arange(6) if config.num_classes else None
     teacher = torch.sigmoid(model.teacher_forced_logits(digits, labels))
-    _, probs = rollout(model, digits[:, :visible], 784 - visible, lambda p, t: digits[:, t], labels=labels)
-    torch.testing.assert_close(probs, teacher[:, visible:], rtol=1e-5, atol=1e-6)
+    hidden = suffix_mask(784 - visible)
+    filled = rollout(model, digits, hidden, lambda p, t: digits[:, t], labels=labels)
+    torch.testing.assert_close(filled.probs, teacher[:, visible:], rtol=1e-5, atol=1e-6)
 
 
 def test_conditioned_completion_uses_the_label():
@@ -114,8 +116,8 @@ def test_temperature_sharpens_the_draws_not_the_reported_probabilities():
         seen[temperature] = []
         return lambda p, t: seen[temperature].append(p.clone()) or digits[:, t]
 
-    _, cold = rollout(model, digits[:, :500], 284, record(0.5), temperature=0.5)
-    _, warm = rollout(model, digits[:, :500], 284, record(1.0), temperature=1.0)
+    cold = rollout(model, digits, suffix_mask(284), record(0.5), temperature=0.5).probs
+    warm = rollout(model, digits, suffix_mask(284), record(1.0), temperature=1.0).probs
     assert torch.equal(cold, warm)  # the model's own p, for scoring by its likelihood
     cold_seen, warm_seen = torch.stack(seen[0.5], 1), torch.stack(seen[1.0], 1)
     assert torch.allclose(warm_seen, warm)
@@ -142,7 +144,7 @@ def test_most_likely_keeps_the_sample_the_model_prefers():
     # One digit, two samples of two generated pixels; p(pixel = 1) is 0.9 then 0.2 for both.
     completed = torch.tensor([[[1, 0, 1, 1], [1, 0, 0, 0]]], dtype=torch.uint8)  # (1, 2, 4); mask 2
     probs = torch.tensor([[[0.9, 0.2], [0.9, 0.2]]])
-    best = most_likely(Completion(completed, probs))
+    best = most_likely(Completion(completed, probs, hidden=torch.tensor([False, False, True, True])))
     # log 0.9 + log 0.2 for the first sample, log 0.1 + log 0.8 for the second: the first wins.
     assert best.completed.tolist() == [[[1, 0, 1, 1]]]
 
