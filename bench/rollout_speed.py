@@ -10,7 +10,8 @@ rnn_mnist/compute.py are process-wide), rounds interleaved, median reported. "be
 toolkit as it ran before: nn.GRU, fp32, default settings, 1,000 digits a batch, as evaluate.py does.
 Each row's completions are compared with the before row's: the fraction of generated pixels that
 agree. A last check re-runs the whole prefix for every generated pixel (the naive way) on a few
-digits and compares.
+digits and compares. A second table times in-painting (rnn_mnist/masks.py, --inpaint-digits
+digits, all at once): blind filling against sequential Monte Carlo with K particles.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rnn_mnist.checkpoint import ExperimentPaths  # noqa: E402
 from rnn_mnist.compute import configure_cpu_math  # noqa: E402
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_test_digits  # noqa: E402
 from rnn_mnist.evaluation import load_model  # noqa: E402
+from rnn_mnist.masks import parse_mask  # noqa: E402
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.rollout import complete  # noqa: E402
 
@@ -43,6 +45,12 @@ ROWS = {
     "fast GRU, fp32, CPU settings, all at once": (True, "fp32", True, 0),
     "fast GRU, bf16, CPU settings, 1,000 a batch": (True, "bf16", True, 1000),
     "fast GRU, bf16, CPU settings, all at once": (True, "bf16", True, 0),
+}
+# name -> (mask, --inpaint, particles, sampling), on --inpaint-digits digits, fast GRU, fp32
+INPAINT_ROWS = {
+    "center:14, blind, greedy, K = 1": ("center:14", "blind", 1, "greedy"),
+    "center:14, blind, bernoulli, K = 32": ("center:14", "blind", 32, "bernoulli"),
+    "center:14, SMC sample, bernoulli, K = 32": ("center:14", "sample", 32, "bernoulli"),
 }
 
 
@@ -67,6 +75,8 @@ def load(args: argparse.Namespace) -> tuple[NextPixelModel, torch.Tensor, torch.
 
 def worker(args: argparse.Namespace) -> None:
     """Time one row in this process; save its completions to --out; print JSON."""
+    if args.worker in INPAINT_ROWS:
+        return inpaint_worker(args)
     fast, precision, cpu_settings, batch_size = ROWS[args.worker]
     if cpu_settings:
         configure_cpu_math()
@@ -87,6 +97,22 @@ def worker(args: argparse.Namespace) -> None:
     completed = run()
     seconds = time.perf_counter() - start
     torch.save(completed, args.out)
+    print(json.dumps({"seconds": seconds}))
+
+
+def inpaint_worker(args: argparse.Namespace) -> None:
+    spec, inpaint, particles, sampling = INPAINT_ROWS[args.worker]
+    configure_cpu_math()
+    model, digits, labels, _ = load(args)
+    digits = digits[: args.inpaint_digits]
+    labels = None if labels is None else labels[: args.inpaint_digits]
+    hidden = parse_mask(spec)
+    options = dict(hidden=hidden, sampling=sampling, samples=particles, inpaint=inpaint, labels=labels)
+    complete(model, digits[:8], **{**options, "labels": None if labels is None else labels[:8]})  # warm-up
+    start = time.perf_counter()
+    result = complete(model, digits, generator=torch.Generator().manual_seed(0), **options)
+    seconds = time.perf_counter() - start
+    torch.save(result.completed[:, 0], args.out)
     print(json.dumps({"seconds": seconds}))
 
 
@@ -113,6 +139,9 @@ def main() -> None:
     parser.add_argument(
         "--naive-digits", type=int, default=5, help="digits checked against the naive rollout"
     )
+    parser.add_argument(
+        "--inpaint-digits", type=int, default=1000, help="digits for the in-painting rows (0: skip them)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,14 +151,16 @@ def main() -> None:
     model, digits, labels, what = load(args)
     n, mask = len(digits), args.mask_pixels
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, {mask} generated\n")
-    times: dict[str, list[float]] = {row: [] for row in ROWS}
+    rows = list(ROWS) + (list(INPAINT_ROWS) if args.inpaint_digits else [])
+    times: dict[str, list[float]] = {row: [] for row in rows}
     completions: dict[str, torch.Tensor] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            for i, row in enumerate(ROWS):
+            for i, row in enumerate(rows):
                 out = str(Path(tmp) / f"{i}.pt")
                 command = [sys.executable, __file__, "--worker", row, "--out", out, "--digits", str(n)]
                 command += ["--mask-pixels", str(mask), "--exp-dir", args.exp_dir]
+                command += ["--inpaint-digits", str(args.inpaint_digits)]
                 command += ["--exp-name", args.exp_name] if args.exp_name else []
                 command += ["--data-dir", args.data_dir] if args.data_dir else []
                 result = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -139,10 +170,20 @@ def main() -> None:
     reference = statistics.median(times[before])
     print(f"| cpu: completing {n:,} digits, greedy | seconds | digits/s | vs before | pixels as before |")
     print("|---|---:|---:|---:|---:|")
-    for row, seconds in times.items():
-        median = statistics.median(seconds)
+    for row in ROWS:
+        median = statistics.median(times[row])
         agree = (completions[row][:, -mask:] == completions[before][:, -mask:]).float().mean().item()
         print(f"| {row} | {median:.2f} | {n / median:,.0f} | {reference / median:.2f} | {agree:.4%} |")
+
+    if args.inpaint_digits:
+        count = min(args.inpaint_digits, n)
+        blind = statistics.median(times[next(iter(INPAINT_ROWS))])
+        head = f"cpu: in-painting {count:,} digits (fast GRU, fp32, all at once)"
+        print(f"\n| {head} | seconds | digits/s | vs blind |")
+        print("|---|---:|---:|---:|")
+        for row in INPAINT_ROWS:
+            median = statistics.median(times[row])
+            print(f"| {row} | {median:.2f} | {count / median:,.0f} | {blind / median:.2f} |")
 
     configure_cpu_math()
     few = digits[: args.naive_digits]
