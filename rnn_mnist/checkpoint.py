@@ -10,6 +10,7 @@ so it loads on any machine and with torch's safe loader.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -139,3 +140,20 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A content hash of a state dict: every tensor's name, dtype, shape and bytes, in name order.
+
+    It names a set of weights wherever they are stored: two files that hold the same tensors share
+    it, and any changed value, dtype or shape changes it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise RnnMnistError(f"{name!r} in the weights is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
