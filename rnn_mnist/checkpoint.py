@@ -64,6 +64,11 @@ class ExperimentPaths:
     def log(self) -> Path:
         return self.root / "train.log"
 
+    @property
+    def samples(self) -> Path:
+        """Pictures of the model after each epoch: epoch-NNN.png and latest.png."""
+        return self.root / "samples"
+
     def exists(self) -> bool:
         return self.checkpoint.exists() or self.metrics_pkl.exists()
 
@@ -71,6 +76,9 @@ class ExperimentPaths:
         """Delete what train.py writes here, and nothing else the folder may hold."""
         for path in (self.checkpoint, self.metrics_pkl, self.metrics_json, self.log):
             path.unlink(missing_ok=True)
+        if self.samples.is_dir():
+            for path in [*self.samples.glob("epoch-*.png"), self.samples / "latest.png"]:
+                path.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
