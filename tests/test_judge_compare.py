@@ -13,7 +13,7 @@ from conftest import run_main, tiny_train_args
 
 import train
 from rnn_mnist import compare, judge
-from rnn_mnist.checkpoint import weights_sha256
+from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
 from rnn_mnist.data import BINARIZATIONS, binarization_name
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import agreement_metrics
@@ -119,10 +119,15 @@ def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
     for hidden in ("8", "12"):
         assert train.main(tiny_train_args(exp_dir, mnist_dir, f"h{hidden}", "--hidden", hidden)) == 0
     out, evaluations = tmp_path / "plots", tmp_path / "evaluations"
-    (evaluations / "h8").mkdir(parents=True)  # as if evaluate.py had run on h8 only
-    (evaluations / "h8" / "metrics.json").write_text(
-        '{"masked_pixel_accuracy": 0.8123, "class_agreement": 0.765}'
-    )
+    (evaluations / "h8").mkdir(parents=True)  # as if evaluate.py had run on h8's checkpoint only
+    checkpoint = load_checkpoint(exp_dir / "h8" / "checkpoint.ckpt")
+    evaluation = {
+        "checkpoint_epoch": checkpoint["epoch"],
+        "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
+        "masked_pixel_accuracy": 0.8123,
+        "class_agreement": 0.765,
+    }
+    (evaluations / "h8" / "metrics.json").write_text(json.dumps(evaluation))
     # fmt: off
     code = compare.main([str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "hidden", "--out-dir", str(out),
                          "--eval-dir", str(evaluations)])
