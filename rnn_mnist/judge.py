@@ -262,7 +262,9 @@ def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, An
         raise RnnMnistError(
             f"{path} is not a digit judge of this version (its tensors do not fit); {_WAY_FORWARD}"
         ) from None
-    return judge, {**info, "path": str(path)}
+    # The shipped judge is named as in the repository, not by where this clone happens to live.
+    shown = "rnn_mnist/weights/judge.pt" if path.resolve() == SHIPPED_JUDGE else str(path)
+    return judge, {**info, "path": shown}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,7 @@ def test_cli_end_to_end_outputs(experiment):
     # The shipped judge, named by its hash, with the accuracy stored beside it (not re-measured).
     shipped = json.loads(judge.SHIPPED_JUDGE.with_suffix(".json").read_text())
     assert metrics["judge"]["sha256"] == shipped["sha256"]
+    assert metrics["judge"]["path"] == "rnn_mnist/weights/judge.pt"  # wherever the clone lives
     assert metrics["judge_test_accuracy"] == shipped["test_accuracy"]["threshold-0.1"]
     # Which checkpoint the numbers describe.
     checkpoint = load_checkpoint(root / "experiments" / "tiny" / "checkpoint.ckpt")
