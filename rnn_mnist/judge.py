@@ -270,10 +270,13 @@ def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = ShortErrorParser(
         prog="python -m rnn_mnist.judge",
-        description="Train a digit judge (seeded) and write its weights and judge.json-style description.",
+        description="Train a digit judge (seeded): its weights go to --out, and beside them a .json with "
+        "their sha256, the test accuracy per binarisation and how they were made.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, required=True, help="the weights file to write (.pt)")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="PATH", help="the weights file to write (.pt)"
+    )
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw; unset: $RNN_MNIST_DATA")
     parser.add_argument("--epochs", type=positive_int, default=6, help="training epochs over the 60k digits")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, order and augmentation")
