@@ -92,12 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16: the rollout's GEMMs in bf16 (state and probabilities fp32); NLLs are always fp32",
     )
     parser.add_argument("--no-gifs", dest="gifs", action="store_false", help="skip the GIFs (large runs)")
-    parser.add_argument(
-        "--no-judge",
-        dest="judge",
-        action="store_false",
-        help="skip class agreement (the judge trains on first use)",
+    judging = parser.add_argument_group("the digit judge (class agreement)")
+    judging.add_argument(
+        "--judge",
+        dest="judge_path",
+        default=None,
+        metavar="PATH",
+        help="a judge made by `python -m rnn_mnist.judge --out PATH`; unset: the shipped one "
+        "(rnn_mnist/weights/judge.pt)",
     )
+    judging.add_argument("--no-judge", dest="judge", action="store_false", help="skip class agreement")
     return parser
 
 
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--best-by chooses among --best-of K samples; give --best-of too")
     if args.indices is not None and any(i < 0 for i in args.indices):
         parser.error("--indices must be 0 or more")
+    if args.judge_path is not None and not args.judge:
+        parser.error("--judge names the judge to use and --no-judge skips it: give one of them")
     options = EvalOptions(**vars(args))
     return run_cli(lambda: print(summary(evaluate_experiment(options))))
 

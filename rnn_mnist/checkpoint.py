@@ -10,6 +10,7 @@ so it loads on any machine and with torch's safe loader.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -63,6 +64,11 @@ class ExperimentPaths:
     def log(self) -> Path:
         return self.root / "train.log"
 
+    @property
+    def samples(self) -> Path:
+        """Pictures of the model after each epoch: epoch-NNN.png and latest.png."""
+        return self.root / "samples"
+
     def exists(self) -> bool:
         return self.checkpoint.exists() or self.metrics_pkl.exists()
 
@@ -70,6 +76,9 @@ class ExperimentPaths:
         """Delete what train.py writes here, and nothing else the folder may hold."""
         for path in (self.checkpoint, self.metrics_pkl, self.metrics_json, self.log):
             path.unlink(missing_ok=True)
+        if self.samples.is_dir():
+            for path in [*self.samples.glob("epoch-*.png"), self.samples / "latest.png"]:
+                path.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -139,3 +148,20 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A content hash of a state dict: every tensor's name, dtype, shape and bytes, in name order.
+
+    It names a set of weights wherever they are stored: two files that hold the same tensors share
+    it, and any changed value, dtype or shape changes it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise RnnMnistError(f"{name!r} in the weights is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

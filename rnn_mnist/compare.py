@@ -1,32 +1,39 @@
-"""Compare experiments side by side: NLL curves and a Markdown table.
+"""Compare experiments side by side: training curves, NLL curves and a Markdown table.
 
     python -m rnn_mnist.compare experiments/gru-32 experiments/gru-64 experiments/gru-128 --name hidden
 
-writes plots/compare-hidden.png (test NLL against epoch and against training time, one line per
-experiment, labelled by what differs between them) and plots/compare-hidden.md (the table, also
-printed). Each experiment's metrics.pkl is read with a restricted unpickler that admits plain
-Python values only, so a foreign .pkl cannot run code; evaluate.py's metrics.json in
-<eval-dir>/<exp-name>/ (default plots/) adds masked pixel accuracy and class agreement where it exists.
+writes plots/compare-hidden.png (the per-batch training loss against digits seen, smoothed, and the
+test NLL against epoch and against training time; one line per experiment, labelled by its name and
+the flags that differ) and plots/compare-hidden.md (the table, also printed). Each experiment is
+named by its folder. Its metrics.pkl is read with a restricted unpickler that admits plain Python
+values only, so a foreign .pkl cannot run code, and is checked for the shape train.py writes.
+evaluate.py's metrics.json in <eval-dir>/<name>/ (default plots/) adds masked pixel accuracy and
+class agreement, when it describes the experiment's current checkpoint (same epoch and weights).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 import pickle
+import re
 import sys
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from rnn_mnist.checkpoint import atomic_write
-from rnn_mnist.cli import DefaultsHelpFormatter, run_cli
+from rnn_mnist.checkpoint import atomic_write, load_checkpoint, weights_sha256
+from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, run_cli
+from rnn_mnist.data import binarization_name
 from rnn_mnist.errors import RnnMnistError
 
 # Flags that say where or how a run was launched, not what was trained.
 NOT_A_DIFFERENCE = {"exp_name", "exp_dir", "data_dir", "device", "resume", "overwrite", "epochs"}
+# What names the outputs compare-<name>.png/.md: a plain file name, never a path.
+OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Per-epoch entries train.py has always written, and what they hold.
+HISTORY_NUMBERS = ("epoch", "seconds", "test_nll_nats", "test_bits_per_pixel")
 
 
 class PlainUnpickler(pickle.Unpickler):
@@ -42,34 +49,132 @@ def load_plain_pickle(path: Path) -> Any:
             return PlainUnpickler(f).load()
     except FileNotFoundError:
         raise RnnMnistError(f"no metrics at {path}; is it an experiment folder made by train.py?") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise RnnMnistError(f"{path} is not a plain metrics pickle ({exc})") from None
 
 
-def load_experiment(folder: Path, eval_dir: Path) -> dict[str, Any]:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def shape_problem(metrics: Any) -> str | None:
+    """What makes ``metrics`` other than what train.py writes, or None."""
+    if not isinstance(metrics, dict):
+        return f"it holds a {type(metrics).__name__}, not a dict"
+    for key, kind in (("config", dict), ("model_config", dict), ("history", list)):
+        if not isinstance(metrics.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if not isinstance(metrics.get("num_parameters"), int):
+        return "'num_parameters' is missing or not a whole number"
+    if not isinstance(metrics.get("data_config", {}), dict):
+        return "'data_config' is not a dict"
+    model = metrics["model_config"]
+    if not (isinstance(model.get("cell"), str) and _is_number(model.get("hidden_size"))):
+        return "'model_config' has no cell and hidden_size"
+    for i, entry in enumerate(metrics["history"], start=1):
+        if not isinstance(entry, dict):
+            return f"history entry {i} is not a dict"
+        for key in HISTORY_NUMBERS:
+            if not _is_number(entry.get(key)):
+                return f"history entry {i} has no number {key!r}"
+        if entry.get("val_nll_nats") is not None and not _is_number(entry["val_nll_nats"]):
+            return f"history entry {i} has a 'val_nll_nats' that is not a number"
+        losses = entry.get("batch_losses", [])
+        if not isinstance(losses, list) or not all(_is_number(v) for v in losses):
+            return f"history entry {i} has 'batch_losses' that are not a list of numbers"
+    return None
+
+
+def current_checkpoint(folder: Path) -> tuple[int, str] | None:
+    """The epoch and weights hash of the experiment's checkpoint, or None if it has no readable one."""
+    try:
+        checkpoint = load_checkpoint(folder / "checkpoint.ckpt")
+        return checkpoint["epoch"], weights_sha256(checkpoint["model_state"])
+    except (RnnMnistError, TypeError, AttributeError):
+        return None
+
+
+def matching_evaluation(folder: Path, path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """evaluate.py's metrics at ``path`` if they describe ``folder``'s current checkpoint, else
+    None and, when there was an evaluation to show, why it is not shown."""
+    if not path.is_file():
+        return None, None
+    try:
+        evaluation = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"{path} is not readable JSON ({exc}): not shown"
+    if not isinstance(evaluation, dict):
+        return None, f"{path} is not an evaluation: not shown"
+    current = current_checkpoint(folder)
+    if current is None:
+        return None, f"{path} not shown: {folder} has no readable checkpoint to match it with"
+    described = evaluation.get("checkpoint_epoch"), evaluation.get("checkpoint_sha256")
+    if described != current:
+        sha = described[1][:12] if isinstance(described[1], str) else "unrecorded"
+        return None, (
+            f"{path} describes another checkpoint (epoch {described[0]}, weights {sha}) than "
+            f"{folder}'s (epoch {current[0]}, weights {current[1][:12]}): not shown; run evaluate.py again"
+        )
+    return evaluation, None
+
+
+def load_experiment(folder: Path, eval_dir: Path, notes: list[str] | None = None) -> dict[str, Any]:
+    """An experiment's metrics, named by its folder, with its matching evaluation (or None).
+
+    Reasons for leaving an evaluation out are appended to ``notes``.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise RnnMnistError(f"no experiment folder {folder}")
+    if not folder.is_dir():
+        raise RnnMnistError(f"{folder} is a file; give experiment folders (experiments/<name>)")
     metrics = load_plain_pickle(folder / "metrics.pkl")
-    if not isinstance(metrics, dict) or not {"config", "history"} <= set(metrics):
-        raise RnnMnistError(f"{folder / 'metrics.pkl'} is not an rnn-mnist metrics file")
-    name = metrics["config"].get("exp_name", folder.name)
-    evaluation = eval_dir / name / "metrics.json"
+    problem = shape_problem(metrics)
+    if problem:
+        raise RnnMnistError(f"{folder / 'metrics.pkl'} is not an rnn-mnist metrics file: {problem}")
+    # The folder names the experiment: a copied or renamed one keeps its saved config's exp_name.
+    name = folder.resolve().name
     metrics["name"] = name
-    metrics["evaluation"] = json.loads(evaluation.read_text()) if evaluation.is_file() else None
+    metrics["evaluation"], note = matching_evaluation(folder, eval_dir / name / "metrics.json")
+    if note and notes is not None:
+        notes.append(note)
     return metrics
 
 
 def differences(experiments: list[dict[str, Any]]) -> list[str]:
-    """A label per experiment naming the flags whose values differ between them."""
+    """Per experiment, the flags whose values differ between them ("" when none do)."""
     configs = [e["config"] for e in experiments]
     # Flags that only some experiments record come from a different version of train.py: skip them.
     keys = sorted(set.intersection(*(set(c) for c in configs)) - NOT_A_DIFFERENCE)
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    if not varying:
-        return [e["name"] for e in experiments]
     return [", ".join(f"{k}={c.get(k)}" for k in varying) for c in configs]
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def line_labels(experiments: list[dict[str, Any]]) -> list[str]:
+    """The experiment's name, then what differs: ``gru-64 (hidden_size=64)``."""
+    return [
+        f"{e['name']} ({diff})" if diff else e["name"]
+        for e, diff in zip(experiments, differences(experiments), strict=True)
+    ]
+
+
+def binarization(experiment: dict[str, Any]) -> str:
+    """How the experiment's digits were binarised (its NLLs are of that data set)."""
+    data = experiment.get("data_config") or experiment["config"]
+    method, threshold = data.get("binarize", "threshold"), data.get("threshold", 0.1)
+    return binarization_name(str(method), threshold if _is_number(threshold) else 0.1)
+
+
+def binarization_warning(experiments: list[dict[str, Any]]) -> str | None:
+    kinds = {e["name"]: binarization(e) for e in experiments}
+    if len(set(kinds.values())) < 2:
+        return None
+    listed = ", ".join(f"{name}: {kind}" for name, kind in kinds.items())
+    return f"these experiments binarise the digits differently ({listed}): their NLLs do not compare"
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if _is_number(value) and not math.isnan(value) else "-"
 
 
 def table(experiments: list[dict[str, Any]]) -> str:
@@ -84,8 +189,8 @@ def table(experiments: list[dict[str, Any]]) -> str:
         last = history[-1] if history else {}
         minutes = sum(h["seconds"] for h in history) / 60
         cells = [
-            e["name"], model["cell"], model["hidden_size"], model["num_layers"], f"{e['num_parameters']:,}",
-            len(history), f"{minutes:.1f} min", _fmt(min(vals, default=None)),
+            e["name"], model["cell"], model["hidden_size"], model.get("num_layers", "-"),
+            f"{e['num_parameters']:,}", len(history), f"{minutes:.1f} min", _fmt(min(vals, default=None)),
             _fmt(last.get("test_nll_nats")), _fmt(last.get("test_bits_per_pixel"), 4),
             _fmt(evaluation.get("masked_pixel_accuracy"), 4), _fmt(evaluation.get("class_agreement"), 3),
         ]  # fmt: skip
@@ -93,50 +198,135 @@ def table(experiments: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(experiments: list[dict[str, Any]], labels: list[str]) -> bytes:
-    """PNG bytes: test NLL against epoch and against cumulative training time."""
-    import matplotlib
+def batch_curve(experiment: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Training digits seen after each batch and that batch's loss, over the whole run."""
+    seen, losses, total = [], [], 0
+    batch_size = experiment["config"].get("batch_size")
+    batch_size = batch_size if isinstance(batch_size, int) and batch_size > 0 else 128
+    for entry in experiment["history"]:
+        batch_losses = entry.get("batch_losses", [])
+        # Digits in the epoch: its rate times its time (the last batch may be short).
+        rate, seconds = entry.get("train_sequences_per_second"), entry.get("train_seconds")
+        counted = rate * seconds if _is_number(rate) and _is_number(seconds) else math.nan
+        epoch_digits = round(counted) if math.isfinite(counted) else len(batch_losses) * batch_size
+        for j, loss in enumerate(batch_losses):
+            seen.append(total + min((j + 1) * batch_size, epoch_digits))
+            losses.append(loss)
+        total += epoch_digits
+    return seen, losses
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for experiment, label in zip(experiments, labels, strict=True):
+def smooth(values: list[float]) -> list[float]:
+    """A trailing mean over a window of about 2.5% of the curve: noise out, trend kept."""
+    window = max(1, min(200, len(values) // 40))
+    sums = [0.0, *accumulate(values)]
+    return [(sums[i] - sums[max(0, i - window)]) / min(i, window) for i in range(1, len(values) + 1)]
+
+
+def draw(experiments: list[dict[str, Any]], labels: list[str], warning: str | None = None):
+    """A matplotlib Figure of three panels: the training loss by digits seen (smoothed), and the
+    test NLL by epoch and by cumulative training time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(15, 4.4))
+    FigureCanvasAgg(figure)
+    by_digits, by_epoch, by_time = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 1]})
+    last_epoch = last_minute = 0.0
+    curves = [batch_curve(experiment) for experiment in experiments]
+    longest = max((seen[-1] for seen, _ in curves if seen), default=0)
+    loss_range: list[float] = []  # where the curves are after the first steep 5% of the longest run
+    for experiment, label, (seen, losses) in zip(experiments, labels, curves, strict=True):
         history = experiment["history"]
+        smoothed = smooth(losses)
+        (line,) = by_digits.plot([s / 1000 for s in seen], smoothed, linewidth=1.4, label=label)
+        loss_range += [v for s, v in zip(seen, smoothed, strict=True) if s >= 0.05 * longest]
+        colour = line.get_color()
         epochs = [h["epoch"] for h in history]
         nll = [h["test_nll_nats"] for h in history]
         minutes = list(accumulate(h["seconds"] / 60 for h in history))
-        by_epoch.plot(epochs, nll, marker="o", label=label)
-        by_time.plot(minutes, nll, marker="o", label=label)
+        by_epoch.plot(epochs, nll, marker="o", color=colour)
+        by_time.plot(minutes, nll, marker="o", color=colour)
+        if history:  # the last value in words: a one-epoch run is a single point
+            for axes, x in ((by_epoch, epochs[-1]), (by_time, minutes[-1])):
+                axes.annotate(
+                    f"{nll[-1]:.1f}", (x, nll[-1]), textcoords="offset points", xytext=(5, 3),
+                    fontsize=8, color=colour,
+                )  # fmt: skip
+            last_epoch, last_minute = max(last_epoch, epochs[-1]), max(last_minute, minutes[-1])
+    by_digits.set(
+        xlabel="training digits seen (thousands)",
+        ylabel="training loss per pixel (smoothed)",
+        title="training loss by batch",
+    )
     by_epoch.set(xlabel="epoch", ylabel="test NLL (nats per digit)", title="test NLL by epoch")
     by_time.set(xlabel="training time (minutes)", title="test NLL by wall time")
-    for axes in (by_epoch, by_time):
+    # From zero, so that one-epoch runs sit on a readable axis rather than a squashed 0.96..1.04.
+    by_epoch.set_xlim(0, last_epoch + 0.6)
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_time.set_xlim(0, last_minute * 1.15 + 1e-9)
+    by_time.sharey(by_epoch)
+    by_digits.set_xlim(left=0)
+    finite = [v for v in loss_range if math.isfinite(v)]
+    if finite and max(finite) > min(finite):  # the first drop is off the top: the rest is what differs
+        low, high = min(finite), max(finite)
+        by_digits.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
+    for axes in (by_digits, by_epoch, by_time):
         axes.grid(alpha=0.3)
-    handles, names = by_epoch.get_legend_handles_labels()
-    figure.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.05 + 0.04 * math.ceil(len(names) / 4), 1, 1))
+    if warning:
+        for axes in (by_epoch, by_time):
+            axes.set_title(axes.get_title() + "\n(binarisations differ: not comparable)", color="firebrick")
+    handles, names = by_digits.get_legend_handles_labels()
+    columns = min(len(names), 3)
+    figure.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.04 + 0.045 * math.ceil(len(names) / columns), 1, 1))
+    return figure
+
+
+def plot(experiments: list[dict[str, Any]], labels: list[str], warning: str | None = None) -> bytes:
+    """PNG bytes of ``draw``."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
+    draw(experiments, labels, warning).savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def compare(folders: list[Path], name: str, out_dir: Path, eval_dir: Path = Path("plots")) -> str:
     """Write compare-<name>.png and .md into out_dir; return the table. evaluate.py's metrics are
-    read from eval_dir/<exp-name>/metrics.json."""
-    experiments = [load_experiment(folder, eval_dir) for folder in folders]
+    read from eval_dir/<folder name>/metrics.json."""
+    if not OUTPUT_NAME.fullmatch(name):
+        raise RnnMnistError(
+            f"--name {name!r} must be up to 100 letters, digits, '.', '_' or '-' (starting with a letter "
+            "or digit): it names files in --out-dir"
+        )
+    notes: list[str] = []
+    experiments = [load_experiment(Path(folder), Path(eval_dir), notes) for folder in folders]
+    for note in notes:
+        warn(note)
+    warning = binarization_warning(experiments)
+    if warning:
+        warn(warning)
     markdown = table(experiments)
-    png = plot(experiments, differences(experiments))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / f"compare-{name}.png", lambda f: f.write(png))
-    atomic_write(out_dir / f"compare-{name}.md", lambda f: f.write((markdown + "\n").encode()))
+    png = plot(experiments, line_labels(experiments), warning)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / f"compare-{name}.png", lambda f: f.write(png))
+        text = markdown + (f"\n\nWarning: {warning}." if warning else "") + "\n"
+        atomic_write(out_dir / f"compare-{name}.md", lambda f: f.write(text.encode()))
+    except OSError as exc:
+        raise RnnMnistError(f"cannot write into --out-dir {out_dir}: {exc.strerror or exc}") from None
     return markdown
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ShortErrorParser(
         prog="python -m rnn_mnist.compare",
-        description="Compare experiments: an NLL plot and a Markdown table.",
+        description="Compare experiments: training and NLL curves and a Markdown table.",
         formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("exp_dirs", nargs="+", type=Path, help="experiment folders (experiments/<name>)")

@@ -152,3 +152,8 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
         test_labels=test_labels[test_indices],
         test_indices=test_indices,
     )
+
+
+def binarization_name(method: str, threshold: float) -> str:
+    """A short name of a binarisation: ``threshold-0.1``, ``static`` or ``dynamic``."""
+    return f"threshold-{threshold:g}" if method == "threshold" else method

@@ -21,11 +21,18 @@ import torch
 from tqdm import tqdm
 
 from rnn_mnist import visualise
-from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint
+from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, weights_sha256
 from rnn_mnist.compute import configure_cpu_math
-from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
+from rnn_mnist.data import (
+    DATA_ENV_VAR,
+    IMAGE_SIDE,
+    NUM_PIXELS,
+    DataConfig,
+    binarization_name,
+    load_test_digits,
+)
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
+from rnn_mnist.judge import DigitJudge, classify, load_judge
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import BEST_BY, complete, most_likely, most_recognisable, teacher_forced_nll
 from rnn_mnist.training import resolve_device
@@ -51,6 +58,7 @@ class EvalOptions:
     data_dir: str | None = None
     gifs: bool = True
     judge: bool = True  # judge the completions with the digit classifier
+    judge_path: str | None = None  # None: the shipped judge (rnn_mnist/weights/judge.pt)
     batch_size: int = 1000  # digits per rollout batch (times --samples)
     precision: str = "fp32"  # fp32 | bf16: the rollout's GEMMs (rnn_mnist/compute.py)
 
@@ -186,6 +194,8 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     device = resolve_device(options.device)
     compute = configure_cpu_math()
     model, checkpoint = load_model(paths.checkpoint, device)
+    # The judge is loaded before any rollout work: a bad judge file fails in a second, not after it.
+    judge, judge_info = load_judge(options.judge_path) if options.judge else (None, None)
     saved_data = checkpoint.get("data_config", {})
     data_dir = options.data_dir or os.environ.get(DATA_ENV_VAR) or saved_data.get("data_dir")
     data_config = DataConfig(**{**saved_data, "data_dir": data_dir})
@@ -240,6 +250,8 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     metrics = {
         "experiment": options.exp_name,
         "checkpoint_epoch": checkpoint["epoch"],
+        # Which weights these numbers describe: compare shows them only beside the same checkpoint.
+        "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
         "mask_pixels": options.mask_pixels,
         "sampling": options.sampling,
         "temperature": options.temperature,
@@ -258,15 +270,21 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "compute": compute,
     }
 
-    if options.judge:
-        judge, _ = load_or_train_judge(options.exp_dir, data_dir)
+    if judge is not None:
         judged = judge_completions(judge, completed, targets, labels, options.mask_pixels)
         for digit, values in judged.pop("per_class").items():
             metrics["per_class"][digit].update(values)
         metrics.update(judged)
         if conditioned and options.mask_pixels == NUM_PIXELS:  # drawn from nothing but the label
             metrics["target_accuracy"] = metrics["class_agreement"]
-        metrics["judge_test_accuracy"] = accuracy(judge, test_pixels, test_labels)
+        # Measured once when the judge was made, on the 10,000 test digits binarised this way.
+        binarization = binarization_name(data_config.binarize, data_config.threshold)
+        metrics["judge_test_accuracy"] = judge_info["test_accuracy"].get(binarization)
+        metrics["judge"] = {
+            "path": judge_info["path"],
+            "sha256": judge_info["sha256"],
+            "test_accuracy": judge_info["test_accuracy"],
+        }
 
     out_dir = Path(options.out_dir or Path("plots") / options.exp_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -308,8 +326,12 @@ def summary(metrics: dict[str, Any]) -> str:
         f"masked NLL {metrics['masked_nll_nats']:.2f} nats (teacher forced)",
     ]
     if "class_agreement" in metrics:
+        tested = metrics["judge_test_accuracy"]
+        judge = f"judge {metrics['judge']['sha256'][:12]}, " + (
+            f"test accuracy {tested:.4f}" if tested is not None else "not tested on this binarisation"
+        )
         lines.append(
-            f"class agreement (judge, test accuracy {metrics['judge_test_accuracy']:.4f}): "
+            f"class agreement ({judge}): "
             f"completions {metrics['class_agreement']:.3f}, "
             f"prefix only {metrics['class_agreement_prefix_only']:.3f}, "
             f"ground truth {metrics['class_agreement_ground_truth']:.3f}"

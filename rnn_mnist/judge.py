@@ -1,42 +1,52 @@
 """The digit judge: a small CNN that says which digit a binary 28x28 image shows.
 
 It turns "the completions look sensible" into a number: the fraction of completions it reads as
-the true digit. Trained once on binarised MNIST (thresholds and Bernoulli draws mixed, with small
-random shifts so that it judges shape, not position) and cached under the experiments folder.
+the true digit. One judge ships with the code, so that every evaluation is judged by the same one:
+rnn_mnist/weights/judge.pt (its weights, an fp16 state dict) and judge.json beside it (their
+sha256, the test accuracy per binarisation measured once when it was made, and how it was made).
 
-    python -m rnn_mnist.judge --data-dir ../shared/mnist          # train and cache it (a few minutes)
-    judge = load_or_train_judge("experiments", data_dir)           # evaluate.py does this on first need
+    judge, info = load_judge()                                      # the shipped judge
+    judge, info = load_judge("my-judge.pt")                         # another, made by this module
     probs = classify(judge, pixels)                                 # (N, 784) uint8 -> (N, 10)
+    python -m rnn_mnist.judge --data-dir ../shared/mnist --out my-judge.pt   # retrain (seeded)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rnn_mnist.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from rnn_mnist.cli import DefaultsHelpFormatter, run_cli
+from rnn_mnist.checkpoint import atomic_write, weights_sha256
+from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_int, run_cli
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.training import optimize
 
-JUDGE_FOLDER = "judge"
+SHIPPED_JUDGE = Path(__file__).resolve().parent / "weights" / "judge.pt"
+JUDGE_FORMAT = "rnn-mnist-judge"
+JUDGE_VERSION = 1
+# fp16 halves the file; on the 10,000 test digits it changed no prediction of the shipped judge.
+STORAGE_DTYPE = torch.float16
 MAX_SHIFT = 2  # pixels of random translation during training
-# The binarisations the judge is tested on: every kind train.py offers.
+# The binarisations the judge is tested on: every kind train.py offers, on the 10,000 test digits
+# as train.py binarises them (data seed 0). Dynamic test digits are one fixed draw, like static ones.
 TEST_BINARIZATIONS = {
     "threshold-0.1": ("threshold", 0.1),
     "threshold-0.5": ("threshold", 0.5),
-    "static": ("static", 0),
+    "static": ("static", 0.1),
+    "dynamic": ("dynamic", 0.1),
 }
+_WAY_FORWARD = "pass --judge a file made by `python -m rnn_mnist.judge --out PATH`, or --no-judge"
 
 
 class DigitJudge(nn.Module):
@@ -102,13 +112,14 @@ def classify(judge: DigitJudge, pixels: torch.Tensor, batch_size: int = 2000) ->
 
 
 def accuracy(judge: DigitJudge, pixels: torch.Tensor, labels: torch.Tensor) -> float:
-    return (classify(judge, pixels).argmax(dim=1) == labels).float().mean().item()
+    """The fraction of binary pixels (N, 784) the judge reads as their labels (N,)."""
+    return (classify(judge, pixels).argmax(dim=1) == labels).sum().item() / max(len(labels), 1)
 
 
 def train_judge(
     data_dir: str | None, epochs: int = 6, batch_size: int = 128, seed: int = 0
-) -> tuple[DigitJudge, dict]:
-    """Train on all 60k training digits; return the judge and its test accuracies per binarisation."""
+) -> tuple[DigitJudge, dict[str, Any]]:
+    """Train on all 60k training digits, seeded; return the judge and how it was trained."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     grey, labels = load_mnist_split(data_dir, train=True)
@@ -132,79 +143,159 @@ def train_judge(
             loss = train_step(judge, optimizer, images, labels[idx])
             scheduler.step()
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-    report = {"epochs": epochs, "train_seconds": time.perf_counter() - started, "test_accuracy": {}}
-    for name, (method, threshold) in TEST_BINARIZATIONS.items():
-        test, test_labels = load_test_digits(
-            DataConfig(data_dir=data_dir, binarize=method, threshold=threshold)
-        )
-        report["test_accuracy"][name] = accuracy(judge, test, test_labels)
-    return judge, report
+    training = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "train_digits": len(grey),
+        "train_seconds": time.perf_counter() - started,
+        "torch": torch.__version__,
+    }
+    return judge.eval(), training
 
 
-def judge_path(exp_dir: str) -> Path:
-    return Path(exp_dir) / JUDGE_FOLDER / "judge.ckpt"
+def stored_state(judge: DigitJudge) -> dict[str, torch.Tensor]:
+    """The judge's weights as they are stored: CPU tensors, floating point ones in fp16."""
+    return {
+        name: (t.to(STORAGE_DTYPE) if t.is_floating_point() else t).detach().cpu().contiguous()
+        for name, t in judge.state_dict().items()
+    }
 
 
-def load_judge(path: Path) -> tuple[DigitJudge, dict]:
-    checkpoint = load_checkpoint(path)
+def judge_from_state(state: dict[str, torch.Tensor]) -> DigitJudge:
+    """A judge computing in fp32 with the stored (fp16) weights."""
     judge = DigitJudge()
+    judge.load_state_dict({name: t.float() if t.is_floating_point() else t for name, t in state.items()})
+    return judge.eval()
+
+
+def measure_accuracies(judge: DigitJudge, data_dir: str | None) -> dict[str, float]:
+    """Accuracy on the MNIST test digits under each of TEST_BINARIZATIONS."""
+    result = {}
+    for name, (method, threshold) in TEST_BINARIZATIONS.items():
+        pixels, labels = load_test_digits(DataConfig(data_dir=data_dir, binarize=method, threshold=threshold))
+        result[name] = accuracy(judge, pixels, labels)
+    return result
+
+
+def info_path(path: Path) -> Path:
+    """Where a judge's description lives: beside its weights, as .json."""
+    return Path(path).with_suffix(".json")
+
+
+def save_judge(path: Path, state: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    """Write the weights and, beside them, their hash and ``info`` (test accuracy, training);
+    both atomically. Returns the description written."""
+    path = Path(path)
+    described = {
+        "format": JUDGE_FORMAT,
+        "version": JUDGE_VERSION,
+        "sha256": weights_sha256(state),
+        "storage": str(STORAGE_DTYPE).removeprefix("torch."),
+        "parameters": sum(t.numel() for t in state.values()),
+        **info,
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+    text = json.dumps(described, indent=2) + "\n"
+    atomic_write(info_path(path), lambda f: f.write(text.encode()))
+    return described
+
+
+def make_judge(
+    path: Path, data_dir: str | None, epochs: int = 6, seed: int = 0, command: str = ""
+) -> dict[str, Any]:
+    """Train a judge, store it in fp16, and measure the stored weights on the test digits."""
+    judge, training = train_judge(data_dir, epochs=epochs, seed=seed)
+    state = stored_state(judge)
+    accuracies = measure_accuracies(judge_from_state(state), data_dir)  # of the weights as shipped
+    info = {"test_accuracy": accuracies, "training": {"command": command, **training}}
+    return save_judge(path, state, info)
+
+
+def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, Any]]:
+    """The judge stored at ``path`` (default: the shipped one) and its description.
+
+    A missing, corrupt or foreign file, or weights whose hash is not the one their description
+    records, is an RnnMnistError naming the way forward.
+    """
+    path = Path(path) if path is not None else SHIPPED_JUDGE
+    described = info_path(path)
+    if not path.is_file():
+        raise RnnMnistError(f"no digit judge at {path}; {_WAY_FORWARD}")
     try:
-        judge.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as exc:
-        raise RnnMnistError(f"{path} is not a digit judge of this version ({exc})") from None
-    return judge.eval(), checkpoint["report"]
-
-
-def save_judge(path: Path, judge: DigitJudge, report: dict) -> None:
-    save_checkpoint(
-        path,
-        {
-            "model_config": {"kind": "digit-judge"},
-            "model_state": judge.state_dict(),
-            "optimizer_state": {},
-            "scheduler_state": {},
-            "epoch": report["epochs"],
-            "report": report,
-        },
-    )
-    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(report, indent=2).encode()))
-
-
-def load_or_train_judge(exp_dir: str, data_dir: str | None) -> tuple[DigitJudge, dict]:
-    """The cached judge, trained first (and cached) if there is none yet."""
-    path = judge_path(exp_dir)
-    if path.exists():
-        return load_judge(path)
-    print(f"no digit judge at {path} yet: training it once (a few minutes on a CPU)", file=sys.stderr)
-    judge, report = train_judge(data_dir)
-    save_judge(path, judge, report)
-    return judge.eval(), report
+        info = json.loads(described.read_text())
+    except FileNotFoundError:
+        raise RnnMnistError(
+            f"{path} has no {described.name} beside it (its hash and test accuracy); {_WAY_FORWARD}"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RnnMnistError(f"{described} is not readable JSON ({exc}); {_WAY_FORWARD}") from None
+    if not (
+        isinstance(info, dict)
+        and info.get("format") == JUDGE_FORMAT
+        and isinstance(info.get("sha256"), str)
+        and isinstance(info.get("test_accuracy"), dict)
+    ):
+        raise RnnMnistError(f"{described} does not describe a digit judge; {_WAY_FORWARD}")
+    if info.get("version") != JUDGE_VERSION:
+        raise RnnMnistError(
+            f"{described} is judge version {info.get('version')}, this rnn-mnist reads {JUDGE_VERSION}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or refused by the safe loader
+        raise RnnMnistError(
+            f"{path} is not a readable digit judge ({type(exc).__name__}: it is corrupt, or holds more "
+            f"than plain tensors); {_WAY_FORWARD}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise RnnMnistError(f"{path} is not a state dict of tensors; {_WAY_FORWARD}")
+    sha256 = weights_sha256(state)
+    if sha256 != info["sha256"]:
+        raise RnnMnistError(
+            f"{path} holds weights with sha256 {sha256[:12]}, but {described.name} describes "
+            f"{info['sha256'][:12]}: the two files are not of one judge; {_WAY_FORWARD}"
+        )
+    try:
+        judge = judge_from_state(state)
+    except RuntimeError:
+        raise RnnMnistError(
+            f"{path} is not a digit judge of this version (its tensors do not fit); {_WAY_FORWARD}"
+        ) from None
+    # The shipped judge is named as in the repository, not by where this clone happens to live.
+    shown = "rnn_mnist/weights/judge.pt" if path.resolve() == SHIPPED_JUDGE else str(path)
+    return judge, {**info, "path": shown}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ShortErrorParser(
         prog="python -m rnn_mnist.judge",
-        description="Train the digit judge once and cache it in <exp-dir>/judge/.",
+        description="Train a digit judge (seeded): its weights go to --out, and beside them a .json with "
+        "their sha256, the test accuracy per binarisation and how they were made.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--exp-dir", default="experiments", help="where the judge is cached")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="PATH", help="the weights file to write (.pt)"
+    )
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw; unset: $RNN_MNIST_DATA")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs over the 60k digits")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation and augmentation")
-    parser.add_argument("--overwrite", action="store_true", help="retrain even if a judge is cached")
+    parser.add_argument("--epochs", type=positive_int, default=6, help="training epochs over the 60k digits")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, order and augmentation")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing judge at --out")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error("--epochs must be at least 1")
-    path = judge_path(args.exp_dir)
-    if path.exists() and not args.overwrite:
-        print(f"error: a judge is already cached at {path}; pass --overwrite to retrain it", file=sys.stderr)
-        return 2
+    if args.out.suffix != ".pt":
+        parser.error(f"--out must name a .pt file (its description goes beside it as .json), not {args.out}")
+    if args.seed < 0:
+        parser.error(f"--seed must be 0 or more, got {args.seed}")
+    command = "python -m rnn_mnist.judge " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     def run() -> None:
-        judge, report = train_judge(args.data_dir, epochs=args.epochs, seed=args.seed)
-        save_judge(path, judge, report)
-        accuracies = ", ".join(f"{k} {v:.4f}" for k, v in report["test_accuracy"].items())
-        print(f"judge saved to {path} ({report['train_seconds']:.0f} s); test accuracy: {accuracies}")
+        if args.out.exists() and not args.overwrite:
+            raise RnnMnistError(f"a judge is already at {args.out}; pass --overwrite to replace it")
+        info = make_judge(args.out, args.data_dir, epochs=args.epochs, seed=args.seed, command=command)
+        accuracies = ", ".join(f"{k} {v:.4f}" for k, v in info["test_accuracy"].items())
+        seconds = info["training"]["train_seconds"]
+        print(f"judge saved to {args.out} and {info_path(args.out).name} ({seconds:.0f} s of training)")
+        print(f"sha256 {info['sha256']}; test accuracy: {accuracies}")
 
     return run_cli(run)
 

@@ -33,6 +33,7 @@ from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted
 from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
+from rnn_mnist.samples import write_epoch_samples
 from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
 
 LOSSES = ("bce", "mse")
@@ -348,7 +349,8 @@ def train_experiment(
             history.append({**entry, "compute": compute})
             save(epoch)
             saved_epoch = epoch
-            log(_format_epoch(entry))
+            samples = write_epoch_samples(model, data.test, data.test_labels, paths.samples, epoch)
+            log(f"{_format_epoch(entry)} samples {samples}")
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted; the checkpoint after epoch {saved_epoch} in {paths.root} is intact. "

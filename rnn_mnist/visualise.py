@@ -113,6 +113,16 @@ def completion_grid(
     return grid
 
 
+def stack_rows(images: list[np.ndarray]) -> np.ndarray:
+    """RGB images one above the other, left-aligned on the background colour."""
+    width = max(image.shape[1] for image in images)
+    rows = [
+        np.concatenate([image, np.full((image.shape[0], width - image.shape[1], 3), BACKGROUND, np.uint8)], 1)
+        for image in images
+    ]
+    return np.concatenate(rows, axis=0)
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """PNG-encoded RGB image, for an atomic write."""
     return iio.imwrite("<bytes>", image, extension=".png")

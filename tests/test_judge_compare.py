@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import tiny_train_args
+from conftest import run_main, tiny_train_args
 
 import train
 from rnn_mnist import compare, judge
+from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
+from rnn_mnist.data import BINARIZATIONS, binarization_name
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import agreement_metrics
 
@@ -42,16 +45,41 @@ def test_random_shift_translates_by_at_most_two_pixels():
         assert len(matches) == 1
 
 
-def test_judge_on_fixtures_classifies_and_caches(tmp_path, mnist_dir):
-    model, report = judge.load_or_train_judge(str(tmp_path), str(mnist_dir))
-    assert judge.judge_path(str(tmp_path)).exists()
-    assert set(report["test_accuracy"]) == set(judge.TEST_BINARIZATIONS)
+def test_shipped_judge_is_small_fp16_hashed_and_tested_on_every_binarisation():
+    model, info = judge.load_judge()  # the one evaluate.py uses unless told otherwise
+    state = torch.load(judge.SHIPPED_JUDGE, weights_only=True)
+    assert all(t.dtype == torch.float16 for t in state.values())
+    assert info["sha256"] == weights_sha256(state) and info["storage"] == "float16"
+    assert judge.SHIPPED_JUDGE.stat().st_size < 1_000_000
+    # Every binarisation train.py offers, at its default threshold and at 0.5.
+    names = {binarization_name(method, 0.1) for method in BINARIZATIONS} | {"threshold-0.5"}
+    assert names <= set(info["test_accuracy"])
+    assert all(info["test_accuracy"][name] >= 0.99 for name in names), info["test_accuracy"]
+    assert "python -m rnn_mnist.judge" in info["training"]["command"] and info["training"]["seed"] == 0
     probs = judge.classify(model, torch.zeros(3, 784, dtype=torch.uint8))
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
-    reloaded, _ = judge.load_or_train_judge(str(tmp_path), str(mnist_dir))  # from the cache
-    assert torch.equal(
-        judge.classify(reloaded, torch.ones(2, 784)), judge.classify(model, torch.ones(2, 784))
+
+
+def test_retraining_a_judge_is_reproducible(tmp_path, mnist_dir, capsys):
+    infos = []
+    for name in ("a.pt", "b.pt"):
+        out = tmp_path / name
+        assert judge.main(["--out", str(out), "--data-dir", str(mnist_dir), "--epochs", "1"]) == 0
+        infos.append(json.loads(out.with_suffix(".json").read_text()))
+        _, loaded = judge.load_judge(out)
+        assert loaded["sha256"] == infos[-1]["sha256"] == weights_sha256(torch.load(out, weights_only=True))
+    assert infos[0]["sha256"] == infos[1]["sha256"]  # seeded: the same weights, bit for bit
+    assert infos[0]["test_accuracy"] == infos[1]["test_accuracy"]
+    assert set(infos[0]["test_accuracy"]) == set(judge.TEST_BINARIZATIONS)
+    assert infos[0]["training"]["command"].endswith(
+        f"--out {tmp_path / 'a.pt'} --data-dir {mnist_dir} --epochs 1"
     )
+    assert "sha256" in capsys.readouterr().out
+    # An existing judge is never replaced by accident; the weights file must be a .pt.
+    code, err = run_main(judge.main, ["--out", str(tmp_path / "a.pt"), "--data-dir", str(mnist_dir)], capsys)
+    assert code == 2 and "already" in err and "--overwrite" in err
+    code, err = run_main(judge.main, ["--out", str(tmp_path / "j.json")], capsys)
+    assert code == 2 and ".pt" in err and len(err.strip().splitlines()) == 1
 
 
 def test_class_agreement_by_hand():
@@ -91,10 +119,15 @@ def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
     for hidden in ("8", "12"):
         assert train.main(tiny_train_args(exp_dir, mnist_dir, f"h{hidden}", "--hidden", hidden)) == 0
     out, evaluations = tmp_path / "plots", tmp_path / "evaluations"
-    (evaluations / "h8").mkdir(parents=True)  # as if evaluate.py had run on h8 only
-    (evaluations / "h8" / "metrics.json").write_text(
-        '{"masked_pixel_accuracy": 0.8123, "class_agreement": 0.765}'
-    )
+    (evaluations / "h8").mkdir(parents=True)  # as if evaluate.py had run on h8's checkpoint only
+    checkpoint = load_checkpoint(exp_dir / "h8" / "checkpoint.ckpt")
+    evaluation = {
+        "checkpoint_epoch": checkpoint["epoch"],
+        "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
+        "masked_pixel_accuracy": 0.8123,
+        "class_agreement": 0.765,
+    }
+    (evaluations / "h8" / "metrics.json").write_text(json.dumps(evaluation))
     # fmt: off
     code = compare.main([str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "hidden", "--out-dir", str(out),
                          "--eval-dir", str(evaluations)])

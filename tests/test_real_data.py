@@ -12,7 +12,9 @@ import pytest
 import torch
 from conftest import REPO
 
+from rnn_mnist import judge
 from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.data import DataConfig, load_test_digits
 
 
 def real_mnist_dir() -> Path | None:
@@ -56,3 +58,14 @@ def test_one_epoch_on_a_few_hundred_real_digits(tmp_path):
     # Real digits are mostly background: even 12 updates beat a fair coin (784 ln 2 nats) clearly.
     assert entry["test_nll_nats"] < 0.8 * 784 * math.log(2)
     assert torch.isfinite(torch.tensor(entry["batch_losses"])).all()
+
+
+@pytest.mark.skipif(real_mnist_dir() is None, reason="no MNIST copy ($RNN_MNIST_DATA or ../shared/mnist)")
+def test_shipped_judge_reads_real_test_digits():
+    """The stored accuracy is the shipped weights': a slice of real test digits agrees with it."""
+    model, info = judge.load_judge()
+    for name, (method, threshold) in judge.TEST_BINARIZATIONS.items():
+        config = DataConfig(data_dir=str(real_mnist_dir()), binarize=method, threshold=threshold)
+        pixels, labels = load_test_digits(config)
+        accuracy = judge.accuracy(model, pixels[:1000], labels[:1000])
+        assert accuracy >= 0.98 and info["test_accuracy"][name] >= 0.99, (name, accuracy)

@@ -117,10 +117,10 @@ def test_existing_experiment_is_refused_and_left_intact(tmp_path, mnist_dir, cap
     args = tiny_args(tmp_path, mnist_dir, "taken", "--epochs", "1")
     assert train.main(args) == 0
     folder = tmp_path / "experiments" / "taken"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}  # samples/ included
     code, err = run_main(args, capsys)
     assert code == 2 and "already exists" in err and "--resume" in err and "Traceback" not in err
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_overwrite_starts_again(tmp_path, mnist_dir, capsys):

@@ -1,0 +1,169 @@
+"""The experiment comparison: curves, labels, binarisation warnings, matching evaluations, bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+from conftest import run_main, tiny_train_args
+
+import evaluate
+import train
+from rnn_mnist import compare
+
+TRAIN_DIGITS = 96 - 16  # the fixtures' training digits less --val-size 16
+
+
+@pytest.fixture(scope="module")
+def exp_dir(tmp_path_factory, mnist_dir):
+    """Two tiny one-epoch experiments that differ in hidden size."""
+    folder = tmp_path_factory.mktemp("compare") / "experiments"
+    for hidden in ("8", "12"):
+        args = tiny_train_args(folder, mnist_dir, f"h{hidden}", "--hidden", hidden, "--epochs", "1")
+        assert train.main(args) == 0
+    return folder
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    rows = [
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in markdown.splitlines()[2:]
+        if line.startswith("|")
+    ]
+    return {row[0]: row for row in rows}
+
+
+def test_training_curve_labels_and_one_epoch_axes(exp_dir, tmp_path):
+    experiments = [compare.load_experiment(exp_dir / n, tmp_path) for n in ("h8", "h12")]
+    seen, losses = compare.batch_curve(experiments[0])
+    assert seen == [32, 64, TRAIN_DIGITS]  # batches of 32, the last one short
+    assert losses == experiments[0]["history"][0]["batch_losses"]
+    labels = compare.line_labels(experiments)
+    assert labels == ["h8 (hidden_size=8)", "h12 (hidden_size=12)"]
+    figure = compare.draw(experiments, labels)
+    by_digits, by_epoch, by_time = figure.axes[:3]
+    assert [line.get_label() for line in by_digits.get_lines()] == labels
+    assert list(by_digits.get_lines()[0].get_xdata()) == [s / 1000 for s in seen]
+    # A one-epoch run is a point on an axis from 0 past epoch 1, with its value written beside it.
+    low, high = by_epoch.get_xlim()
+    assert low == 0 and 1 < high <= 2
+    assert by_time.get_xlim()[0] == 0
+    nll = experiments[0]["history"][0]["test_nll_nats"]
+    assert f"{nll:.1f}" in [text.get_text() for text in by_epoch.texts]
+
+
+def test_smooth_by_hand():
+    assert compare.smooth([1.0, 3.0]) == [1.0, 3.0]  # under 40 values: no window to average over
+    values = [float(i % 2) for i in range(80)]  # window 2: 0, 1, 0, 1, ... -> 0, 0.5, 0.5, ...
+    assert compare.smooth(values) == [0.0] + [0.5] * 79
+
+
+def test_different_binarisations_are_flagged(exp_dir, mnist_dir, tmp_path, capsys):
+    static = tmp_path / "experiments"
+    assert train.main(tiny_train_args(static, mnist_dir, "st", "--binarize", "static", "--epochs", "1")) == 0
+    capsys.readouterr()
+    out = tmp_path / "plots"
+    assert (
+        compare.main([str(exp_dir / "h8"), str(static / "st"), "--name", "mixed", "--out-dir", str(out)]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "warning:" in err and "h8: threshold-0.1" in err and "st: static" in err
+    assert "do not compare" in (out / "compare-mixed.md").read_text()
+    assert (
+        compare.main([str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "same", "--out-dir", str(out)])
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err
+    assert "Warning" not in (out / "compare-same.md").read_text()
+
+
+def test_an_evaluation_is_shown_only_beside_the_checkpoint_it_describes(mnist_dir, tmp_path, capsys):
+    """Issue 11, finding 7: stale evaluations were shown after --overwrite, copies under the original name."""
+    experiments, evaluations, out = tmp_path / "experiments", tmp_path / "evaluations", tmp_path / "plots"
+    assert train.main(tiny_train_args(experiments, mnist_dir, "a", "--epochs", "1")) == 0
+    # fmt: off
+    assert evaluate.main(["--exp-name", "a", "--exp-dir", str(experiments), "--data-dir", str(mnist_dir),
+                          "--out-dir", str(evaluations / "a"), "--num-digits", "4", "--no-gifs"]) == 0
+    # fmt: on
+    accuracy = f"{json.loads((evaluations / 'a' / 'metrics.json').read_text())['masked_pixel_accuracy']:.4f}"
+
+    def shown(*names: str) -> dict[str, list[str]]:
+        capsys.readouterr()
+        folders = [str(experiments / n) for n in names]
+        assert (
+            compare.main([*folders, "--name", "x", "--out-dir", str(out), "--eval-dir", str(evaluations)])
+            == 0
+        )
+        return table_rows((out / "compare-x.md").read_text())
+
+    assert shown("a")["a"][10] == accuracy
+    # A copy is named by its folder, and has no evaluation of its own until one is made...
+    shutil.copytree(experiments / "a", experiments / "copy")
+    rows = shown("a", "copy")
+    assert set(rows) == {"a", "copy"} and rows["copy"][10] == "-" and rows["a"][10] == accuracy
+    # ... while an evaluation of the same weights, wherever it came from, describes it.
+    shutil.copytree(evaluations / "a", evaluations / "copy")
+    assert shown("copy")["copy"][10] == accuracy
+    # After --overwrite the old evaluation describes another model: not shown, and said why.
+    assert (
+        train.main(
+            tiny_train_args(experiments, mnist_dir, "a", "--epochs", "1", "--overwrite", "--seed", "1")
+        )
+        == 0
+    )
+    assert shown("a")["a"][10:] == ["-", "-"]
+    assert "describes another checkpoint" in capsys.readouterr().err
+    # An evaluation from before checkpoints were recorded in it is not shown either.
+    (evaluations / "copy" / "metrics.json").write_text(
+        '{"masked_pixel_accuracy": 0.5, "class_agreement": 0.5}'
+    )
+    assert shown("copy")["copy"][10:] == ["-", "-"]
+
+
+def _metrics(exp_dir) -> dict:
+    with open(exp_dir / "h8" / "metrics.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def _without_seconds(exp_dir) -> dict:
+    metrics = _metrics(exp_dir)
+    del metrics["history"][0]["seconds"]
+    return metrics
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("a file", "is a file"),
+        ("config 5", "'config' is missing or not a dict"),
+        ("no seconds", "history entry 1 has no number 'seconds'"),
+        ("history of numbers", "history entry 1 is not a dict"),
+        ("a list", "not a dict"),
+        ("name escapes", "--name"),
+    ],
+)
+def test_bad_input_to_compare_is_one_line(exp_dir, tmp_path, capsys, case, message):
+    """Issue 11, finding 16: NotADirectoryError, KeyError and AttributeError tracebacks, and a
+    --name that wrote outside --out-dir."""
+    folder, name = tmp_path / "exp", "x"
+    folder.mkdir()
+    crafted = {
+        "config 5": {"config": 5, "history": []},
+        "no seconds": _without_seconds(exp_dir),
+        "history of numbers": {**_metrics(exp_dir), "history": [1, 2]},
+        "a list": [1, 2, 3],
+    }
+    if case in crafted:
+        (folder / "metrics.pkl").write_bytes(pickle.dumps(crafted[case]))
+    elif case == "a file":
+        folder = exp_dir / "h8" / "metrics.pkl"
+    else:
+        folder, name = exp_dir / "h8", "/../../x"
+    out = tmp_path / "deep" / "er" / "plots"
+    before = set(tmp_path.rglob("*"))
+    code, err = run_main(compare.main, [str(folder), "--name", name, "--out-dir", str(out)], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert set(tmp_path.rglob("*")) == before  # nothing written, in --out-dir or outside it
