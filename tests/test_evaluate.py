@@ -15,7 +15,7 @@ from conftest import run_main as run_script_main
 
 import evaluate
 import train
-from rnn_mnist import visualise
+from rnn_mnist import evaluation, visualise
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import choose_indices, completion_metrics
 
@@ -218,3 +218,25 @@ def test_cuda_without_cuda(experiment, capsys):
     _, args = experiment
     code, err = run_main([*args, "--device", "cuda"], capsys)
     assert code == 2 and "no CUDA" in err
+
+
+def test_an_experiment_folder_is_refused_as_out_dir(experiment, capsys):
+    root, args = experiment
+    folder = root / "experiments" / "tiny"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, err = run_main([*args, "--out-dir", str(folder), "--num-digits", "2", "--no-gifs"], capsys)
+    assert code == 2 and "experiment folder" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # training metrics.json kept
+
+
+def test_an_unwritable_out_dir_is_refused_before_the_rollout(experiment, capsys, monkeypatch, make_read_only):
+    root, args = experiment
+
+    def no_rollout_yet(*args, **kwargs):
+        raise AssertionError("the rollout ran before the out-dir was checked")
+
+    monkeypatch.setattr(evaluation, "complete", no_rollout_yet)
+    (root / "locked").mkdir()
+    make_read_only(root / "locked")
+    code, err = run_main([*args, "--out-dir", str(root / "locked" / "out"), "--num-digits", "2"], capsys)
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1, err
