@@ -64,6 +64,9 @@ class EvalOptions:
 def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[str, Any]]:
     """Rebuild the model from a checkpoint's own config and weights."""
     checkpoint = load_checkpoint(path)
+    kind = checkpoint["model_config"].get("kind")  # other models' checkpoints say what they hold
+    if kind is not None:
+        raise RnnMnistError(f"{path} holds a {kind}, not a next-pixel model")
     try:
         model = NextPixelModel(ModelConfig.from_dict(checkpoint["model_config"]))
     except (TypeError, ValueError) as exc:
