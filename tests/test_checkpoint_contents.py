@@ -54,7 +54,6 @@ def read_back(reader: str, folder: Path, mnist_dir: Path, capsys) -> tuple[int, 
 
 
 def assert_one_line_error(code: int, err: str, *phrases: str) -> None:
-    print("\nMSG", err.strip())
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     for phrase in phrases:

@@ -89,7 +89,10 @@ def test_a_moved_copied_or_respelled_experiment_resumes(tmp_path, mnist_dir, cap
 def test_a_typed_flag_that_clashes_is_refused_even_at_its_default_value(tmp_path, mnist_dir, capsys):
     assert train.main(tiny_train_args(tmp_path, mnist_dir, "small", "--epochs", "1")) == 0  # --hidden 8
     # 128 is --hidden's default: comparing with defaults would not see that it was typed.
-    argv = ["--exp-dir", str(tmp_path), "--exp-name", "small", "--resume", "--epochs", "2", "--hidden", "128"]
+    # fmt: off
+    argv = ["--exp-dir", str(tmp_path), "--exp-name", "small", "--data-dir", str(mnist_dir), "--resume",
+            "--epochs", "2", "--hidden", "128"]
+    # fmt: on
     code, err = run_main(argv, capsys)
     assert code == 2 and "--hidden-size 128 (the experiment has 8)" in err and "Traceback" not in err
     assert load_checkpoint(tmp_path / "small" / "checkpoint.ckpt")["epoch"] == 1
