@@ -30,6 +30,8 @@ def trained(tmp_path_factory, mnist_dir) -> Path:
 def copy(trained, tmp_path) -> Path:
     folder = tmp_path / "experiments" / "odd"
     shutil.copytree(trained, folder)
+    # As if trained here: the copy then differs from the original only by what a test changes.
+    edit_checkpoint(folder, lambda c: c["config"].update(exp_dir=str(folder.parent), exp_name=folder.name))
     return folder
 
 
@@ -43,12 +45,11 @@ def edit_checkpoint(folder: Path, change) -> None:
 def read_back(reader: str, folder: Path, mnist_dir: Path, capsys) -> tuple[int, str]:
     """Resume the experiment in ``folder`` for one more epoch, or evaluate two digits of it."""
     capsys.readouterr()
-    where = ["--exp-dir", str(folder.parent), "--exp-name", folder.name]
+    where = ["--exp-dir", str(folder.parent), "--exp-name", folder.name, "--data-dir", str(mnist_dir)]
     if reader == "resume":
         return run_main(train.main, [*where, "--resume", "--epochs", "2"], capsys)
     # fmt: off
-    argv = [*where, "--data-dir", str(mnist_dir), "--out-dir", str(folder.parent / "out"),
-            "--num-digits", "2", "--no-gifs", "--no-judge"]
+    argv = [*where, "--out-dir", str(folder.parent / "out"), "--num-digits", "2", "--no-gifs", "--no-judge"]
     # fmt: on
     return run_main(evaluate.main, argv, capsys)
 
