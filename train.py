@@ -24,6 +24,7 @@ from rnn_mnist.cli import (
     positive_float,
     positive_int,
     run_cli,
+    typed_flags,
 )
 from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import BINARIZATIONS, DATA_ENV_VAR
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What was typed, whatever its value: --resume refuses typed flags that clash with the
+    # experiment, and keeps the experiment's own value of every flag not typed.
+    typed = typed_flags(parser, argv)
     if args.preset:  # the preset's values become the defaults; flags typed on the line still win
         parser.set_defaults(**PRESETS[args.preset])
         args = parser.parse_args(argv)
@@ -228,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         Schedule(args.scheduled_sampling, args.ss_k, args.ss_c, args.ss_min)
     except ValueError as exc:
         parser.error(str(exc))
-    # Flags that differ from their defaults: --resume refuses those that clash with the experiment.
-    defaults = vars(parser.parse_args(["--exp-name", args.exp_name]))
-    explicit = {k for k, v in vars(args).items() if v != defaults[k]}
-    return run_cli(lambda: train_experiment(vars(args), explicit=explicit))
+    return run_cli(lambda: train_experiment(vars(args), typed=typed))
 
 
 if __name__ == "__main__":

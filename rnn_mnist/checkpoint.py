@@ -11,6 +11,7 @@ so it loads on any machine and with torch's safe loader.
 from __future__ import annotations
 
 import hashlib
+import glob
 import json
 import os
 import pickle
@@ -28,6 +29,19 @@ from rnn_mnist.errors import RnnMnistError
 CHECKPOINT_FORMAT = "rnn-mnist-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("model_config", "model_state", "optimizer_state", "scheduler_state", "epoch")
+# What each key holds. A file of the right format with other contents (edited by hand, written by
+# another tool or a newer version) is refused in one line here, not with a traceback later.
+KEY_TYPES: dict[str, type] = {
+    "model_config": dict,
+    "model_state": dict,
+    "optimizer_state": dict,
+    "scheduler_state": dict,
+    "epoch": int,
+    "config": dict,
+    "data_config": dict,
+    "history": list,
+    "rng_state": dict,
+}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _EXP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -80,6 +94,37 @@ class ExperimentPaths:
             for path in [*self.samples.glob("epoch-*.png"), self.samples / "latest.png"]:
                 path.unlink(missing_ok=True)
 
+    def remove_stale_temp_files(self) -> None:
+        """Delete half-written files that a run killed mid-save (SIGKILL, power cut) left behind.
+
+        Only safe while holding the experiment's lock: another run's temporary file is not stale.
+        """
+        for path in (self.checkpoint, self.metrics_pkl, self.metrics_json):
+            for tmp in temp_files_of(path):
+                tmp.unlink(missing_ok=True)
+
+
+def temp_files_of(path: Path) -> list[Path]:
+    """The temporary files atomic_write makes for ``path`` (see its mkstemp call)."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Make sure files can be created in ``folder`` (or, if it does not exist yet, that it can be
+    made), leaving nothing behind: so that a run fails before its work, not after it."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RnnMnistError(f"{what} {folder} cannot be made: {existing} is a file, not a folder")
+    try:  # a real probe: permissions, read-only mounts and ACLs all answer here
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RnnMnistError(f"{what} {folder} is not writable ({exc.strerror or exc})") from None
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through a temporary file in the same folder, then rename it over ``path``.
@@ -113,8 +158,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RnnMnistError(f"{path} is not a readable rnn-mnist checkpoint ({first_line})") from None
+        raise _unreadable(path, exc) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise RnnMnistError(f"{path} is not an rnn-mnist checkpoint")
     if checkpoint.get("version") != CHECKPOINT_VERSION:
@@ -125,7 +169,58 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
     if missing:
         raise RnnMnistError(f"{path} is incomplete: missing {', '.join(missing)}")
+    for key, kind in KEY_TYPES.items():
+        if key in checkpoint and not isinstance(checkpoint[key], kind):
+            raise RnnMnistError(
+                f"{path} is not a valid rnn-mnist checkpoint: its {key} is a "
+                f"{type(checkpoint[key]).__name__}, not a {kind.__name__}"
+            )
     return checkpoint
+
+
+def _unreadable(path: Path, exc: Exception) -> RnnMnistError:
+    """One line for a file torch.load could not (or would not) read.
+
+    torch's safe loader explains a refusal at length, starting with how to load the file unsafely;
+    keep only the reason, and never pass that advice on.
+    """
+    message = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in message:
+        name = re.search(r"GLOBAL ([\w.]+)", message)
+        if name:  # the pickle names a function or class: unpickling would import and call it
+            return RnnMnistError(
+                f"{path} was refused: loading it would run code (Unsupported global: {name[1]}); "
+                "an rnn-mnist checkpoint holds only plain values and tensors"
+            )
+        found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+        reason = found[1].strip() if found else "not plain values and tensors"
+        return RnnMnistError(f"{path} is not a readable rnn-mnist checkpoint ({reason})")
+    first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return RnnMnistError(f"{path} is not a readable rnn-mnist checkpoint ({first_line})")
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """``module.load_state_dict(state)``, with weights that do not fit told in one line."""
+    expected = module.state_dict()
+    problems = [
+        f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+        if isinstance(state[k], torch.Tensor)
+        else f"{k} is a {type(state[k]).__name__}, not a tensor"
+        for k, v in expected.items()
+        if k in state and not (isinstance(state[k], torch.Tensor) and state[k].shape == v.shape)
+    ]
+    problems += [f"{k} is missing" for k in expected if k not in state]
+    problems += [f"{k} is not in the model" for k in state if k not in expected]
+    if problems:
+        more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise RnnMnistError(
+            f"{path}: its weights do not fit the model its config describes ({problems[0]}{more})"
+        )
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RnnMnistError(f"{path}: its weights do not load ({first_line})") from None
 
 
 def save_metrics(paths: ExperimentPaths, metrics: dict[str, Any]) -> None:

@@ -54,6 +54,23 @@ def milestones(text: str) -> tuple[int, ...]:
     return values
 
 
+_NOT_TYPED = object()
+
+
+def typed_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
+    """The destinations of the flags typed on the command line, whatever their values.
+
+    A flag typed with its default value (``--hidden 128``) is typed all the same, and a default
+    changed by ``set_defaults`` (a preset) is not. argparse fills a destination from its default
+    only when the namespace lacks it, so parsing into a namespace that already holds a marker for
+    every destination leaves the marker exactly where nothing was typed.
+    """
+    every_dest = vars(parser.parse_args(argv))
+    marked = argparse.Namespace(**dict.fromkeys(every_dest, _NOT_TYPED))
+    parsed = vars(parser.parse_args(argv, namespace=marked))
+    return {dest for dest, value in parsed.items() if value is not _NOT_TYPED}
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default, except for on/off switches, where "(default: True)" on a
     ``--no-x`` flag reads as the opposite of what it means."""

@@ -10,7 +10,7 @@ one uint8 tensor; we keep it that way (no per-image Python objects) and slice ba
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -36,6 +36,13 @@ class DataConfig:
     train_subset: int | None = None  # use only the first N training digits (after the val split)
     test_subset: int | None = None  # use only the first N test digits
     data_seed: int = 0  # fixes the validation split and the static/evaluation binarisation
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataConfig:
+        """Rebuild from ``asdict`` output, ignoring keys this version does not know (as
+        ModelConfig.from_dict does), so a checkpoint from a newer version still loads."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def resolve_data_dir(data_dir: str | None) -> str:

@@ -21,7 +21,14 @@ import torch
 from tqdm import tqdm
 
 from rnn_mnist import visualise
-from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, weights_sha256
+from rnn_mnist.checkpoint import (
+    ExperimentPaths,
+    atomic_write,
+    check_writable_folder,
+    load_checkpoint,
+    load_weights,
+    weights_sha256,
+)
 from rnn_mnist.compute import configure_cpu_math
 from rnn_mnist.data import (
     DATA_ENV_VAR,
@@ -66,12 +73,28 @@ class EvalOptions:
 def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[str, Any]]:
     """Rebuild the model from a checkpoint's own config and weights."""
     checkpoint = load_checkpoint(path)
+    kind = checkpoint["model_config"].get("kind")  # other models' checkpoints say what they hold
+    if kind is not None:
+        raise RnnMnistError(f"{path} holds a {kind}, not a next-pixel model")
     try:
         model = NextPixelModel(ModelConfig.from_dict(checkpoint["model_config"]))
-        model.load_state_dict(checkpoint["model_state"])
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise RnnMnistError(f"{path} does not match its own model config ({exc})") from None
+    except (TypeError, ValueError) as exc:
+        raise RnnMnistError(f"{path} holds an invalid model config ({exc})") from None
+    load_weights(model, checkpoint["model_state"], path)
     return model.to(device).eval(), checkpoint
+
+
+def output_folder(options: EvalOptions) -> Path:
+    """Where the outputs go, checked before any work: writable, and not an experiment's folder,
+    whose metrics.json (the training history) the evaluation's metrics.json would replace."""
+    out_dir = Path(options.out_dir or Path("plots") / options.exp_name)
+    if ExperimentPaths(out_dir).exists():
+        raise RnnMnistError(
+            f"--out-dir {out_dir} is an experiment folder: the evaluation would overwrite its training "
+            f"metrics.json. Choose another --out-dir (unset: plots/{options.exp_name})"
+        )
+    check_writable_folder(out_dir, "--out-dir")
+    return out_dir
 
 
 def choose_indices(
@@ -191,6 +214,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             f"no experiment {options.exp_name!r} in {options.exp_dir}/ (no {paths.checkpoint}); "
             "train it first with train.py"
         )
+    out_dir = output_folder(options)
     device = resolve_device(options.device)
     compute = configure_cpu_math()
     model, checkpoint = load_model(paths.checkpoint, device)
@@ -198,7 +222,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     judge, judge_info = load_judge(options.judge_path) if options.judge else (None, None)
     saved_data = checkpoint.get("data_config", {})
     data_dir = options.data_dir or os.environ.get(DATA_ENV_VAR) or saved_data.get("data_dir")
-    data_config = DataConfig(**{**saved_data, "data_dir": data_dir})
+    data_config = DataConfig.from_dict({**saved_data, "data_dir": data_dir})
     test_pixels, test_labels = load_test_digits(data_config)  # binarised as in training
     chosen = choose_indices(
         test_labels, options.indices, options.num_digits, options.digit, options.seed, options.per_class
@@ -286,7 +310,6 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             "test_accuracy": judge_info["test_accuracy"],
         }
 
-    out_dir = Path(options.out_dir or Path("plots") / options.exp_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, k = completed.shape[:2]
     side = (IMAGE_SIDE, IMAGE_SIDE)

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from rnn_mnist.checkpoint import (
     ExperimentPaths,
-    load_checkpoint,
+    check_writable_folder,
+    load_weights,
     save_checkpoint,
     save_metrics,
     to_cpu,
@@ -31,16 +32,16 @@ from rnn_mnist.checkpoint import (
 from rnn_mnist.compute import autocast, configure_cpu_math
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted
+from rnn_mnist.experiment_lock import ExperimentLock
 from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
+from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
 from rnn_mnist.samples import write_epoch_samples
 from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
 
 LOSSES = ("bce", "mse")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 EVAL_BATCH_SIZE = 500
-# Flags that may differ on --resume: where the data is, where to run, and how far to train.
-RESUMABLE_CHANGES = {"epochs", "device", "data_dir", "resume", "overwrite"}
 
 
 @dataclass
@@ -197,32 +198,14 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resumed_flags(saved: dict[str, Any], given: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """The saved experiment's flags, updated with the few a resume may change.
-
-    ``explicit`` names the flags the user typed; typing another flag with a value that differs
-    from the experiment's is refused rather than silently ignored.
-    """
-    clashes = [
-        f"--{k.replace('_', '-')} {given[k]} (the experiment has {saved.get(k)})"
-        for k in sorted(explicit - RESUMABLE_CHANGES)
-        if given.get(k) != saved.get(k)
-    ]
-    if clashes:
-        raise RnnMnistError(
-            "--resume continues with the experiment's saved settings; drop "
-            + ", ".join(clashes)
-            + " or start a new experiment"
-        )
-    return {**saved, **{k: given[k] for k in RESUMABLE_CHANGES if k in given}}
-
-
 class RunLog:
     """Lines for the terminal (above the progress bar) and the experiment's ``train.log``."""
 
     def __init__(self, path, append: bool) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            self.file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise RnnMnistError(f"cannot write {path} ({exc.strerror or exc})") from None
 
     def __call__(self, line: str) -> None:
         tqdm.write(line)
@@ -246,18 +229,31 @@ def _format_epoch(entry: dict[str, Any]) -> str:
 
 
 def train_experiment(
-    flags: dict[str, Any], explicit: set[str] | None = None, show_progress: bool = True
+    flags: dict[str, Any], typed: set[str] | None = None, show_progress: bool = True
 ) -> list[dict[str, Any]]:
-    """Train (or resume) the experiment described by train.py's ``flags``; returns its history."""
+    """Train (or resume) the experiment described by train.py's ``flags``; returns its history.
+
+    ``typed`` names the flags the user typed (``cli.typed_flags``); None: every key of ``flags``.
+    The run holds the experiment folder's lock throughout: a second run there is refused.
+    """
+    check_run_mode(flags)
     paths = ExperimentPaths.of(flags["exp_dir"], flags["exp_name"])
+    if flags.get("resume") and not paths.checkpoint.exists():  # checked before the lock makes a folder
+        raise RnnMnistError(f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume")
+    with ExperimentLock(paths.root):
+        # Everything that could refuse the run comes before its work, not after an epoch of it.
+        check_writable_folder(paths.root, "experiment folder")
+        paths.remove_stale_temp_files()  # ours to remove: nobody else writes here while we hold the lock
+        return _train_locked(paths, flags, set(flags) if typed is None else typed, show_progress)
+
+
+def _train_locked(
+    paths: ExperimentPaths, flags: dict[str, Any], typed: set[str], show_progress: bool
+) -> list[dict[str, Any]]:
     checkpoint = None
     if flags.get("resume"):
-        if not paths.checkpoint.exists():
-            raise RnnMnistError(
-                f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume"
-            )
-        checkpoint = load_checkpoint(paths.checkpoint)
-        flags = resumed_flags(checkpoint["config"], flags, explicit or set())
+        checkpoint = load_training_checkpoint(paths.checkpoint)
+        flags = resumed_flags(checkpoint["config"], flags, typed)
     elif paths.exists() and not flags.get("overwrite"):
         raise RnnMnistError(
             f"experiment {paths.root} already exists; pass --resume to continue it "
@@ -266,15 +262,16 @@ def train_experiment(
 
     train_cfg = config_from_flags(TrainConfig, flags)
     data_cfg = config_from_flags(DataConfig, flags)
-    if checkpoint is not None:  # the saved configs are the source of truth
-        model_cfg = ModelConfig.from_dict(checkpoint["model_config"])
-        data_cfg = DataConfig(**{**checkpoint["data_config"], "data_dir": flags["data_dir"]})
-    else:
-        num_classes = 10 if flags.get("condition") == "label" else 0
-        try:
+    try:
+        if checkpoint is not None:  # the saved configs are the source of truth
+            model_cfg = ModelConfig.from_dict(checkpoint["model_config"])
+            data_cfg = DataConfig.from_dict({**checkpoint["data_config"], "data_dir": flags["data_dir"]})
+        else:
+            num_classes = 10 if flags.get("condition") == "label" else 0
             model_cfg = config_from_flags(ModelConfig, {**flags, "num_classes": num_classes})
-        except ValueError as exc:
-            raise RnnMnistError(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        where = f"{paths.checkpoint} holds an invalid config: " if checkpoint is not None else ""
+        raise RnnMnistError(f"{where}{exc}") from None
 
     device = resolve_device(train_cfg.device)
     if train_cfg.precision == "bf16" and device.type == "mps":
@@ -289,12 +286,13 @@ def train_experiment(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if checkpoint is not None:
+        load_weights(model, checkpoint["model_state"], paths.checkpoint)
         try:
-            model.load_state_dict(checkpoint["model_state"])
             optimizer.load_state_dict(checkpoint["optimizer_state"])
             restore_rng(checkpoint["rng_state"], generator, device)
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise RnnMnistError(f"{paths.checkpoint} does not match its own config ({exc})") from None
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RnnMnistError(f"{paths.checkpoint} does not match its own config ({reason})") from None
         history = list(checkpoint["history"])
         start_epoch = checkpoint["epoch"]
     elif flags.get("overwrite"):
@@ -354,8 +352,7 @@ def train_experiment(
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted; the checkpoint after epoch {saved_epoch} in {paths.root} is intact. "
-            f"Resume with: python train.py --exp-dir {train_cfg.exp_dir} "
-            f"--exp-name {train_cfg.exp_name} --resume"
+            f"Resume with: {resume_command(train_cfg.exp_dir, train_cfg.exp_name)}"
         ) from None
     finally:
         log.close()

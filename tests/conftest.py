@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
+import os
 import struct
 from pathlib import Path
 
@@ -76,3 +80,66 @@ def _no_download(monkeypatch):
 
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def make_read_only(monkeypatch):
+    """``make_read_only(folder)``: ``folder`` (and what is below it) then behaves as a read-only
+    folder, as after ``chmod a-w``: nothing can be created, renamed or removed in it, while the
+    files already there stay writable.
+
+    An ordinary user gets the real chmod (undone after the test). Root ignores permissions, so
+    there the file-system calls the toolkit makes are refused instead, with the same error.
+    """
+    restore: list[tuple[Path, int]] = []
+
+    def make(folder: Path) -> None:
+        folder = folder.resolve()
+        if os.geteuid() != 0:
+            restore.append((folder, folder.stat().st_mode))
+            folder.chmod(0o555)
+        else:
+            _refuse_changes_below(folder, monkeypatch)
+
+    yield make
+    for folder, mode in restore:
+        folder.chmod(mode)
+
+
+def _refuse_changes_below(folder: Path, monkeypatch) -> None:
+    def inside(path) -> bool:
+        resolved = Path(os.path.abspath(os.fsdecode(path)))
+        return resolved == folder or folder in resolved.parents
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    real_os_open, real_io_open = os.open, io.open
+    o_tmpfile = getattr(os, "O_TMPFILE", 0)
+
+    def os_open(path, flags, mode=0o777, *, dir_fd=None):
+        creates = bool(flags & os.O_CREAT) and not os.path.exists(path)
+        if inside(path) and (creates or (o_tmpfile and (flags & o_tmpfile) == o_tmpfile)):
+            refuse(path)
+        return real_os_open(path, flags, mode, dir_fd=dir_fd)
+
+    def io_open(file, mode="r", *args, **kwargs):
+        creates = bool(set(mode) & set("wax+")) and isinstance(file, (str, bytes, os.PathLike))
+        if creates and inside(file) and not os.path.exists(file):
+            refuse(file)
+        return real_io_open(file, mode, *args, **kwargs)
+
+    def refusing(real, path_positions):
+        def call(*args, **kwargs):
+            for i in path_positions:
+                if i < len(args) and inside(args[i]):
+                    refuse(args[i])
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(io, "open", io_open)
+    monkeypatch.setattr(builtins, "open", io_open)
+    for name, positions in (("mkdir", (0,)), ("replace", (0, 1)), ("rename", (0, 1)), ("unlink", (0,))):
+        monkeypatch.setattr(os, name, refusing(getattr(os, name), positions))

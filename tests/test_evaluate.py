@@ -303,3 +303,23 @@ def test_a_bad_judge_fails_in_one_line_before_any_rollout(experiment, mnist_dir,
         assert words in err and str(path.with_suffix("")) in err and "--no-judge" in err, (case, err)
         assert "Traceback" not in err and "weights_only=False" not in err
         assert not rollouts and not out.exists(), case
+def test_an_experiment_folder_is_refused_as_out_dir(experiment, capsys):
+    root, args = experiment
+    folder = root / "experiments" / "tiny"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, err = run_main([*args, "--out-dir", str(folder), "--num-digits", "2", "--no-gifs"], capsys)
+    assert code == 2 and "experiment folder" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # training metrics.json kept
+
+
+def test_an_unwritable_out_dir_is_refused_before_the_rollout(experiment, capsys, monkeypatch, make_read_only):
+    root, args = experiment
+
+    def no_rollout_yet(*args, **kwargs):
+        raise AssertionError("the rollout ran before the out-dir was checked")
+
+    monkeypatch.setattr(evaluation, "complete", no_rollout_yet)
+    (root / "locked").mkdir()
+    make_read_only(root / "locked")
+    code, err = run_main([*args, "--out-dir", str(root / "locked" / "out"), "--num-digits", "2"], capsys)
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,79 @@
+"""What ``--resume`` continues with, what it may change, and the command that resumes a run.
+
+    typed = typed_flags(parser, argv)                   # rnn_mnist.cli: what the user typed
+    checkpoint = load_training_checkpoint(paths.checkpoint)
+    flags = resumed_flags(checkpoint["config"], flags, typed)
+    print(resume_command(exp_dir, exp_name))
+
+An experiment is its saved settings. Where its folder lives is not one of them: a moved, copied or
+renamed folder, or the same one spelled another way, resumes. Only typed flags count: one that
+clashes with the experiment is refused even when it equals the parser's default, and one not typed
+never replaces the saved value (so a resume trains to the experiment's own ``--epochs`` and reads
+its own ``--data-dir``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.errors import RnnMnistError
+
+# Where the experiment's folder is now: taken from the command, never compared with the saved one.
+LOCATION_FLAGS = frozenset({"exp_dir", "exp_name"})
+# What may change on resume when typed: how far to train, where to run, where the data is.
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "data_dir"})
+RUN_MODE_FLAGS = frozenset({"resume", "overwrite"})
+# What a train.py checkpoint holds beyond what every rnn-mnist checkpoint holds.
+TRAINING_KEYS = ("config", "data_config", "history", "rng_state")
+
+
+def check_run_mode(flags: dict[str, Any]) -> None:
+    """``--resume`` and ``--overwrite`` ask for opposite things: refuse the pair."""
+    if flags.get("resume") and flags.get("overwrite"):
+        raise RnnMnistError(
+            "--resume continues the experiment and --overwrite starts it again: pass one of them"
+        )
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint train.py can continue from (not, say, a digit judge's)."""
+    checkpoint = load_checkpoint(path)
+    missing = [key for key in TRAINING_KEYS if key not in checkpoint]
+    if missing:
+        kind = checkpoint["model_config"].get("kind")
+        raise RnnMnistError(
+            f"cannot resume from {path}: it is not a train.py checkpoint (it has no {', '.join(missing)}"
+            + (f"; it holds a {kind}" if isinstance(kind, str) else "")
+            + ")"
+        )
+    return checkpoint
+
+
+def resumed_flags(saved: dict[str, Any], given: dict[str, Any], typed: set[str]) -> dict[str, Any]:
+    """The saved experiment's flags, with its current location and the typed changes it allows.
+
+    ``typed`` names the flags the user typed; typing another one with a value other than the
+    experiment's is refused rather than silently ignored.
+    """
+    clashes = [
+        f"--{key.replace('_', '-')} {given[key]} (the experiment has {saved.get(key)})"
+        for key in sorted(typed - RESUMABLE_CHANGES - LOCATION_FLAGS - RUN_MODE_FLAGS)
+        if key in given and given[key] != saved.get(key)
+    ]
+    if clashes:
+        raise RnnMnistError(
+            "--resume continues with the experiment's saved settings; drop "
+            + ", ".join(clashes)
+            + " or start a new experiment"
+        )
+    now = {key: given[key] for key in LOCATION_FLAGS | RUN_MODE_FLAGS if key in given}
+    changes = {key: given[key] for key in typed & RESUMABLE_CHANGES if key in given}
+    return {**saved, **now, **changes}
+
+
+def resume_command(exp_dir: str, exp_name: str) -> str:
+    """The command that continues an experiment as it was set up, to paste into a shell."""
+    return shlex.join(["python", "train.py", "--exp-dir", str(exp_dir), "--exp-name", exp_name, "--resume"])

@@ -1,0 +1,116 @@
+"""--resume as a user meets it: the printed command works pasted as is, a moved or copied
+experiment resumes, and only typed flags count (issue 11, findings 1 to 4)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO, tiny_train_args
+from conftest import run_main as run_script_main
+
+import train
+from rnn_mnist import training
+from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.cli import typed_flags
+from rnn_mnist.resume import resume_command
+
+
+def run_main(argv, capsys) -> tuple[int, str]:
+    return run_script_main(train.main, argv, capsys)
+
+
+def interrupt_in_epoch(monkeypatch, interrupted_epoch: int) -> None:
+    """Ctrl-C as train.py meets it, at the start of one epoch (deterministic, unlike a signal)."""
+    real_epoch = training._train_one_epoch
+
+    def epoch_or_ctrl_c(*args, **kwargs):
+        if args[6] == interrupted_epoch:  # the epoch argument
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_one_epoch", epoch_or_ctrl_c)
+
+
+def test_the_printed_resume_command_works_pasted_as_is(tmp_path, mnist_dir, capsys, monkeypatch):
+    # Started with --epochs 2 and --data-dir, stopped in epoch 2: the printed command names
+    # neither, and must still finish the experiment's own 2 epochs on its own data.
+    interrupt_in_epoch(monkeypatch, 2)
+    code, err = run_main(tiny_train_args(tmp_path, mnist_dir, "pasted", "--epochs", "2"), capsys)
+    assert code == 130, err
+    command = err.split("Resume with: ", 1)[1].strip()
+    assert command.startswith("python train.py ") and "--data-dir" not in command
+
+    env = {k: v for k, v in os.environ.items() if k != "RNN_MNIST_DATA"}  # no fallback to lean on
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # `python` is this one
+    data_before = (REPO / "data").exists()
+    result = subprocess.run(
+        command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch 1 of 2" in result.stdout
+    checkpoint = load_checkpoint(tmp_path / "pasted" / "checkpoint.ckpt")
+    assert checkpoint["epoch"] == 2 and [e["epoch"] for e in checkpoint["history"]] == [1, 2]
+    assert checkpoint["config"]["data_dir"] == str(mnist_dir)
+    assert (REPO / "data").exists() == data_before  # no stray ./data/MNIST/raw
+
+
+def test_the_resume_command_quotes_what_the_shell_would_split():
+    command = resume_command("my experiments/2024 'a'", "run-1")
+    assert shlex.split(command)[2:] == [
+        "--exp-dir",
+        "my experiments/2024 'a'",
+        "--exp-name",
+        "run-1",
+        "--resume",
+    ]
+
+
+def test_a_moved_copied_or_respelled_experiment_resumes(tmp_path, mnist_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train.main(tiny_train_args(tmp_path / "exp", mnist_dir, "orig", "--epochs", "1")) == 0
+    # The same folder spelled another way (it was saved as an absolute path).
+    code, err = run_main(["--exp-dir", "./exp/", "--exp-name", "orig", "--resume", "--epochs", "2"], capsys)
+    assert code == 0, err
+    # A copy elsewhere, under another name: where it lives is not part of the experiment.
+    shutil.copytree(tmp_path / "exp" / "orig", tmp_path / "elsewhere" / "copy")
+    code, err = run_main(
+        ["--exp-dir", str(tmp_path / "elsewhere"), "--exp-name", "copy", "--resume", "--epochs", "3"], capsys
+    )
+    assert code == 0, err
+    copy = load_checkpoint(tmp_path / "elsewhere" / "copy" / "checkpoint.ckpt")
+    assert copy["epoch"] == 3 and copy["config"]["exp_name"] == "copy"
+    assert load_checkpoint(tmp_path / "exp" / "orig" / "checkpoint.ckpt")["epoch"] == 2  # untouched
+
+
+def test_a_typed_flag_that_clashes_is_refused_even_at_its_default_value(tmp_path, mnist_dir, capsys):
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "small", "--epochs", "1")) == 0  # --hidden 8
+    # 128 is --hidden's default: comparing with defaults would not see that it was typed.
+    # fmt: off
+    argv = ["--exp-dir", str(tmp_path), "--exp-name", "small", "--data-dir", str(mnist_dir), "--resume",
+            "--epochs", "2", "--hidden", "128"]
+    # fmt: on
+    code, err = run_main(argv, capsys)
+    assert code == 2 and "--hidden-size 128 (the experiment has 8)" in err and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "small" / "checkpoint.ckpt")["epoch"] == 1
+
+
+def test_typed_flags_are_those_on_the_line_whatever_their_value():
+    parser = train.build_parser()
+    argv = ["--exp-name", "x", "--hidden", "128", "--preset", "fast", "--context", "--epochs", "10"]
+    assert typed_flags(parser, argv) == {"exp_name", "hidden_size", "preset", "context", "epochs"}
+    parser.set_defaults(**train.PRESETS["fast"])  # what a preset does: defaults, not typed flags
+    assert typed_flags(parser, ["--exp-name", "x", "--hidden-size", "64"]) == {"exp_name", "hidden_size"}
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, mnist_dir, capsys):
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "both", "--epochs", "1")) == 0
+    folder = tmp_path / "both"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()
+    code, err = run_main(tiny_train_args(tmp_path, mnist_dir, "both", "--resume", "--overwrite"), capsys)
+    assert code == 2 and "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
