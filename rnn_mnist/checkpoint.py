@@ -10,8 +10,8 @@ so it loads on any machine and with torch's safe loader.
 
 from __future__ import annotations
 
-import hashlib
 import glob
+import hashlib
 import json
 import os
 import pickle

@@ -303,6 +303,8 @@ def test_a_bad_judge_fails_in_one_line_before_any_rollout(experiment, mnist_dir,
         assert words in err and str(path.with_suffix("")) in err and "--no-judge" in err, (case, err)
         assert "Traceback" not in err and "weights_only=False" not in err
         assert not rollouts and not out.exists(), case
+
+
 def test_an_experiment_folder_is_refused_as_out_dir(experiment, capsys):
     root, args = experiment
     folder = root / "experiments" / "tiny"
