@@ -13,7 +13,7 @@ from conftest import run_main, tiny_train_args
 
 import evaluate
 import train
-from rnn_mnist.judge import DigitJudge, save_judge
+from rnn_mnist.judge import DigitJudge, save_judge, stored_state
 
 READERS = ("resume", "evaluate")
 
@@ -83,11 +83,9 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config(copy, mnist_dir, capsy
 
 @pytest.mark.parametrize("reader", READERS)
 def test_a_digit_judge_in_place_of_a_training_checkpoint(copy, mnist_dir, capsys, reader):
-    report = {"epochs": 1, "train_seconds": 0.0, "test_accuracy": {}}
-    save_judge(copy / "checkpoint.ckpt", DigitJudge(), report)
+    save_judge(copy / "checkpoint.ckpt", stored_state(DigitJudge()), {"test_accuracy": {}})
     code, err = read_back(reader, copy, mnist_dir, capsys)
-    expected = "not a train.py checkpoint" if reader == "resume" else "not a next-pixel model"
-    assert_one_line_error(code, err, expected, "digit-judge")
+    assert_one_line_error(code, err, "not an rnn-mnist checkpoint", "checkpoint.ckpt")
 
 
 @pytest.mark.parametrize("reader", READERS)
