@@ -41,6 +41,11 @@ def check_run_mode(flags: dict[str, Any]) -> None:
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint train.py can continue from (not, say, a digit judge's)."""
     checkpoint = load_checkpoint(path)
+    if "shipped" in checkpoint:  # rnn_mnist/pretrained.py: weights without optimizer or RNG state
+        raise RnnMnistError(
+            f"cannot resume from {path}: it is a shipped model (weights only, no optimizer state); "
+            "train your own with the command in COMMAND beside it"
+        )
     missing = [key for key in TRAINING_KEYS if key not in checkpoint]
     if missing:
         kind = checkpoint["model_config"].get("kind")

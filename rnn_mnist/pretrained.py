@@ -1,0 +1,107 @@
+"""Ship a trained experiment: its checkpoint without what only a resume needs, and its records.
+
+    python -m rnn_mnist.pretrained experiments/fast-f pretrained/fast \\
+        --command "python train.py --exp-name fast --preset fast --data-dir ../shared/mnist"
+
+The shipped folder is an experiment folder that evaluate.py reads like any other
+(``--exp-dir pretrained --exp-name fast``): ``checkpoint.ckpt`` (the weights, the model, data and
+training configs, the per-epoch history without per-batch losses; no optimizer or RNG state, so a
+shipped model is evaluated, not resumed), ``metrics.json``, ``train.log`` and ``COMMAND``, the exact
+command that trained it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnn_mnist.checkpoint import atomic_write, load_checkpoint, weights_sha256
+from rnn_mnist.cli import run_cli
+from rnn_mnist.data import DataConfig, load_test_digits
+from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.evaluation import load_model
+from rnn_mnist.rollout import teacher_forced_nll
+
+# What a shipped checkpoint keeps of a training one.
+KEPT_KEYS = ("format", "version", "config", "model_config", "data_config", "model_state", "epoch")
+SHIPPED_KEY = "shipped"  # marks a shipped checkpoint; --resume refuses it by this key
+CHECK_DIGITS = 200  # the first test digits whose NLL is recorded, for a quick check on any machine
+
+
+def slice_nll(folder: Path, data_dir: str | None, digits: int = CHECK_DIGITS) -> float:
+    """The mean test NLL (nats) of the experiment in ``folder`` on the first ``digits`` test digits,
+    binarised as in its training."""
+    model, checkpoint = load_model(Path(folder) / "checkpoint.ckpt", torch.device("cpu"))
+    config = DataConfig.from_dict({**checkpoint.get("data_config", {}), "data_dir": data_dir})
+    pixels, labels = load_test_digits(config)
+    labels = labels[:digits] if model.config.num_classes else None
+    return teacher_forced_nll(model, pixels[:digits], labels).mean().item()
+
+
+def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[str, Any]:
+    """Write the shipped copy of the experiment folder ``source`` into ``dest``; record its NLL on
+    the first CHECK_DIGITS test digits (MNIST from ``data_dir``) for tests/test_pretrained.py."""
+    source, dest = Path(source), Path(dest)
+    checkpoint = load_checkpoint(source / "checkpoint.ckpt")
+    for record in ("metrics.json", "train.log"):
+        if not (source / record).is_file():
+            raise RnnMnistError(f"{source} has no {record}: ship a finished train.py experiment")
+    history = [
+        {key: value for key, value in epoch.items() if key != "batch_losses"}
+        for epoch in checkpoint.get("history", [])
+    ]
+    shipped = {key: checkpoint[key] for key in KEPT_KEYS if key in checkpoint}
+    shipped.update(
+        history=history,
+        optimizer_state={},  # required by the format; empty: a shipped model is not resumed
+        scheduler_state={},
+        model_state={name: t.detach().cpu() for name, t in checkpoint["model_state"].items()},
+        **{
+            SHIPPED_KEY: {
+                "command": command,
+                "weights_sha256": weights_sha256(checkpoint["model_state"]),
+                f"test_nll_first_{CHECK_DIGITS}": slice_nll(source, data_dir),
+            }
+        },
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest / "checkpoint.ckpt", lambda f: torch.save(shipped, f))
+    for record in ("metrics.json", "train.log"):
+        shutil.copyfile(source / record, dest / record)
+    (dest / "COMMAND").write_text(command.strip() + "\n")
+    metrics = json.loads((source / "metrics.json").read_text())
+    last = metrics["history"][-1]
+    return {
+        "epochs": shipped["epoch"],
+        "test_nll_nats": last.get("test_nll_nats"),
+        "bytes": (dest / "checkpoint.ckpt").stat().st_size,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Copy a trained experiment into a shipped folder (weights and records, no optimizer).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("source", help="the experiment folder, e.g. experiments/fast-f")
+    parser.add_argument("dest", help="the shipped folder, e.g. pretrained/fast")
+    parser.add_argument("--command", required=True, help="the exact train.py command that made it")
+    parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (unset: $RNN_MNIST_DATA)")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        report = ship(Path(args.source), Path(args.dest), args.command, args.data_dir)
+        nll, size = report["test_nll_nats"], report["bytes"]
+        print(f"{args.dest}: epoch {report['epochs']}, test NLL {nll:.2f} nats, {size:,} bytes")
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
