@@ -8,6 +8,8 @@ Usage:
     python evaluate.py --exp-name gru-label --mask-pixels 784 --per-class 10  # 10 x 10 generated digits
     python evaluate.py --exp-name gru-label --mask-pixels 784 --per-class 10 --sampling bernoulli \
         --best-of 8 --best-by label-posterior  # keep the draw the model itself reads as its class
+    python evaluate.py --exp-name gru-128 --mask center:14 --inpaint sample --particles 32 \
+        --sampling bernoulli  # in-paint a hole, honouring the pixels after it (sequential Monte Carlo)
 
 Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
 truth), completions.png, completions.npz and metrics.json. The model and the test digits'
@@ -19,11 +21,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_float, positive_int, run_cli
+from rnn_mnist.cli import (
+    DefaultsHelpFormatter,
+    ShortErrorParser,
+    positive_float,
+    positive_int,
+    run_cli,
+    typed_flags,
+)
 from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
 from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
-from rnn_mnist.rollout import BEST_BY, SAMPLINGS
+from rnn_mnist.masks import MASK_KINDS
+from rnn_mnist.rollout import BEST_BY, INPAINTS, SAMPLINGS
 from rnn_mnist.training import DEVICES
 
 
@@ -51,7 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-pixels",
         type=int,
         default=284,
-        help=f"hide the last N pixels (1..{NUM_PIXELS}; {NUM_PIXELS}: blank)",
+        help=f"hide the last N pixels (1..{NUM_PIXELS}; {NUM_PIXELS}: blank); shorthand for --mask suffix:N",
+    )
+    parser.add_argument(
+        "--mask",
+        default=None,
+        metavar="SPEC",
+        help=f"hide any region: KIND:ARGS with KIND one of {', '.join(MASK_KINDS)}, e.g. center:14, "
+        "rows:10-17, cols:3-5, box:R0,C0,R1,C1 (inclusive), left:N, right:N, random:0.5 (drawn with --seed)",
+    )
+    parser.add_argument(
+        "--inpaint",
+        choices=INPAINTS,
+        default="blind",
+        help="blind: draw the hole from the pixels before it; sample / best: sequential Monte Carlo with "
+        "--particles, weighing each fill by the visible pixels after it, then keep one particle per digit "
+        "drawn by weight / the most likely one",
+    )
+    parser.add_argument(
+        "--particles", type=positive_int, default=1, help="particles per digit for --inpaint sample / best"
     )
     parser.add_argument(
         "--sampling",
@@ -120,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--indices must be 0 or more")
     if args.judge_path is not None and not args.judge:
         parser.error("--judge names the judge to use and --no-judge skips it: give one of them")
+    if args.mask is not None and "mask_pixels" in typed_flags(parser, argv):
+        parser.error("--mask-pixels N is --mask suffix:N: give one of them")
     options = EvalOptions(**vars(args))
     return run_cli(lambda: print(summary(evaluate_experiment(options))))
 

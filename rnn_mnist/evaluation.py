@@ -40,8 +40,9 @@ from rnn_mnist.data import (
 )
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, classify, load_judge
+from rnn_mnist.masks import parse_mask, suffix_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import BEST_BY, complete, most_likely, most_recognisable, teacher_forced_nll
+from rnn_mnist.rollout import BEST_BY, INPAINTS, complete, most_likely, most_recognisable, teacher_forced_nll
 from rnn_mnist.training import resolve_device
 
 
@@ -51,6 +52,9 @@ class EvalOptions:
     exp_dir: str = "experiments"
     out_dir: str | None = None  # None: plots/<exp_name>
     mask_pixels: int = 284
+    mask: str | None = None  # a mask spec (rnn_mnist/masks.py); None: the last mask_pixels pixels
+    inpaint: str = "blind"  # blind | sample | best (rnn_mnist/rollout.py)
+    particles: int = 1  # sequential Monte Carlo particles per digit (--inpaint sample / best)
     sampling: str = "greedy"
     temperature: float = 1.0
     samples: int = 1
@@ -126,10 +130,14 @@ def choose_indices(
 
 
 def completion_metrics(
-    completed: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, nll: torch.Tensor, mask_pixels: int
+    completed: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    nll: torch.Tensor,
+    hidden: torch.Tensor,
 ) -> dict[str, Any]:
-    """Masked pixel accuracy and NLL, overall and per class; completed is (N, K, 784)."""
-    hidden = slice(NUM_PIXELS - mask_pixels, NUM_PIXELS)
+    """Masked pixel accuracy and NLL over the ``hidden`` pixels (784,) bool, overall and per class;
+    completed is (N, K, 784)."""
     correct = (completed[:, :, hidden] == targets[:, None, hidden]).float().mean(dim=(1, 2))  # (N,)
     per_class = {
         str(d): {
@@ -152,12 +160,13 @@ def agreement_metrics(
     predicted_prefix_only: torch.Tensor,
     predicted_ground_truth: torch.Tensor,
     labels: torch.Tensor,
-    mask_pixels: int,
+    from_scratch: bool,
 ) -> dict[str, Any]:
     """Class agreement of completions (N, K) with the true labels (N,), beside its floor and ceiling.
 
-    The floor is the judge's reading of the visible prefix alone (hidden region blank), the
+    The floor is the judge's reading of the visible pixels alone (hidden region blank), the
     ceiling its reading of the true digit: what the completion adds lies between the two.
+    ``from_scratch``: everything was hidden, so also report which classes were drawn.
     """
     agree = (predicted == labels[:, None]).float().mean(dim=1)  # (N,)
     floor = (predicted_prefix_only == labels).float()
@@ -175,27 +184,53 @@ def agreement_metrics(
             for d in labels.unique().tolist()
         },
     }
-    if mask_pixels == NUM_PIXELS:  # generation from scratch: does it draw every class, confidently?
+    if from_scratch:  # does it draw every class, confidently?
         metrics["generated_class_histogram"] = torch.bincount(predicted.flatten(), minlength=10).tolist()
         metrics["mean_judge_confidence"] = float(confidence.mean())
     return metrics
 
 
 def judge_completions(
-    judge: DigitJudge, completed: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, mask_pixels: int
+    judge: DigitJudge,
+    completed: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    hidden: torch.Tensor,
 ) -> dict[str, Any]:
     n, k = completed.shape[:2]
     probs = classify(judge, completed.reshape(n * k, NUM_PIXELS)).reshape(n, k, 10)
-    prefix_only = targets.clone()
-    prefix_only[:, NUM_PIXELS - mask_pixels :] = 0
+    visible_only = targets.masked_fill(hidden, 0)
     return agreement_metrics(
         probs.argmax(dim=-1),
         probs.max(dim=-1).values,
-        classify(judge, prefix_only).argmax(dim=1),
+        classify(judge, visible_only).argmax(dim=1),
         classify(judge, targets).argmax(dim=1),
         labels,
-        mask_pixels,
+        from_scratch=bool(hidden.all()),
     )
+
+
+def check_inpainting(options: EvalOptions) -> None:
+    """Refuse combinations of --inpaint, --particles, --samples and --best-of that mean nothing."""
+    if options.inpaint not in INPAINTS:
+        raise RnnMnistError(f"--inpaint must be one of {', '.join(INPAINTS)}, not {options.inpaint!r}")
+    if options.inpaint == "blind":
+        if options.particles != 1:
+            raise RnnMnistError(
+                "--particles weighs particles by the pixels after the hole: use it with --inpaint sample or "
+                "best (blind filling draws --samples independent completions)"
+            )
+        return
+    if options.samples != 1 or options.best_of:
+        raise RnnMnistError(
+            f"--inpaint {options.inpaint} keeps one particle per digit: use --particles, "
+            "not --samples or --best-of"
+        )
+    if options.particles > 1 and options.sampling != "bernoulli":
+        raise RnnMnistError(
+            f"--inpaint {options.inpaint} with {options.particles} particles draws the hole: it needs "
+            f"--sampling bernoulli, not {options.sampling} (greedy particles would all be the same)"
+        )
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -208,6 +243,9 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     """Complete the chosen test digits, write the pictures and arrays, return the metrics."""
     if not 1 <= options.mask_pixels <= NUM_PIXELS:
         raise RnnMnistError(f"--mask-pixels must be in 1..{NUM_PIXELS}, not {options.mask_pixels}")
+    mask_spec = options.mask or f"suffix:{options.mask_pixels}"
+    hidden = parse_mask(options.mask, options.seed) if options.mask else suffix_mask(options.mask_pixels)
+    check_inpainting(options)
     paths = ExperimentPaths.of(options.exp_dir, options.exp_name)
     if not paths.checkpoint.exists():
         raise RnnMnistError(
@@ -239,6 +277,8 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
     chunks = []
+    ess_sum, resamples = 0.0, 0  # in-painting: effective sample size (digit-weighted), resamplings
+    smc = options.inpaint != "blind"
     started = time.perf_counter()
     for start in tqdm(
         range(0, len(chosen), options.batch_size),
@@ -250,14 +290,17 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         result = complete(
             model,
             targets[batch],
-            options.mask_pixels,
-            options.sampling,
-            options.best_of or options.samples,
-            options.temperature,
-            generator,
-            labels[batch] if conditioned else None,
-            options.precision,
+            sampling=options.sampling,
+            samples=options.particles if smc else options.best_of or options.samples,
+            temperature=options.temperature,
+            generator=generator,
+            labels=labels[batch] if conditioned else None,
+            precision=options.precision,
+            hidden=hidden,
+            inpaint=options.inpaint,
         )
+        ess_sum += result.mean_ess * len(result.completed)
+        resamples += result.resamples
         if options.best_of:
             by_label = options.best_by == "label-posterior"
             result = most_recognisable(model, result, labels[batch]) if by_label else most_likely(result)
@@ -268,15 +311,16 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     completed = torch.cat(chunks)  # (N, K, 784)
 
     # Teacher-forced NLL of each digit's hidden pixels given all its earlier true pixels.
-    nll = teacher_forced_nll(
-        model, targets, labels if conditioned else None, NUM_PIXELS - options.mask_pixels, options.batch_size
-    )
+    nll = teacher_forced_nll(model, targets, labels if conditioned else None, hidden, options.batch_size)
     metrics = {
         "experiment": options.exp_name,
         "checkpoint_epoch": checkpoint["epoch"],
         # Which weights these numbers describe: compare shows them only beside the same checkpoint.
         "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
-        "mask_pixels": options.mask_pixels,
+        "mask": mask_spec,
+        "mask_pixels": int(hidden.sum()),
+        "inpaint": options.inpaint,
+        "particles": options.particles,
         "sampling": options.sampling,
         "temperature": options.temperature,
         "samples": options.samples,
@@ -285,7 +329,14 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "seed": options.seed,
         "num_digits": len(chosen),
         "conditioned_on_label": conditioned,
-        **completion_metrics(completed, targets, labels, nll, options.mask_pixels),
+        **completion_metrics(completed, targets, labels, nll, hidden),
+        # In-painting: the mean effective sample size when particles were weighed (K when nothing
+        # visible follows the hole), and how many times a digit's particles were resampled.
+        **(
+            {"mean_effective_sample_size": ess_sum / len(chosen), "resampling_events": resamples}
+            if smc
+            else {}
+        ),
         "rollout_seconds": seconds,
         "digits_per_second": len(chosen) / seconds,
         "completions_per_second": len(chosen) * options.samples / seconds,
@@ -295,11 +346,11 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     }
 
     if judge is not None:
-        judged = judge_completions(judge, completed, targets, labels, options.mask_pixels)
+        judged = judge_completions(judge, completed, targets, labels, hidden)
         for digit, values in judged.pop("per_class").items():
             metrics["per_class"][digit].update(values)
         metrics.update(judged)
-        if conditioned and options.mask_pixels == NUM_PIXELS:  # drawn from nothing but the label
+        if conditioned and hidden.all():  # drawn from nothing but the label
             metrics["target_accuracy"] = metrics["class_agreement"]
         # Measured once when the judge was made, on the 10,000 test digits binarised this way.
         binarization = binarization_name(data_config.binarize, data_config.threshold)
@@ -319,16 +370,16 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         targets=targets.reshape(n, *side).numpy(),
         labels=labels.numpy(),
         indices=chosen.numpy(),
-        mask_pixels=np.array(options.mask_pixels),
+        hidden=hidden.reshape(*side).numpy(),
     )
-    grid = visualise.completion_grid(completed.numpy(), options.mask_pixels, columns=options.per_class)
+    grid = visualise.completion_grid(completed.numpy(), hidden.numpy(), columns=options.per_class)
     atomic_write(out_dir / "completions.png", lambda f: f.write(visualise.png_bytes(grid)))
     if options.gifs:
         for i in tqdm(range(n), desc="GIFs", unit="digit", disable=not show_progress or n < 8):
             for sample in range(k):
                 name = f"{labels[i]}-{chosen[i]}" + (f"-{sample}" if k > 1 else "") + ".gif"
                 frames = visualise.triptych_frames(
-                    completed[i, sample].numpy(), targets[i].numpy(), int(labels[i]), options.mask_pixels
+                    completed[i, sample].numpy(), targets[i].numpy(), int(labels[i]), hidden.numpy()
                 )
                 visualise.save_gif(out_dir / name, frames)
     text = json.dumps(metrics, indent=2)
@@ -343,7 +394,7 @@ def summary(metrics: dict[str, Any]) -> str:
         f"{metrics['num_digits']} digits x {metrics['samples']} ({metrics['sampling']}"
         + (f", best of {metrics['best_of']} by {metrics['best_by']}" if metrics["best_of"] else "")
         + "), "
-        f"mask {metrics['mask_pixels']} px, on {metrics['device']}: "
+        f"mask {metrics['mask']} ({metrics['mask_pixels']} px), on {metrics['device']}: "
         f"{metrics['rollout_seconds']:.2f} s ({metrics['digits_per_second']:,.0f} digits/s)",
         f"masked pixel accuracy {metrics['masked_pixel_accuracy']:.4f}, "
         f"masked NLL {metrics['masked_nll_nats']:.2f} nats (teacher forced)",
@@ -356,8 +407,13 @@ def summary(metrics: dict[str, Any]) -> str:
         lines.append(
             f"class agreement ({judge}): "
             f"completions {metrics['class_agreement']:.3f}, "
-            f"prefix only {metrics['class_agreement_prefix_only']:.3f}, "
+            f"visible pixels only {metrics['class_agreement_prefix_only']:.3f}, "
             f"ground truth {metrics['class_agreement_ground_truth']:.3f}"
+        )
+    if "mean_effective_sample_size" in metrics:
+        lines.append(
+            f"in-painting {metrics['inpaint']} with {metrics['particles']} particles: mean effective sample "
+            f"size {metrics['mean_effective_sample_size']:.1f}, {metrics['resampling_events']:,} resamplings"
         )
     if "target_accuracy" in metrics:
         lines.append(f"target accuracy (judged as the requested class): {metrics['target_accuracy']:.3f}")

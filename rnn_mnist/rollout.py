@@ -301,11 +301,11 @@ def teacher_forced_nll(
     model: NextPixelModel,
     pixels: torch.Tensor,
     labels: torch.Tensor | None = None,
-    first_pixel: int = 0,
+    counted: torch.Tensor | None = None,
     batch_size: int = 500,
 ) -> torch.Tensor:
-    """NLL (nats, (N,)) of pixels ``first_pixel``.. of each image (N, 784), each given all the
-    true pixels before it. ``labels`` (N,) are for label-conditioned models."""
+    """NLL (nats, (N,)) of the ``counted`` pixels (784,) bool (None: all) of each image (N, 784),
+    each given all the true pixels before it. ``labels`` (N,) are for label-conditioned models."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -314,8 +314,10 @@ def teacher_forced_nll(
         for start in range(0, len(pixels), batch_size):
             x = pixels[start : start + batch_size].to(device).float()
             batch_labels = None if labels is None else labels[start : start + batch_size]
-            logits = model.teacher_forced_logits(x, batch_labels)[:, first_pixel:]
-            nll = F.binary_cross_entropy_with_logits(logits, x[:, first_pixel:], reduction="none")
+            logits = model.teacher_forced_logits(x, batch_labels)
+            nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+            if counted is not None:
+                nll = nll[:, counted.to(device)]
             out.append(nll.sum(dim=1).cpu())
     finally:
         model.train(was_training)

@@ -1,11 +1,13 @@
 """Pictures of completions: animated GIF triptychs and a PNG grid.
 
-    frames = triptych_frames(completed, target, label, mask_pixels=284)
+    frames = triptych_frames(completed, target, label, mask=284)   # the last 284 pixels hidden
+    frames = triptych_frames(completed, target, label, mask=hidden) # or any (784,) bool mask
     save_gif("plots/gru-128/7-0.gif", frames)
-    grid = completion_grid(completed_nk, mask_pixels=284)   # (H, W, 3) uint8, for png_bytes
+    grid = completion_grid(completed_nk, mask=284)   # (H, W, 3) uint8, for png_bytes
 
 Given pixels are white, generated ones orange, pixels not yet generated (or hidden) slate blue,
-so a reader always sees what the model drew and what it was told.
+so a reader always sees what the model drew and what it was told. A GIF fills the hidden pixels
+in the order the model generated them.
 """
 
 from __future__ import annotations
@@ -27,13 +29,23 @@ SCALE, GAP, TITLE_HEIGHT = 6, 8, 22
 MAX_FRAMES, FRAME_MS, HOLD_MS = 90, 40, 2000
 
 
-def colour_pixels(pixels: np.ndarray, mask_pixels: int, generated_until: int = NUM_PIXELS) -> np.ndarray:
-    """RGB (28, 28, 3) of one 784-pixel sequence: given, generated (up to a step) and hidden parts."""
+Mask = int | np.ndarray  # the number of hidden pixels at the end, or a (784,) bool mask (True = hidden)
+
+
+def hidden_pixels(mask: Mask) -> np.ndarray:
+    """The (784,) bool mask of ``mask``."""
+    if isinstance(mask, int | np.integer):
+        return np.arange(NUM_PIXELS) >= NUM_PIXELS - int(mask)
+    return np.asarray(mask, dtype=bool).reshape(NUM_PIXELS)
+
+
+def colour_pixels(pixels: np.ndarray, mask: Mask, generated_until: int = NUM_PIXELS) -> np.ndarray:
+    """RGB (28, 28, 3) of one 784-pixel sequence: given, generated (before pixel
+    ``generated_until``) and still hidden parts."""
     pixels = np.asarray(pixels).reshape(NUM_PIXELS).astype(bool)
-    visible = NUM_PIXELS - mask_pixels
     position = np.arange(NUM_PIXELS)
     rgb = np.empty((NUM_PIXELS, 3), dtype=np.uint8)
-    given = position < visible
+    given = ~hidden_pixels(mask)
     generated = ~given & (position < generated_until)
     rgb[given] = np.where(pixels[given, None], GIVEN_ON, OFF)
     rgb[generated] = np.where(pixels[generated, None], GENERATED_ON, GENERATED_OFF)
@@ -73,17 +85,17 @@ def _side_by_side(panels: list[np.ndarray], titles: np.ndarray) -> np.ndarray:
 
 
 def triptych_frames(
-    completed: np.ndarray, target: np.ndarray, label: int, mask_pixels: int, max_frames: int = MAX_FRAMES
+    completed: np.ndarray, target: np.ndarray, label: int, mask: Mask, max_frames: int = MAX_FRAMES
 ) -> list[np.ndarray]:
     """Frames of given | completion drawn pixel by pixel | ground truth, the last one complete."""
-    visible = NUM_PIXELS - mask_pixels
-    given = upscale(colour_pixels(target, mask_pixels, generated_until=visible))
+    hidden = np.flatnonzero(hidden_pixels(mask))  # in the order they are generated
+    given = upscale(colour_pixels(target, mask, generated_until=0))
     truth = upscale(colour_pixels(target, 0))
     titles = title_strip((f"given [{label}]", "completion", f"ground truth [{label}]"), given.shape[1])
-    per_frame = math.ceil(mask_pixels / (max_frames - 1))
-    steps = [*range(visible, NUM_PIXELS, per_frame), NUM_PIXELS]
+    per_frame = math.ceil(len(hidden) / (max_frames - 1))
+    steps = [*(int(hidden[i]) for i in range(0, len(hidden), per_frame)), NUM_PIXELS]
     return [
-        _side_by_side([given, upscale(colour_pixels(completed, mask_pixels, until)), truth], titles)
+        _side_by_side([given, upscale(colour_pixels(completed, mask, until)), truth], titles)
         for until in steps
     ]
 
@@ -95,13 +107,13 @@ def save_gif(path: Path | str, frames: list[np.ndarray]) -> None:
 
 
 def completion_grid(
-    completed: np.ndarray, mask_pixels: int, scale: int = 3, columns: int | None = None
+    completed: np.ndarray, mask: Mask, scale: int = 3, columns: int | None = None
 ) -> np.ndarray:
     """One RGB image tiling every completion (N, K, 784): a row per digit and a column per sample
     when K > 1, else ``columns`` per row (default: a square)."""
     n, k, _ = completed.shape
     columns = k if k > 1 else columns or math.ceil(math.sqrt(n))
-    tiles = [upscale(colour_pixels(c, mask_pixels), scale) for c in completed.reshape(n * k, NUM_PIXELS)]
+    tiles = [upscale(colour_pixels(c, mask), scale) for c in completed.reshape(n * k, NUM_PIXELS)]
     rows = math.ceil(len(tiles) / columns)
     side = IMAGE_SIDE * scale
     grid = np.full((rows * (side + 2) + 2, columns * (side + 2) + 2, 3), BACKGROUND, dtype=np.uint8)

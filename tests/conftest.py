@@ -143,3 +143,10 @@ def _refuse_changes_below(folder: Path, monkeypatch) -> None:
     monkeypatch.setattr(builtins, "open", io_open)
     for name, positions in (("mkdir", (0,)), ("replace", (0, 1)), ("rename", (0, 1)), ("unlink", (0,))):
         monkeypatch.setattr(os, name, refusing(getattr(os, name), positions))
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (subfolders such as samples/ included), by relative path."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()
+    }

@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TEST_DIGITS, tiny_train_args
+from conftest import REPO, TEST_DIGITS, folder_files, tiny_train_args
 from conftest import run_main as run_script_main
 
 import evaluate
@@ -136,7 +136,7 @@ def test_gif_frames_size_and_last_frame():
     rng = np.random.default_rng(0)
     target, completed = rng.integers(0, 2, 784), rng.integers(0, 2, 784)
     completed[:500] = target[:500]
-    frames = visualise.triptych_frames(completed, target, label=8, mask_pixels=284)
+    frames = visualise.triptych_frames(completed, target, label=8, mask=284)
     assert 10 < len(frames) <= 100
     width = frames[0].shape[1]
     panel = 28 * visualise.SCALE
@@ -151,7 +151,7 @@ def test_gif_frames_size_and_last_frame():
 
 
 def test_gif_file_decodes_loops_and_is_small(tmp_path):
-    frames = visualise.triptych_frames(np.ones(784, int), np.ones(784, int), label=1, mask_pixels=284)
+    frames = visualise.triptych_frames(np.ones(784, int), np.ones(784, int), label=1, mask=284)
     path = tmp_path / "1-0.gif"
     visualise.save_gif(path, frames)
     decoded = iio.imread(path, index=None)
@@ -308,11 +308,10 @@ def test_a_bad_judge_fails_in_one_line_before_any_rollout(experiment, mnist_dir,
 def test_an_experiment_folder_is_refused_as_out_dir(experiment, capsys):
     root, args = experiment
     folder = root / "experiments" / "tiny"
-    files = lambda: {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}  # noqa: E731
-    before = files()
+    before = folder_files(folder)
     code, err = run_main([*args, "--out-dir", str(folder), "--num-digits", "2", "--no-gifs"], capsys)
     assert code == 2 and "experiment folder" in err and len(err.strip().splitlines()) == 1
-    assert files() == before  # the training metrics.json kept
+    assert folder_files(folder) == before  # the training metrics.json kept
 
 
 def test_an_unwritable_out_dir_is_refused_before_the_rollout(experiment, capsys, monkeypatch, make_read_only):

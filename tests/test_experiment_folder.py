@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, tiny_train_args
+from conftest import REPO, folder_files, tiny_train_args
 from conftest import run_main as run_script_main
 
 import train
@@ -84,7 +84,7 @@ def test_resume_into_a_read_only_folder_fails_before_training(
 ):
     assert train.main(tiny_train_args(tmp_path, mnist_dir, "ro", "--epochs", "1")) == 0
     folder = tmp_path / "ro"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = folder_files(folder)
     epochs_trained = []
     real_epoch = training._train_one_epoch
     monkeypatch.setattr(
@@ -96,7 +96,7 @@ def test_resume_into_a_read_only_folder_fails_before_training(
     assert code == 2 and str(folder) in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
     assert epochs_trained == []  # refused before the work, not at the first save
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert folder_files(folder) == before
 
 
 def test_stale_temp_files_of_a_killed_save_are_cleaned_at_start(tmp_path, mnist_dir, capsys):

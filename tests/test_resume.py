@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, tiny_train_args
+from conftest import REPO, folder_files, tiny_train_args
 from conftest import run_main as run_script_main
 
 import train
@@ -109,8 +109,8 @@ def test_typed_flags_are_those_on_the_line_whatever_their_value():
 def test_resume_and_overwrite_together_are_refused(tmp_path, mnist_dir, capsys):
     assert train.main(tiny_train_args(tmp_path, mnist_dir, "both", "--epochs", "1")) == 0
     folder = tmp_path / "both"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = folder_files(folder)
     capsys.readouterr()
     code, err = run_main(tiny_train_args(tmp_path, mnist_dir, "both", "--resume", "--overwrite"), capsys)
     assert code == 2 and "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert folder_files(folder) == before
