@@ -325,3 +325,56 @@ def test_an_unwritable_out_dir_is_refused_before_the_rollout(experiment, capsys,
     make_read_only(root / "locked")
     code, err = run_main([*args, "--out-dir", str(root / "locked" / "out"), "--num-digits", "2"], capsys)
     assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_inpainting_end_to_end_writes_mask_aware_metrics(experiment, capsys):
+    root, args = experiment
+    out = root / "inpaint"
+    argv = [*args, "--out-dir", str(out), "--num-digits", "3", "--mask", "center:6", "--inpaint", "sample"]
+    code, _ = run_main([*argv, "--particles", "4", "--sampling", "bernoulli", "--no-judge"], capsys)
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mask"] == "center:6" and metrics["mask_pixels"] == 36 and metrics["particles"] == 4
+    assert 1 <= metrics["mean_effective_sample_size"] <= 4 and metrics["resampling_events"] >= 0
+    with np.load(out / "completions.npz") as npz:
+        hidden = npz["hidden"].reshape(784)
+        assert hidden.sum() == 36 and hidden.reshape(28, 28)[11:17, 11:17].all()
+        assert (
+            npz["completed"].reshape(3, 784)[:, ~hidden] == npz["targets"].reshape(3, 784)[:, ~hidden]
+        ).all()
+    assert len(list(out.glob("*.gif"))) == 3
+
+
+@pytest.mark.parametrize(
+    "extra, phrase",
+    [
+        (["--particles", "4"], "--inpaint sample or best"),
+        (["--inpaint", "sample", "--particles", "4"], "--sampling bernoulli"),
+        (["--inpaint", "best", "--samples", "2", "--sampling", "bernoulli"], "--particles"),
+        (["--mask", "center:99"], "center:99"),
+        (["--mask", "center:4", "--mask-pixels", "100"], "--mask suffix:N"),
+    ],
+)
+def test_inpainting_flags_that_mean_nothing_are_refused(experiment, capsys, extra, phrase):
+    root, args = experiment
+    code, err = run_main([*args, "--out-dir", str(root / "refused"), "--num-digits", "2", *extra], capsys)
+    assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1
+
+
+def test_gif_of_a_hole_fills_it_in_pixel_order():
+    hidden = np.zeros(784, bool)
+    hidden[300:310] = hidden[600:605] = True
+    target = np.ones(784, int)
+    frames = visualise.triptych_frames(target, target, label=1, mask=hidden, max_frames=6)
+    panel, top = 28 * visualise.SCALE, visualise.TITLE_HEIGHT
+    left = 2 * visualise.GAP + panel
+
+    def middle(frame, pixel):  # the colour of one pixel of the completion panel
+        row, col = divmod(pixel, 28)
+        return tuple(frame[top + row * visualise.SCALE, left + col * visualise.SCALE])
+
+    assert middle(frames[0], 0) == visualise.GIVEN_ON and middle(frames[0], 300) == visualise.HIDDEN
+    assert middle(frames[-1], 300) == middle(frames[-1], 604) == visualise.GENERATED_ON
+    drawn = [[middle(f, p) == visualise.GENERATED_ON for p in np.flatnonzero(hidden)] for f in frames]
+    assert all(a <= b for d in drawn for a, b in zip(d[1:], d, strict=False))  # filled in order
+    assert sorted(map(sum, drawn)) == list(map(sum, drawn))  # and never unfilled
