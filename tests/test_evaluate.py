@@ -19,6 +19,7 @@ from rnn_mnist import evaluation, judge, visualise
 from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import choose_indices, completion_metrics
+from rnn_mnist.masks import suffix_mask
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +65,12 @@ def test_cli_end_to_end_outputs(experiment):
 
     with np.load(out / "completions.npz") as npz:
         arrays = dict(npz)
-    assert set(arrays) == {"completed", "targets", "labels", "indices", "mask_pixels"}
+    assert set(arrays) == {"completed", "targets", "labels", "indices", "hidden"}
     assert arrays["completed"].shape == (2, 2, 28, 28) and arrays["completed"].dtype == np.uint8
     assert set(np.unique(arrays["completed"])) <= {0, 1}
     assert arrays["targets"].shape == (2, 28, 28) and arrays["targets"].dtype == np.uint8
-    assert arrays["indices"].tolist() == [5, 0] and arrays["mask_pixels"].shape == ()
-    assert int(arrays["mask_pixels"]) == 284
+    assert arrays["indices"].tolist() == [5, 0] and arrays["hidden"].shape == (28, 28)
+    assert np.flatnonzero(arrays["hidden"]).tolist() == list(range(500, 784))
     # The visible prefix is the target's; only the last 284 pixels were generated.
     flat_completed, flat_targets = arrays["completed"].reshape(2, 2, 784), arrays["targets"].reshape(2, 784)
     assert (flat_completed[:, :, :500] == flat_targets[:, None, :500]).all()
@@ -166,7 +167,7 @@ def test_completion_metrics_by_hand():
     completed[0, 0, 780:] = 1  # digit 0: 4 of its 4 hidden pixels wrong
     completed[1, 0, 782] = 1  # digit 1: 1 of 4 wrong
     metrics = completion_metrics(
-        completed, targets, torch.tensor([7, 2]), torch.tensor([1.0, 3.0]), mask_pixels=4
+        completed, targets, torch.tensor([7, 2]), torch.tensor([1.0, 3.0]), hidden=suffix_mask(4)
     )
     assert metrics["masked_pixel_accuracy"] == pytest.approx((0 / 4 + 3 / 4) / 2)
     assert metrics["masked_nll_nats"] == pytest.approx(2.0)
