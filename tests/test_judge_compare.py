@@ -86,14 +86,19 @@ def test_class_agreement_by_hand():
     labels = torch.tensor([3, 3, 7])
     predicted = torch.tensor([[3, 5], [3, 3], [1, 1]])  # per digit: 1/2, 2/2, 0/2 -> mean 0.5
     metrics = agreement_metrics(
-        predicted, torch.full((3, 2), 0.9), torch.tensor([3, 0, 0]), torch.tensor([3, 3, 7]), labels, 284
+        predicted,
+        torch.full((3, 2), 0.9),
+        torch.tensor([3, 0, 0]),
+        torch.tensor([3, 3, 7]),
+        labels,
+        from_scratch=False,
     )
     assert metrics["class_agreement"] == pytest.approx(0.5)
     assert metrics["class_agreement_prefix_only"] == pytest.approx(1 / 3)
     assert metrics["class_agreement_ground_truth"] == pytest.approx(1.0)
     assert metrics["per_class"]["3"]["class_agreement"] == pytest.approx(0.75)
     assert "generated_class_histogram" not in metrics
-    blank = agreement_metrics(predicted, torch.full((3, 2), 0.9), labels, labels, labels, 784)
+    blank = agreement_metrics(predicted, torch.full((3, 2), 0.9), labels, labels, labels, from_scratch=True)
     assert blank["generated_class_histogram"] == [0, 2, 0, 3, 0, 1, 0, 0, 0, 0]
     assert blank["mean_judge_confidence"] == pytest.approx(0.9)
 
