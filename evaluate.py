@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     choice.add_argument("--digit", type=int, default=None, help="only digits of this class (0..9)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
-    parser.add_argument("--batch-size", type=positive_int, default=1000, help="digits completed together")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1000,
+        help="digits completed together (with --particles K: batch-size / K digits, K particles each)",
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

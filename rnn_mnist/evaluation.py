@@ -279,14 +279,17 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     chunks = []
     ess_sum, resamples = 0.0, 0  # in-painting: effective sample size (digit-weighted), resamplings
     smc = options.inpaint != "blind"
+    # SMC steps K particles per digit: batch_size / K digits at a time keeps a batch's rows (and
+    # its arrays, which must stay in cache to step fast) the size of a blind batch.
+    digits_per_batch = max(1, options.batch_size // options.particles) if smc else options.batch_size
     started = time.perf_counter()
     for start in tqdm(
-        range(0, len(chosen), options.batch_size),
+        range(0, len(chosen), digits_per_batch),
         desc="completing",
         unit="batch",
-        disable=not show_progress or len(chosen) <= options.batch_size,
+        disable=not show_progress or len(chosen) <= digits_per_batch,
     ):
-        batch = slice(start, start + options.batch_size)
+        batch = slice(start, start + digits_per_batch)
         result = complete(
             model,
             targets[batch],
