@@ -11,6 +11,7 @@ so it loads on any machine and with torch's safe loader.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -126,8 +127,23 @@ def save_metrics(paths: ExperimentPaths, metrics: dict[str, Any]) -> None:
         **metrics,
         "history": [{k: v for k, v in entry.items() if k != "batch_losses"} for entry in metrics["history"]],
     }
-    text = json.dumps(readable, indent=2, allow_nan=True)
-    atomic_write(paths.metrics_json, lambda f: f.write(text.encode()))
+    atomic_write(paths.metrics_json, lambda f: f.write(json_bytes(readable)))
+
+
+def json_bytes(value: Any) -> bytes:
+    """Strict JSON (RFC 8259) of plain values: a NaN or infinity, which JSON cannot hold (Python would
+    write ``NaN``/``Infinity``, which strict parsers reject), is written as null."""
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), indent=2, allow_nan=False).encode()
 
 
 def to_cpu(value: Any) -> Any:

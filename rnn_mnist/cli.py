@@ -1,47 +1,81 @@
-"""What train.py and evaluate.py share: flag types, one-line errors, and clean exits."""
+"""What train.py and evaluate.py share: flag types, one-line errors, and clean exits.
+
+Every numeric flag's range is declared here, once, as an argparse type built by ``bounded``:
+a value outside it (or NaN, inf, text) is a one-line ``error:`` before any work starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from rnn_mnist.errors import RnnMnistError
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+# numpy's legacy seeding takes 0..2**32-1; torch's generators take more, but values past 2**32
+# would seed numpy and torch differently (or alias one another), so every seed stays in this range.
+SEED_MAX = 2**32 - 1
+# Adam's step is about lr per weight: past 1 the weights leave any useful range within a few
+# batches, and past ~3e38 the update overflows fp32 inside the optimiser.
+LR_MAX = 1.0
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def bounded(
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], int | float]:
+    """An argparse type that reads an int or float and checks it lies in its range.
+
+    ``low``/``high`` of None leave that side open; ``low_open``/``high_open`` exclude the bound.
+    NaN and infinities are always refused.
+    """
+    if kind is int:
+        what = (
+            f"an integer in {low}..{high}"
+            if low is not None and high is not None
+            else f"an integer, at least {low}"
+            if low is not None
+            else "an integer"
+        )
+    else:
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
+        what = f"a number in {left}{'-inf' if low is None else f'{low:g}'}, "
+        what += f"{'inf' if high is None else f'{high:g}'}{right}"
+
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        inside = (
+            math.isfinite(value)
+            and (low is None or (value > low if low_open else value >= low))
+            and (high is None or (value < high if high_open else value <= high))
+        )
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    convert.__name__ = what  # what argparse names in its own messages
+    return convert
 
 
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+positive_float = bounded(float, 0, low_open=True)
+non_negative_float = bounded(float, 0)
+fraction = bounded(float, 0, 1, high_open=True)
+rng_seed = bounded(int, 0, SEED_MAX)
+learning_rate = bounded(float, 0, LR_MAX, low_open=True)
+decay_factor = bounded(float, 0, 1, low_open=True)  # a factor that may only lower the lr
 
 
 def milestones(text: str) -> tuple[int, ...]:
@@ -52,6 +86,28 @@ def milestones(text: str) -> tuple[int, ...]:
     if any(v < 1 for v in values) or list(values) != sorted(set(values)):
         raise argparse.ArgumentTypeError(f"epochs must be increasing and at least 1, got {text!r}")
     return values
+
+
+_UNTYPED = object()
+
+
+def typed_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags typed in ``argv``, whatever their values (a typed default counts).
+
+    argparse fills in a default only where the namespace lacks the attribute, so parsing into a
+    namespace pre-filled with a marker leaves the marker exactly on the flags not typed.
+    """
+    blank = argparse.Namespace(**{a.dest: _UNTYPED for a in parser._actions})
+    parsed = parser.parse_args(argv, namespace=blank)
+    return {dest for dest, value in vars(parsed).items() if value is not _UNTYPED}
+
+
+def refuse_contradictions(parser: argparse.ArgumentParser, rules: list[tuple[bool, str]]) -> None:
+    """Refuse the first rule that holds: a flag that the other flags would make meaningless is an
+    error, never silently ignored."""
+    for holds, message in rules:
+        if holds:
+            parser.error(message)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,13 +127,46 @@ class ShortErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: what failed, where, and what it means here."""
+    path = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device while writing {path}; free some space and try again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason}: {path}; check its permissions or choose another folder"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"a name in {path} is too long for the file system ({reason})"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename is not None:
+        blocking = _first_file(Path(path))
+        if blocking is not None:
+            what = "" if blocking == Path(path) else f": it cannot hold {path}"
+            return f"{blocking} is a file, not a folder{what}"
+    return f"{reason}: {path}"
+
+
+def _first_file(path: Path) -> Path | None:
+    """The outermost part of ``path`` that exists as a file (where a folder was expected)."""
+    for part in [*reversed(path.parents), path]:
+        try:
+            if part.is_file():
+                return part
+        except OSError:
+            return None
+    return None
+
+
 def run_cli(action: Callable[[], object]) -> int:
-    """Run a script's work; an RnnMnistError or Ctrl-C becomes one line on stderr and an exit code."""
+    """Run a script's work; an RnnMnistError, a failed file operation or Ctrl-C becomes one line on
+    stderr and an exit code."""
     try:
         action()
     except RnnMnistError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk, a read-only or missing folder, a name too long...
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

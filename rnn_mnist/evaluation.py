@@ -9,7 +9,6 @@ The model and the binarisation of the test digits come from the checkpoint alone
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from rnn_mnist import visualise
-from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint
+from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, json_bytes, load_checkpoint
 from rnn_mnist.compute import configure_cpu_math
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
@@ -290,8 +289,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
                     completed[i, sample].numpy(), targets[i].numpy(), int(labels[i]), options.mask_pixels
                 )
                 visualise.save_gif(out_dir / name, frames)
-    text = json.dumps(metrics, indent=2)
-    atomic_write(out_dir / "metrics.json", lambda f: f.write(text.encode()))
+    atomic_write(out_dir / "metrics.json", lambda f: f.write(json_bytes(metrics)))
     metrics["out_dir"] = str(out_dir)
     return metrics
 

@@ -12,7 +12,6 @@ random shifts so that it judges shape, not position) and cached under the experi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -23,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rnn_mnist.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from rnn_mnist.cli import DefaultsHelpFormatter, run_cli
+from rnn_mnist.checkpoint import atomic_write, json_bytes, load_checkpoint, save_checkpoint
+from rnn_mnist.cli import DefaultsHelpFormatter, positive_int, rng_seed, run_cli
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.training import optimize
@@ -167,7 +166,7 @@ def save_judge(path: Path, judge: DigitJudge, report: dict) -> None:
             "report": report,
         },
     )
-    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(report, indent=2).encode()))
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(json_bytes(report)))
 
 
 def load_or_train_judge(exp_dir: str, data_dir: str | None) -> tuple[DigitJudge, dict]:
@@ -189,12 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--exp-dir", default="experiments", help="where the judge is cached")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw; unset: $RNN_MNIST_DATA")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs over the 60k digits")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation and augmentation")
+    parser.add_argument("--epochs", type=positive_int, default=6, help="training epochs over the 60k digits")
+    parser.add_argument("--seed", type=rng_seed, default=0, help="seeds initialisation and augmentation")
     parser.add_argument("--overwrite", action="store_true", help="retrain even if a judge is cached")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error("--epochs must be at least 1")
     path = judge_path(args.exp_dir)
     if path.exists() and not args.overwrite:
         print(f"error: a judge is already cached at {path}; pass --overwrite to retrain it", file=sys.stderr)

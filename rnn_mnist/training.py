@@ -135,11 +135,19 @@ def train_step(
 def optimize(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, value: torch.Tensor, clip: float | None
 ) -> torch.Tensor:
-    """Backpropagate ``value``, clip the gradient norm, step; returns the detached value."""
+    """Backpropagate ``value``, clip the gradient norm, step; returns the detached value.
+
+    A NaN or infinite loss or gradient raises NonFiniteLoss before the step, so that nothing
+    non-finite ever reaches the weights (or, through them, a checkpoint).
+    """
     optimizer.zero_grad(set_to_none=True)
     value.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    # Without --clip the norm is still computed, to be checked (max_norm inf leaves the gradient as it is).
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
+    if not bool(torch.isfinite(value.detach()) & torch.isfinite(norm)):  # one sync for both
+        loss = value.item()
+        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm.item()}"
+        raise NonFiniteLoss(f"the training {what}")
     optimizer.step()
     return value.detach()
 
@@ -404,17 +412,20 @@ def _train_one_epoch(
             group["lr"] = lr_at(batches_done + batch_index)
         eps = schedule.teacher_forcing_prob(batches_done + batch_index)
         eps_values.append(eps)
-        if eps < 1.0 and mode == "sequential":
-            with autocast(device, cfg.precision):
-                logits, _ = sequential_logits(model, batch, eps, generator, labels)
-            value = optimize(model, optimizer, pixel_loss(logits.float(), batch, cfg.loss), cfg.clip)
-        else:
-            fed = parallel_mixture(model, batch, eps, generator, labels, cfg.ss_passes)
-            value = train_step(model, optimizer, batch, cfg.loss, cfg.clip, labels, fed, cfg.precision)
-        loss = value.item()
-        if not math.isfinite(loss):
+        try:
+            if eps < 1.0 and mode == "sequential":
+                with autocast(device, cfg.precision):
+                    logits, _ = sequential_logits(model, batch, eps, generator, labels)
+                value = optimize(model, optimizer, pixel_loss(logits.float(), batch, cfg.loss), cfg.clip)
+            else:
+                fed = parallel_mixture(model, batch, eps, generator, labels, cfg.ss_passes)
+                value = train_step(model, optimizer, batch, cfg.loss, cfg.clip, labels, fed, cfg.precision)
+            loss = value.item()
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"the training loss became {loss}")
+        except NonFiniteLoss as exc:
             bar.close()
-            raise NonFiniteLoss(f"the training loss became {loss} in epoch {epoch}, batch {batch_index + 1}")
+            raise NonFiniteLoss(f"{exc} in epoch {epoch}, batch {batch_index + 1}") from None
         batch_losses.append(loss)
         seen += len(idx)
         bar.set_postfix(
@@ -426,7 +437,7 @@ def _train_one_epoch(
     val_labels, test_labels = (data.val_labels, data.test_labels) if conditioned else (None, None)
     val = evaluate_nll(model, data.val, cfg.loss, device, val_labels) if len(data.val) else None
     test = evaluate_nll(model, data.test, cfg.loss, device, test_labels)
-    return {
+    entry = {
         "epoch": epoch,
         "lr": lr,
         "teacher_forcing_prob": float(np.mean(eps_values)),
@@ -441,3 +452,8 @@ def _train_one_epoch(
         "train_sequences_per_second": seen / train_seconds,
         "batch_losses": batch_losses,
     }
+    # The step's own guard keeps the weights finite; this one keeps every number the epoch saves so.
+    for key, value in entry.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteLoss(f"the {key.replace('_', ' ')} became {value} in epoch {epoch}")
+    return entry
