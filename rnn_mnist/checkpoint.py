@@ -31,6 +31,8 @@ REQUIRED_KEYS = ("model_config", "model_state", "optimizer_state", "scheduler_st
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _EXP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# File systems allow 255 bytes a name; leave room for the temporary files' prefix and suffix.
+MAX_EXP_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class ExperimentPaths:
             raise RnnMnistError(
                 f"experiment name {exp_name!r} must be letters, digits, '.', '_' or '-' "
                 "(and start with a letter or digit)"
+            )
+        if len(exp_name) > MAX_EXP_NAME:
+            raise RnnMnistError(
+                f"experiment name {exp_name[:20]}... is {len(exp_name)} characters long; "
+                f"at most {MAX_EXP_NAME}"
             )
         return cls(Path(exp_dir) / exp_name)
 
@@ -87,8 +94,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; honour the umask instead
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: name it
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

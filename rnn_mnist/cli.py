@@ -7,13 +7,11 @@ a value outside it (or NaN, inf, text) is a one-line ``error:`` before any work 
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.errors import RnnMnistError, describe_os_error
 
 # numpy's legacy seeding takes 0..2**32-1; torch's generators take more, but values past 2**32
 # would seed numpy and torch differently (or alias one another), so every seed stays in this range.
@@ -125,35 +123,6 @@ class ShortErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line for a failed file operation: what failed, where, and what it means here."""
-    path = exc.filename if exc.filename is not None else "a file"
-    reason = exc.strerror or type(exc).__name__
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on the device while writing {path}; free some space and try again"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{reason}: {path}; check its permissions or choose another folder"
-    if exc.errno == errno.ENAMETOOLONG:
-        return f"a name in {path} is too long for the file system ({reason})"
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename is not None:
-        blocking = _first_file(Path(path))
-        if blocking is not None:
-            what = "" if blocking == Path(path) else f": it cannot hold {path}"
-            return f"{blocking} is a file, not a folder{what}"
-    return f"{reason}: {path}"
-
-
-def _first_file(path: Path) -> Path | None:
-    """The outermost part of ``path`` that exists as a file (where a folder was expected)."""
-    for part in [*reversed(path.parents), path]:
-        try:
-            if part.is_file():
-                return part
-        except OSError:
-            return None
-    return None
 
 
 def run_cli(action: Callable[[], object]) -> int:

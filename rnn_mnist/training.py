@@ -30,7 +30,7 @@ from rnn_mnist.checkpoint import (
 )
 from rnn_mnist.compute import autocast, configure_cpu_math
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
-from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted
+from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted, describe_os_error
 from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
 from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
@@ -229,12 +229,16 @@ class RunLog:
 
     def __init__(self, path, append: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
 
     def __call__(self, line: str) -> None:
         tqdm.write(line)
-        self.file.write(line + "\n")
-        self.file.flush()
+        try:
+            self.file.write(line + "\n")
+            self.file.flush()
+        except OSError as exc:  # a full disk: name the file
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def close(self) -> None:
         self.file.close()
@@ -329,9 +333,22 @@ def train_experiment(
 
     log = RunLog(paths.log, append=checkpoint is not None)
     saved_epoch = start_epoch
+
+    def save_or_explain(epoch: int) -> None:
+        """``save``; a failed write (a full disk) is one line saying what is still there."""
+        try:
+            save(epoch)
+        except OSError as exc:
+            kept = (
+                f"the checkpoint after epoch {saved_epoch} in {paths.root} is intact"
+                if checkpoint is not None or epoch > saved_epoch
+                else "nothing was saved"
+            )
+            raise RnnMnistError(f"could not save epoch {epoch}: {describe_os_error(exc)}; {kept}") from None
+
     try:
         if checkpoint is None:
-            save(0)  # so that even an interrupted first epoch can be resumed
+            save_or_explain(0)  # so that even an interrupted first epoch can be resumed
             log(
                 f"{paths.root}: {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers}, "
                 f"{count_parameters(model):,} parameters, {len(data.train_grey):,} train"
@@ -354,7 +371,7 @@ def train_experiment(
                     f"{paths.root}. Try a lower --lr or a --clip."
                 ) from None
             history.append({**entry, "compute": compute})
-            save(epoch)
+            save_or_explain(epoch)
             saved_epoch = epoch
             log(_format_epoch(entry))
     except KeyboardInterrupt:
