@@ -25,6 +25,7 @@ from rnn_mnist.compute import configure_cpu_math
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
+from rnn_mnist.memory import MemoryNeed, check_fits, evaluation_need
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import BEST_BY, complete, most_likely, most_recognisable, teacher_forced_nll
 from rnn_mnist.training import resolve_device
@@ -202,6 +203,28 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             "without --condition label"
         )
 
+    draws = options.best_of or options.samples
+
+    def need_at(batch_size: int) -> MemoryNeed:
+        return evaluation_need(
+            model.config,
+            digits=len(chosen),
+            draws=draws,
+            kept=options.samples,
+            batch_size=batch_size,
+            mask_pixels=options.mask_pixels,
+            device=device,
+            judge=options.judge,
+            gifs=options.gifs,
+            label_posterior=options.best_by == "label-posterior",
+        )
+
+    check_fits(  # before the rollout: an allocation that does not fit wakes the OOM killer
+        need_at,
+        options.batch_size,
+        f"completing {len(chosen):,} digits x {draws:,} {'draws' if options.best_of else 'samples'}",
+        "ask for fewer completions (--num-digits, --per-class, --samples or --best-of)",
+    )
     generator = torch.Generator(device=device).manual_seed(options.seed)
     chunks = []
     started = time.perf_counter()

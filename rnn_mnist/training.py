@@ -32,6 +32,7 @@ from rnn_mnist.compute import autocast, configure_cpu_math
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted, describe_os_error
 from rnn_mnist.lr_schedule import LrSchedule
+from rnn_mnist.memory import MemoryNeed, check_fits, training_need
 from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
 from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
 
@@ -295,6 +296,24 @@ def train_experiment(
     generator = torch.Generator().manual_seed(train_cfg.seed)  # shuffling and dynamic binarisation
     data = load_binarized_mnist(data_cfg)
 
+    def need_at(batch_size: int) -> MemoryNeed:
+        return training_need(
+            model_cfg,
+            batch_size,
+            train_digits=len(data.train_grey),
+            eval_digits=max(len(data.val), len(data.test)),
+            device=device,
+            eval_batch_size=EVAL_BATCH_SIZE,
+            dynamic=data_cfg.binarize == "dynamic",
+        )
+
+    check_fits(  # before the model exists: an allocation that does not fit wakes the OOM killer
+        need_at,
+        train_cfg.batch_size,
+        f"training a {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers} "
+        f"at batch {train_cfg.batch_size}",
+        "the model alone does not fit: lower --hidden, --layers or --head-hidden",
+    )
     model = NextPixelModel(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     history: list[dict[str, Any]] = []
