@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from rnn_mnist import visualise
 from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, json_bytes, load_checkpoint
@@ -27,8 +27,19 @@ from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, accuracy, classify, load_or_train_judge
 from rnn_mnist.memory import MemoryNeed, check_fits, evaluation_need
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import BEST_BY, complete, most_likely, most_recognisable, teacher_forced_nll
+from rnn_mnist.progress import progress
+from rnn_mnist.rollout import (
+    BEST_BY,
+    Completion,
+    complete,
+    most_likely,
+    most_recognisable,
+    teacher_forced_nll,
+)
 from rnn_mnist.training import resolve_device
+
+# Draws scored together when reading the label back (rollout.label_log_posterior's batch).
+LABEL_POSTERIOR_ROWS = 500
 
 
 @dataclass
@@ -167,6 +178,20 @@ def judge_completions(
     )
 
 
+def _most_recognisable_in_pieces(
+    model: NextPixelModel, result: Completion, labels: torch.Tensor, piece: int, done: Callable[[], object]
+) -> Completion:
+    """``most_recognisable`` over ``piece`` digits at a time, calling ``done`` after each (progress)."""
+    kept = []
+    for start in range(0, len(labels), piece):
+        part = slice(start, start + piece)
+        kept.append(
+            most_recognisable(model, Completion(result.completed[part], result.probs[part]), labels[part])
+        )
+        done()
+    return Completion(torch.cat([k.completed for k in kept]), torch.cat([k.probs for k in kept]))
+
+
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -226,38 +251,63 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "ask for fewer completions (--num-digits, --per-class, --samples or --best-of)",
     )
     generator = torch.Generator(device=device).manual_seed(options.seed)
+    starts = range(0, len(chosen), options.batch_size)
+    by_label = options.best_of is not None and options.best_by == "label-posterior"
+    # Progress per pixel step, not per batch: one batch of 1,000 digits x 8 draws takes minutes.
+    stepping = progress(
+        total=len(starts) * options.mask_pixels,
+        desc=f"completing {len(chosen):,} digits x {draws}",
+        unit="px",
+        enabled=show_progress,
+    )
+    # Reading the label back costs ten teacher-forced passes per draw: pieces of at most 500 draws.
+    piece = max(1, LABEL_POSTERIOR_ROWS // draws)
+    scoring = progress(
+        total=sum(-(-min(options.batch_size, len(chosen) - start) // piece) for start in starts),
+        desc="reading the labels back",
+        unit="batch",
+        enabled=show_progress and by_label,
+    )
     chunks = []
     started = time.perf_counter()
-    for start in tqdm(
-        range(0, len(chosen), options.batch_size),
-        desc="completing",
-        unit="batch",
-        disable=not show_progress or len(chosen) <= options.batch_size,
-    ):
-        batch = slice(start, start + options.batch_size)
-        result = complete(
-            model,
-            targets[batch],
-            options.mask_pixels,
-            options.sampling,
-            options.best_of or options.samples,
-            options.temperature,
-            generator,
-            labels[batch] if conditioned else None,
-            options.precision,
-        )
-        if options.best_of:
-            by_label = options.best_by == "label-posterior"
-            result = most_recognisable(model, result, labels[batch]) if by_label else most_likely(result)
-        chunks.append(result.completed)
+    with stepping, scoring:
+        for start in starts:
+            batch = slice(start, start + options.batch_size)
+            result = complete(
+                model,
+                targets[batch],
+                options.mask_pixels,
+                options.sampling,
+                draws,
+                options.temperature,
+                generator,
+                labels[batch] if conditioned else None,
+                options.precision,
+                on_step=stepping.update,
+            )
+            if by_label:
+                result = _most_recognisable_in_pieces(model, result, labels[batch], piece, scoring.update)
+            elif options.best_of:
+                result = most_likely(result)
+            chunks.append(result.completed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     completed = torch.cat(chunks)  # (N, K, 784)
 
     # Teacher-forced NLL of each digit's hidden pixels given all its earlier true pixels.
-    nll = teacher_forced_nll(
-        model, targets, labels if conditioned else None, NUM_PIXELS - options.mask_pixels, options.batch_size
+    first_hidden, size = NUM_PIXELS - options.mask_pixels, options.batch_size
+    nll = torch.cat(
+        [
+            teacher_forced_nll(
+                model,
+                targets[i : i + size],
+                labels[i : i + size] if conditioned else None,
+                first_hidden,
+                size,
+            )
+            for i in progress(starts, "masked NLL", unit="batch", enabled=show_progress)
+        ]
     )
     metrics = {
         "experiment": options.exp_name,
@@ -305,7 +355,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     grid = visualise.completion_grid(completed.numpy(), options.mask_pixels, columns=options.per_class)
     atomic_write(out_dir / "completions.png", lambda f: f.write(visualise.png_bytes(grid)))
     if options.gifs:
-        for i in tqdm(range(n), desc="GIFs", unit="digit", disable=not show_progress or n < 8):
+        for i in progress(range(n), "GIFs", unit="digit", enabled=show_progress):
             for sample in range(k):
                 name = f"{labels[i]}-{chosen[i]}" + (f"-{sample}" if k > 1 else "") + ".gif"
                 frames = visualise.triptych_frames(

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from rnn_mnist.checkpoint import atomic_write, json_bytes, load_checkpoint, save_checkpoint
 from rnn_mnist.cli import DefaultsHelpFormatter, positive_int, rng_seed, run_cli
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.progress import progress
 from rnn_mnist.training import optimize
 
 JUDGE_FOLDER = "judge"
@@ -119,12 +119,7 @@ def train_judge(
     for epoch in range(1, epochs + 1):
         judge.train()
         order = torch.randperm(len(grey), generator=generator)
-        bar = tqdm(
-            range(0, len(grey), batch_size),
-            desc=f"judge epoch {epoch}/{epochs}",
-            leave=False,
-            mininterval=1 if sys.stderr.isatty() else 30,
-        )
+        bar = progress(range(0, len(grey), batch_size), f"judge epoch {epoch}/{epochs}", unit="batch")
         for start in bar:
             idx = order[start : start + batch_size]
             images = random_shift(as_images(random_binarization(grey[idx], generator)), generator)

@@ -57,10 +57,12 @@ def rollout(
     temperature: float = 1.0,
     labels: torch.Tensor | None = None,
     precision: str = "fp32",
+    on_step: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``num_steps`` pixels after ``visible`` (B, V) floats. ``choose`` sees the
     probabilities with the logits divided by ``temperature``; ``labels`` (B,) are for
-    label-conditioned models; ``precision`` bf16 runs the GEMMs in bf16 (rnn_mnist/compute.py).
+    label-conditioned models; ``precision`` bf16 runs the GEMMs in bf16 (rnn_mnist/compute.py);
+    ``on_step`` is called after every pixel step (progress).
 
     Returns the fed-back values (B, num_steps) and the model's own probabilities (B, num_steps),
     at temperature 1 whatever ``temperature`` is, so that they score a completion by the model's
@@ -80,6 +82,8 @@ def rollout(
             probs[:, step] = torch.sigmoid(logit)
             tempered = probs[:, step] if temperature == 1 else torch.sigmoid(logit / temperature)
             canvas[:, t] = choose(tempered, t)
+            if on_step is not None:
+                on_step()
     return canvas[:, num_visible:], probs
 
 
@@ -93,10 +97,12 @@ def complete(
     generator: torch.Generator | None = None,
     labels: torch.Tensor | None = None,
     precision: str = "fp32",
+    on_step: Callable[[], object] | None = None,
 ) -> Completion:
     """Hide the last ``mask_pixels`` of each digit (N, 784) and complete it ``samples`` times.
 
-    ``labels`` (N,) tell a label-conditioned model which digit to draw.
+    ``labels`` (N,) tell a label-conditioned model which digit to draw; ``on_step`` is called
+    after every pixel step.
     """
     if not 1 <= mask_pixels <= NUM_PIXELS:
         raise ValueError(f"mask_pixels must be in 1..{NUM_PIXELS}, not {mask_pixels}")
@@ -110,7 +116,7 @@ def complete(
     model.eval()
     try:
         fed, probs = rollout(
-            model, visible, mask_pixels, chooser(sampling, generator), temperature, labels, precision
+            model, visible, mask_pixels, chooser(sampling, generator), temperature, labels, precision, on_step
         )
     finally:
         model.train(was_training)
