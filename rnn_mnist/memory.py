@@ -9,8 +9,8 @@ add up the large arrays a run will hold (parameters with their gradients and Ada
 activations a step keeps for every pixel, the completions and pictures evaluate keeps) and refuse
 what exceeds the free memory, saying how much it needs and what to lower. The counts follow the
 code (rnn_mnist/gru.py's buffers, rollout.py's canvas) with constants measured on the CPU (peak
-RSS, within about 30% there; GPU kernels keep other buffers): enough to tell a run that fits from
-one that needs ten times the machine, not a plan to the last megabyte.
+RSS, which they match from 10% below to 40% above; GPU kernels keep other buffers): enough to tell
+a run that fits from one that needs ten times the machine, not a plan to the last megabyte.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from rnn_mnist.models import CPU_READ_CHUNK, ModelConfig
 
 FLOAT = 4  # bytes: activations, parameters and probabilities are fp32
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # gate blocks of H per layer
-# Floats per hidden unit that one sequence holds per pixel: the peak RSS of training steps at
-# batch 128 (GRU on rnn_mnist/gru.py: gates_x, rz, gh_n, n, states forward, d_gates_x, d_gh and
-# the states' gradients backward; LSTM and RNN on nn.LSTM / nn.RNN) and of teacher-forced passes
-# of 500 digits, measured on the CPU and rounded up.
-TRAINING_FLOATS = {"gru": 22, "lstm": 30, "rnn": 10}
-INFERENCE_FLOATS = 5
+# Floats per hidden unit that one sequence holds per pixel: how the peak RSS of training steps grew
+# with the batch (32 to 512, GRU-128 on rnn_mnist/gru.py: gates_x, rz, gh_n, n, states forward,
+# d_gates_x, d_gh and the states' gradients backward; LSTM and RNN on nn.LSTM / nn.RNN), and that
+# of teacher-forced passes (100 to 1,000 digits), measured on the CPU and rounded up.
+TRAINING_FLOATS = {"gru": 16, "lstm": 19, "rnn": 6}
+INFERENCE_FLOATS = 4
+# What the first steps add whatever the batch (kernels' workspaces, the allocator's pools): ~190 MB.
+RUNTIME_BYTES = 256 * 2**20
 # A rollout step: the state and a step's gates (ROLLOUT_STEP_FLOATS per unit), and the prefix read
 # in chunks of pixels, each holding its gates and states (ROLLOUT_READ_FLOATS per unit and pixel).
 ROLLOUT_STEP_FLOATS, ROLLOUT_READ_FLOATS = 10, 9
@@ -151,6 +153,7 @@ def training_need(
     parts = {
         "parameters, gradients and Adam's moments": 4 * FLOAT * parameter_count(config),
         "activations": FLOAT * NUM_PIXELS * max(step, evaluation),
+        "the runtime": RUNTIME_BYTES,
     }
     host = {"dynamic binarisation": train_digits * NUM_PIXELS * (FLOAT + 1)} if dynamic else {}
     return MemoryNeed(device, parts, host)
@@ -186,6 +189,7 @@ def evaluation_need(
     parts = {
         "the rollout": FLOAT * rows * rollout_floats_per_row(config, mask_pixels, device),
         "teacher-forced passes": teacher_forced * max(min(batch_size, digits), 500 if label_posterior else 0),
+        "the runtime": RUNTIME_BYTES,
     }
     completions = digits * kept
     host = {
