@@ -37,7 +37,14 @@ from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
 from rnn_mnist.scheduled_sampling import Schedule
-from rnn_mnist.tasks import EVAL_BATCH_SIZE, Task, evaluate_nll, make_task, pixel_loss  # noqa: F401
+from rnn_mnist.tasks import (  # noqa: F401 (evaluate_nll, pixel_loss: used through this module too)
+    EVAL_BATCH_SIZE,
+    Task,
+    check_task_flags,
+    evaluate_nll,
+    make_task,
+    pixel_loss,
+)
 
 LOSSES = ("bce", "mse")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -189,6 +196,8 @@ def train_experiment(
     The run holds the experiment folder's lock throughout: a second run there is refused.
     """
     check_run_mode(flags)
+    if not flags.get("resume"):  # a resumed run's task is the saved one: checked once it is known
+        check_task_flags(flags)
     paths = ExperimentPaths.of(flags["exp_dir"], flags["exp_name"])
     if flags.get("resume") and not paths.checkpoint.exists():  # checked before the lock makes a folder
         raise RnnMnistError(f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume")
