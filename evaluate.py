@@ -10,10 +10,14 @@ Usage:
         --best-of 8 --best-by label-posterior  # keep the draw the model itself reads as its class
     python evaluate.py --exp-name gru-128 --mask center:14 --inpaint sample --particles 32 \
         --sampling bernoulli  # in-paint a hole, honouring the pixels after it (sequential Monte Carlo)
+    python evaluate.py --exp-name smnist                 # a --task classify experiment: accuracy, confusion
+    python evaluate.py --exp-name gru-label --classify --against smnist  # the generative model, read
 
 Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
-truth), completions.png, completions.npz and metrics.json. The model and the test digits'
-binarisation come from the experiment's checkpoint; no architecture flags are needed.
+truth), completions.png, completions.npz and metrics.json; for a classify experiment or --classify,
+metrics.json, confusion.png, misread.png and accuracy-by-pixels.png (rnn_mnist/reading.py). The
+model and the test digits' binarisation come from the experiment's checkpoint; no architecture
+flags are needed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
 from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
 from rnn_mnist.masks import MASK_KINDS
+from rnn_mnist.reading import is_classifier_experiment, read_digits, reading_summary
 from rnn_mnist.rollout import BEST_BY, INPAINTS, SAMPLINGS
 from rnn_mnist.training import DEVICES
 
@@ -130,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(rnn_mnist/weights/judge.pt)",
     )
     judging.add_argument("--no-judge", dest="judge", action="store_false", help="skip class agreement")
+    reading = parser.add_argument_group("reading digits (a --task classify experiment, or --classify)")
+    reading.add_argument(
+        "--classify",
+        action="store_true",
+        help="read a label-conditioned model as a classifier: p(class | image) by Bayes' rule from ten "
+        "teacher-forced passes, test accuracy, and accuracy by pixels read",
+    )
+    reading.add_argument(
+        "--against",
+        default=None,
+        metavar="EXP",
+        help="with --classify: draw this classify experiment's accuracy by pixels read on the same axes",
+    )
+    reading.add_argument(
+        "--test-digits",
+        type=positive_int,
+        default=None,
+        help="read only the first N test digits (unset: all)",
+    )
     return parser
 
 
@@ -150,8 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--judge names the judge to use and --no-judge skips it: give one of them")
     if args.mask is not None and "mask_pixels" in typed_flags(parser, argv):
         parser.error("--mask-pixels N is --mask suffix:N: give one of them")
+    if args.against is not None and not args.classify:
+        parser.error("--against adds a classifier's curve to --classify's: give --classify too")
     options = EvalOptions(**vars(args))
-    return run_cli(lambda: print(summary(evaluate_experiment(options))))
+
+    def run() -> None:
+        if options.classify or is_classifier_experiment(options.exp_dir, options.exp_name):
+            print(reading_summary(read_digits(options)))
+        else:
+            print(summary(evaluate_experiment(options)))
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":
