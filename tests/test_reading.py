@@ -139,3 +139,19 @@ def test_reading_refuses_bad_input_in_one_line(experiments, tmp_path, capsys, na
 def test_read_digits_of_a_next_pixel_model_needs_classify(experiments, tmp_path):
     with pytest.raises(Exception, match="pass --classify"):
         read_digits(EvalOptions(exp_name="gen", exp_dir=str(experiments), out_dir=str(tmp_path / "x")))
+
+
+def test_compare_puts_classify_experiments_in_their_own_accuracy_table(experiments, tmp_path, capsys):
+    from rnn_mnist import compare
+
+    folders = [experiments / n for n in ("gen", "cls", "plain")]
+    markdown = compare.compare(folders, "mixed", tmp_path, eval_dir=tmp_path)
+    nll_table, accuracy_table = markdown.split("\n\n")
+    assert "test NLL" in nll_table and "| gen |" in nll_table and "| cls |" not in nll_table
+    assert "test acc" in accuracy_table and "NLL" not in accuracy_table
+    row = next(line for line in accuracy_table.splitlines() if line.startswith("| cls |"))
+    accuracy = load_checkpoint(experiments / "cls" / "checkpoint.ckpt")["history"][-1]["test_accuracy"]
+    assert f"{accuracy:.4f}" in row and "permuted" in row
+    assert "not in the picture" in capsys.readouterr().err
+    only = compare.compare([experiments / "cls"], "cls", tmp_path, eval_dir=tmp_path)
+    assert only.startswith("| classifier |") and (tmp_path / "compare-cls.png").exists()
