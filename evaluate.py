@@ -28,8 +28,11 @@ import sys
 from rnn_mnist.cli import (
     DefaultsHelpFormatter,
     ShortErrorParser,
+    bounded,
     positive_float,
     positive_int,
+    refuse_contradictions,
+    rng_seed,
     run_cli,
     typed_flags,
 )
@@ -49,6 +52,11 @@ def index_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated test indices, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one index")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"test indices are 0 or more, got {text!r}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # each would be completed and counted in every metric more than once
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} given more than once")
     return values
 
 
@@ -64,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mask-pixels",
-        type=int,
+        type=bounded(int, 1, NUM_PIXELS),
         default=284,
         help=f"hide the last N pixels (1..{NUM_PIXELS}; {NUM_PIXELS}: blank); shorthand for --mask suffix:N",
     )
@@ -108,16 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
         "models): the one from which the model itself most surely infers the requested class, p(label | "
         "image) by Bayes' rule over its 10 class likelihoods (the judge is never consulted)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the choice of digits and Bernoulli draws")
+    parser.add_argument(
+        "--seed", type=rng_seed, default=0, help="seeds the choice of digits and Bernoulli draws"
+    )
     choice = parser.add_argument_group("which test digits")
     choice.add_argument("--indices", type=index_list, default=None, help="test-set indices, e.g. 3705,3217")
     choice.add_argument("--num-digits", type=positive_int, default=16, help="how many, chosen at random")
     choice.add_argument(
         "--per-class", type=positive_int, default=None, help="N digits of every class, a grid row per class"
     )
-    choice.add_argument("--digit", type=int, default=None, help="only digits of this class (0..9)")
+    choice.add_argument(
+        "--digit", type=bounded(int, 0, 9), default=None, help="only digits of this class (0..9)"
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
-    parser.add_argument("--batch-size", type=positive_int, default=1000, help="digits completed together")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1000,
+        help="digits completed together (with --particles K: batch-size / K digits, K particles each)",
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -157,25 +174,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def contradictions(args: argparse.Namespace, typed: set[str]) -> list[tuple[bool, str]]:
+    """Flags that the other flags would ignore or contradict: (it is so, why) for each case."""
+    deterministic = args.sampling != "bernoulli"  # greedy and mean draw the same completion every time
+    completing = sorted(typed & COMPLETION_ONLY)  # ignored by --classify
+    return [
+        (
+            args.classify and bool(completing),
+            f"{', '.join(_flag_names(completing))} only change completions; --classify reads whole "
+            "test digits: drop them",
+        ),
+        (
+            "per_class" in typed and "digit" in typed,
+            "--per-class draws N digits of every class and --digit only one class: give one of them",
+        ),
+        (
+            "indices" in typed and "per_class" in typed,
+            "--indices and --per-class both choose the digits: give one of them",
+        ),
+        (
+            "num_digits" in typed and bool(typed & {"indices", "per_class"}),
+            "--num-digits counts random digits; --indices and --per-class choose their own number",
+        ),
+        (
+            "temperature" in typed and args.sampling == "greedy",
+            "--temperature does not change greedy completions (p > 0.5 whatever it is); "
+            "use it with --sampling bernoulli or mean",
+        ),
+        (
+            args.best_of is not None and deterministic,
+            f"--best-of K chooses among K draws, but --sampling {args.sampling} draws the same "
+            "completion K times: use --sampling bernoulli",
+        ),
+        (
+            args.samples > 1 and deterministic,
+            f"--samples {args.samples} with --sampling {args.sampling} gives {args.samples} identical "
+            "completions: use --sampling bernoulli",
+        ),
+        (
+            args.best_of is not None and args.samples > 1,
+            "--best-of keeps one completion per digit; it does not combine with --samples",
+        ),
+        (
+            "best_by" in typed and args.best_of is None,
+            "--best-by chooses among --best-of K samples; give --best-of too",
+        ),
+        (
+            args.judge_path is not None and not args.judge,
+            "--judge names the judge to use and --no-judge skips it: give one of them",
+        ),
+        (
+            args.mask is not None and "mask_pixels" in typed,
+            "--mask-pixels N is --mask suffix:N: give one of them",
+        ),
+        (
+            args.against is not None and not args.classify,
+            "--against adds a classifier's curve to --classify's: give --classify too",
+        ),
+    ]
+
+
+# Flags that only the completion of masked digits reads (rnn_mnist/evaluation.py), never --classify
+# (rnn_mnist/reading.py reads --test-digits, --batch-size and --device).
+COMPLETION_ONLY = {
+    "mask_pixels", "mask", "inpaint", "particles", "sampling", "temperature", "samples", "best_of",
+    "best_by", "seed", "indices", "num_digits", "per_class", "digit", "precision", "gifs", "judge_path",
+    "judge",
+}  # fmt: skip
+
+
+def _flag_names(dests: list[str]) -> list[str]:
+    """Destinations as the flags that set them (``gifs`` is typed as --no-gifs)."""
+    negated = {"gifs": "--no-gifs", "judge": "--no-judge", "judge_path": "--judge"}
+    return [negated.get(d, "--" + d.replace("_", "-")) for d in dests]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 1 <= args.mask_pixels <= NUM_PIXELS:
-        parser.error(f"--mask-pixels must be in 1..{NUM_PIXELS}, got {args.mask_pixels}")
-    if args.digit is not None and not 0 <= args.digit <= 9:
-        parser.error(f"--digit must be in 0..9, got {args.digit}")
-    if args.best_of is not None and args.samples > 1:
-        parser.error("--best-of keeps one completion per digit; it does not combine with --samples")
-    if args.best_by != "likelihood" and args.best_of is None:
-        parser.error("--best-by chooses among --best-of K samples; give --best-of too")
-    if args.indices is not None and any(i < 0 for i in args.indices):
-        parser.error("--indices must be 0 or more")
-    if args.judge_path is not None and not args.judge:
-        parser.error("--judge names the judge to use and --no-judge skips it: give one of them")
-    if args.mask is not None and "mask_pixels" in typed_flags(parser, argv):
-        parser.error("--mask-pixels N is --mask suffix:N: give one of them")
-    if args.against is not None and not args.classify:
-        parser.error("--against adds a classifier's curve to --classify's: give --classify too")
+    refuse_contradictions(parser, contradictions(args, typed_flags(parser, argv)))
     options = EvalOptions(**vars(args))
 
     def run() -> None:

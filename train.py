@@ -19,12 +19,16 @@ import sys
 from rnn_mnist.cli import (
     DefaultsHelpFormatter,
     ShortErrorParser,
+    decay_factor,
     fraction,
+    learning_rate,
     milestones,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    refuse_contradictions,
+    rng_seed,
     run_cli,
     typed_flags,
 )
@@ -110,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-subset", type=positive_int, default=None, help="test on the first N test digits only"
     )
     data.add_argument(
-        "--data-seed", type=int, default=0, help="fixes the validation split and Bernoulli binarisations"
+        "--data-seed", type=rng_seed, default=0, help="fixes the validation split and Bernoulli binarisations"
     )
 
     model = parser.add_argument_group("model")
@@ -182,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=non_negative_int, default=10, help="total epochs (also when resuming)"
     )
     train.add_argument("--batch-size", type=positive_int, default=128, help="digits per batch")
-    train.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (the peak)")
+    train.add_argument("--lr", type=learning_rate, default=3e-3, help="Adam learning rate (the peak)")
     train.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
@@ -196,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         help="step schedule: multiply the lr by --lr-gamma after each of these epochs, e.g. 5,8",
     )
-    train.add_argument("--lr-gamma", type=positive_float, default=0.1, help="lr factor at each milestone")
+    train.add_argument(
+        "--lr-gamma", type=decay_factor, default=0.1, help="step schedule: lr factor at each milestone"
+    )
     train.add_argument(
         "--warmup-batches",
         type=non_negative_int,
@@ -217,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss", choices=LOSSES, default="bce", help="bce on logits, or mse on sigmoid (the original)"
     )
     train.add_argument(
-        "--seed", type=int, default=0, help="seeds initialisation, shuffling and dynamic binarisation"
+        "--seed", type=rng_seed, default=0, help="seeds initialisation, shuffling and dynamic binarisation"
     )
     train.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
 
@@ -249,6 +255,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ignored_flags(args: argparse.Namespace, typed: set[str]) -> list[tuple[bool, str]]:
+    """Flags typed where the other flags make them do nothing: (it is so, why) for each case."""
+
+    def named(*dests: str) -> str:
+        return " and ".join(f"--{d.replace('_', '-')}" for d in dests if d in typed)
+
+    schedule = args.scheduled_sampling
+    return [
+        (
+            schedule == "none" and bool(named("ss_k", "ss_c", "ss_min", "ss_mode", "ss_passes")),
+            f"without --scheduled-sampling, {named('ss_k', 'ss_c', 'ss_min', 'ss_mode', 'ss_passes')} "
+            "would be ignored",
+        ),
+        (
+            schedule not in ("none", "linear") and bool(named("ss_c", "ss_min")),
+            f"the {schedule} schedule would ignore {named('ss_c', 'ss_min')} (linear only)",
+        ),
+        (
+            args.ss_mode == "sequential" and "ss_passes" in typed,
+            "--ss-mode sequential would ignore --ss-passes (the passes of --ss-mode parallel)",
+        ),
+        (
+            args.lr_schedule == "cosine" and bool(named("lr_milestones", "lr_gamma")),
+            f"--lr-schedule cosine would ignore {named('lr_milestones', 'lr_gamma')} (step only)",
+        ),
+        (
+            not args.context and bool(named("context_rows", "context_width")),
+            f"without --context, {named('context_rows', 'context_width')} would be ignored",
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -262,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         Schedule(args.scheduled_sampling, args.ss_k, args.ss_c, args.ss_min)
     except ValueError as exc:
         parser.error(str(exc))
+    if not args.resume:  # a resume runs on the experiment's saved flags; clashes are refused there
+        refuse_contradictions(parser, ignored_flags(args, typed))
     return run_cli(lambda: train_experiment(vars(args), typed=typed))
 
 

@@ -35,7 +35,6 @@ def main() -> None:
         "--masks", default="center:14,rows:10-17,random:0.5", help="mask specs, comma-separated"
     )
     parser.add_argument("--particles", default="8,32,128", help="K for the SMC rows")
-    parser.add_argument("--rows", type=int, default=12_800, help="particles x digits per batch")
     parser.add_argument("--seed", type=int, default=0, help="the digits, the random mask and the draws")
     args = parser.parse_args()
     masks = _join_specs(args.masks.split(","))
@@ -59,7 +58,6 @@ def main() -> None:
                     num_digits=args.digits,
                     seed=args.seed,
                     gifs=False,
-                    batch_size=max(1, args.rows // k),
                 )
                 m = evaluate_experiment(options, show_progress=False)
                 ess = f"{m['mean_effective_sample_size']:.1f}" if "mean_effective_sample_size" in m else "-"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -45,6 +46,8 @@ KEY_TYPES: dict[str, type] = {
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _EXP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# File systems allow 255 bytes a name; leave room for the temporary files' prefix and suffix.
+MAX_EXP_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class ExperimentPaths:
             raise RnnMnistError(
                 f"experiment name {exp_name!r} must be letters, digits, '.', '_' or '-' "
                 "(and start with a letter or digit)"
+            )
+        if len(exp_name) > MAX_EXP_NAME:
+            raise RnnMnistError(
+                f"experiment name {exp_name[:20]}... is {len(exp_name)} characters long; "
+                f"at most {MAX_EXP_NAME}"
             )
         return cls(Path(exp_dir) / exp_name)
 
@@ -140,8 +148,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; honour the umask instead
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: name it
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -230,8 +240,23 @@ def save_metrics(paths: ExperimentPaths, metrics: dict[str, Any]) -> None:
         **metrics,
         "history": [{k: v for k, v in entry.items() if k != "batch_losses"} for entry in metrics["history"]],
     }
-    text = json.dumps(readable, indent=2, allow_nan=True)
-    atomic_write(paths.metrics_json, lambda f: f.write(text.encode()))
+    atomic_write(paths.metrics_json, lambda f: f.write(json_bytes(readable)))
+
+
+def json_bytes(value: Any) -> bytes:
+    """Strict JSON (RFC 8259) of plain values: a NaN or infinity, which JSON cannot hold (Python would
+    write ``NaN``/``Infinity``, which strict parsers reject), is written as null."""
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), indent=2, allow_nan=False).encode()
 
 
 def to_cpu(value: Any) -> Any:

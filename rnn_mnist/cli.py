@@ -1,47 +1,79 @@
-"""What train.py and evaluate.py share: flag types, one-line errors, and clean exits."""
+"""What train.py and evaluate.py share: flag types, one-line errors, and clean exits.
+
+Every numeric flag's range is declared here, once, as an argparse type built by ``bounded``:
+a value outside it (or NaN, inf, text) is a one-line ``error:`` before any work starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 
-from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.errors import RnnMnistError, describe_os_error
+
+# numpy's legacy seeding takes 0..2**32-1; torch's generators take more, but values past 2**32
+# would seed numpy and torch differently (or alias one another), so every seed stays in this range.
+SEED_MAX = 2**32 - 1
+# Adam's step is about lr per weight: past 1 the weights leave any useful range within a few
+# batches, and past ~3e38 the update overflows fp32 inside the optimiser.
+LR_MAX = 1.0
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def bounded(
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], int | float]:
+    """An argparse type that reads an int or float and checks it lies in its range.
+
+    ``low``/``high`` of None leave that side open; ``low_open``/``high_open`` exclude the bound.
+    NaN and infinities are always refused.
+    """
+    if kind is int:
+        what = (
+            f"an integer in {low}..{high}"
+            if low is not None and high is not None
+            else f"an integer, at least {low}"
+            if low is not None
+            else "an integer"
+        )
+    else:
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
+        what = f"a number in {left}{'-inf' if low is None else f'{low:g}'}, "
+        what += f"{'inf' if high is None else f'{high:g}'}{right}"
+
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        inside = (
+            math.isfinite(value)
+            and (low is None or (value > low if low_open else value >= low))
+            and (high is None or (value < high if high_open else value <= high))
+        )
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    convert.__name__ = what  # what argparse names in its own messages
+    return convert
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+positive_float = bounded(float, 0, low_open=True)
+non_negative_float = bounded(float, 0)
+fraction = bounded(float, 0, 1, high_open=True)
+rng_seed = bounded(int, 0, SEED_MAX)
+learning_rate = bounded(float, 0, LR_MAX, low_open=True)
+decay_factor = bounded(float, 0, 1, low_open=True)  # a factor that may only lower the lr
 
 
 def milestones(text: str) -> tuple[int, ...]:
@@ -71,6 +103,14 @@ def typed_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     return {dest for dest, value in parsed.items() if value is not _NOT_TYPED}
 
 
+def refuse_contradictions(parser: argparse.ArgumentParser, rules: list[tuple[bool, str]]) -> None:
+    """Refuse the first rule that holds: a flag that the other flags would make meaningless is an
+    error, never silently ignored."""
+    for holds, message in rules:
+        if holds:
+            parser.error(message)
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default, except for on/off switches, where "(default: True)" on a
     ``--no-x`` flag reads as the opposite of what it means."""
@@ -89,12 +129,16 @@ class ShortErrorParser(argparse.ArgumentParser):
 
 
 def run_cli(action: Callable[[], object]) -> int:
-    """Run a script's work; an RnnMnistError or Ctrl-C becomes one line on stderr and an exit code."""
+    """Run a script's work; an RnnMnistError, a failed file operation or Ctrl-C becomes one line on
+    stderr and an exit code."""
     try:
         action()
     except RnnMnistError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk, a read-only or missing folder, a name too long...
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,22 +9,22 @@ The model and the binarisation of the test digits come from the checkpoint alone
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from rnn_mnist import visualise
 from rnn_mnist.checkpoint import (
     ExperimentPaths,
     atomic_write,
     check_writable_folder,
+    json_bytes,
     load_checkpoint,
     load_weights,
     weights_sha256,
@@ -41,9 +41,22 @@ from rnn_mnist.data import (
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, classify, load_judge
 from rnn_mnist.masks import parse_mask, suffix_mask
+from rnn_mnist.memory import MemoryNeed, check_fits, evaluation_need
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import BEST_BY, INPAINTS, complete, most_likely, most_recognisable, teacher_forced_nll
+from rnn_mnist.progress import progress
+from rnn_mnist.rollout import (
+    BEST_BY,
+    INPAINTS,
+    Completion,
+    complete,
+    most_likely,
+    most_recognisable,
+    teacher_forced_nll,
+)
 from rnn_mnist.training import resolve_device
+
+# Draws scored together when reading the label back (rollout.label_log_posterior's batch).
+LABEL_POSTERIOR_ROWS = 500
 
 
 @dataclass
@@ -237,6 +250,24 @@ def check_inpainting(options: EvalOptions) -> None:
         )
 
 
+def _most_recognisable_in_pieces(
+    model: NextPixelModel, result: Completion, labels: torch.Tensor, piece: int, done: Callable[[], object]
+) -> Completion:
+    """``most_recognisable`` over ``piece`` digits at a time, calling ``done`` after each (progress)."""
+    kept = []
+    for start in range(0, len(labels), piece):
+        part = slice(start, start + piece)
+        kept.append(
+            most_recognisable(
+                model, Completion(result.completed[part], result.probs[part], result.hidden), labels[part]
+            )
+        )
+        done()
+    return Completion(
+        torch.cat([k.completed for k in kept]), torch.cat([k.probs for k in kept]), result.hidden
+    )
+
+
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -279,43 +310,91 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             "without --condition label"
         )
 
+    smc = options.inpaint != "blind"
+    draws = options.particles if smc else options.best_of or options.samples
+    # SMC steps K particles per digit: batch_size / K digits at a time keeps a batch's rows (and
+    # its arrays, which must stay in cache to step fast) the size of a blind batch.
+    digits_per_batch = max(1, options.batch_size // options.particles) if smc else options.batch_size
+
+    def need_at(batch_size: int) -> MemoryNeed:
+        return evaluation_need(
+            model.config,
+            digits=len(chosen),
+            draws=draws,
+            kept=1 if smc else options.samples,
+            batch_size=batch_size,
+            mask_pixels=int(hidden.sum()),
+            device=device,
+            judge=options.judge,
+            gifs=options.gifs,
+            label_posterior=options.best_by == "label-posterior",
+        )
+
+    check_fits(  # before the rollout: an allocation that does not fit wakes the OOM killer
+        need_at,
+        digits_per_batch,
+        f"completing {len(chosen):,} digits x {draws:,} {'draws' if options.best_of else 'samples'}",
+        "ask for fewer completions (--num-digits, --per-class, --samples or --best-of)",
+    )
     generator = torch.Generator(device=device).manual_seed(options.seed)
+    starts = range(0, len(chosen), digits_per_batch)
+    by_label = options.best_of is not None and options.best_by == "label-posterior"
+    # Progress per pixel step, not per batch: one batch of 1,000 digits x 8 draws takes minutes.
+    stepping = progress(
+        total=len(starts) * int(hidden.sum()),
+        desc=f"completing {len(chosen):,} digits x {draws}",
+        unit="px",
+        enabled=show_progress,
+    )
+    # Reading the label back costs ten teacher-forced passes per draw: pieces of at most 500 draws.
+    piece = max(1, LABEL_POSTERIOR_ROWS // draws)
+    scoring = progress(
+        total=sum(-(-min(digits_per_batch, len(chosen) - start) // piece) for start in starts),
+        desc="reading the labels back",
+        unit="batch",
+        enabled=show_progress and by_label,
+    )
     chunks = []
     ess_sum, resamples = 0.0, 0  # in-painting: effective sample size (digit-weighted), resamplings
-    smc = options.inpaint != "blind"
     started = time.perf_counter()
-    for start in tqdm(
-        range(0, len(chosen), options.batch_size),
-        desc="completing",
-        unit="batch",
-        disable=not show_progress or len(chosen) <= options.batch_size,
-    ):
-        batch = slice(start, start + options.batch_size)
-        result = complete(
-            model,
-            targets[batch],
-            sampling=options.sampling,
-            samples=options.particles if smc else options.best_of or options.samples,
-            temperature=options.temperature,
-            generator=generator,
-            labels=labels[batch] if conditioned else None,
-            precision=options.precision,
-            hidden=hidden,
-            inpaint=options.inpaint,
-        )
-        ess_sum += result.mean_ess * len(result.completed)
-        resamples += result.resamples
-        if options.best_of:
-            by_label = options.best_by == "label-posterior"
-            result = most_recognisable(model, result, labels[batch]) if by_label else most_likely(result)
-        chunks.append(result.completed)
+    with stepping, scoring:
+        for start in starts:
+            batch = slice(start, start + digits_per_batch)
+            result = complete(
+                model,
+                targets[batch],
+                sampling=options.sampling,
+                samples=draws,
+                temperature=options.temperature,
+                generator=generator,
+                labels=labels[batch] if conditioned else None,
+                precision=options.precision,
+                hidden=hidden,
+                inpaint=options.inpaint,
+                on_step=stepping.update,
+            )
+            ess_sum += result.mean_ess * len(result.completed)
+            resamples += result.resamples
+            if by_label:
+                result = _most_recognisable_in_pieces(model, result, labels[batch], piece, scoring.update)
+            elif options.best_of:
+                result = most_likely(result)
+            chunks.append(result.completed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     completed = torch.cat(chunks)  # (N, K, 784)
 
     # Teacher-forced NLL of each digit's hidden pixels given all its earlier true pixels.
-    nll = teacher_forced_nll(model, targets, labels if conditioned else None, hidden, options.batch_size)
+    size = options.batch_size
+    nll = torch.cat(
+        [
+            teacher_forced_nll(
+                model, targets[i : i + size], labels[i : i + size] if conditioned else None, hidden, size
+            )
+            for i in progress(range(0, len(chosen), size), "masked NLL", unit="batch", enabled=show_progress)
+        ]
+    )
     metrics = {
         "experiment": options.exp_name,
         "checkpoint_epoch": checkpoint["epoch"],
@@ -379,15 +458,14 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     grid = visualise.completion_grid(completed.numpy(), hidden.numpy(), columns=options.per_class)
     atomic_write(out_dir / "completions.png", lambda f: f.write(visualise.png_bytes(grid)))
     if options.gifs:
-        for i in tqdm(range(n), desc="GIFs", unit="digit", disable=not show_progress or n < 8):
+        for i in progress(range(n), "GIFs", unit="digit", enabled=show_progress):
             for sample in range(k):
                 name = f"{labels[i]}-{chosen[i]}" + (f"-{sample}" if k > 1 else "") + ".gif"
                 frames = visualise.triptych_frames(
                     completed[i, sample].numpy(), targets[i].numpy(), int(labels[i]), hidden.numpy()
                 )
                 visualise.save_gif(out_dir / name, frames)
-    text = json.dumps(metrics, indent=2)
-    atomic_write(out_dir / "metrics.json", lambda f: f.write(text.encode()))
+    atomic_write(out_dir / "metrics.json", lambda f: f.write(json_bytes(metrics)))
     metrics["out_dir"] = str(out_dir)
     return metrics
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.errors import RnnMnistError, describe_os_error
 
 try:
     import fcntl
@@ -58,7 +58,7 @@ class ExperimentLock:
                 continue  # the folder was removed under us by a run that gave up: make it again
             except OSError as exc:
                 raise RnnMnistError(
-                    f"cannot write to the experiment folder {self.folder} ({exc.strerror or exc})"
+                    f"cannot write to the experiment folder {self.folder} ({describe_os_error(exc)})"
                 ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from rnn_mnist.checkpoint import atomic_write, weights_sha256
-from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_int, run_cli
+from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_int, rng_seed, run_cli
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.progress import progress
 from rnn_mnist.training import optimize
 
 SHIPPED_JUDGE = Path(__file__).resolve().parent / "weights" / "judge.pt"
@@ -131,12 +131,7 @@ def train_judge(
     for epoch in range(1, epochs + 1):
         judge.train()
         order = torch.randperm(len(grey), generator=generator)
-        bar = tqdm(
-            range(0, len(grey), batch_size),
-            desc=f"judge epoch {epoch}/{epochs}",
-            leave=False,
-            mininterval=1 if sys.stderr.isatty() else 30,
-        )
+        bar = progress(range(0, len(grey), batch_size), f"judge epoch {epoch}/{epochs}", unit="batch")
         for start in bar:
             idx = order[start : start + batch_size]
             images = random_shift(as_images(random_binarization(grey[idx], generator)), generator)
@@ -279,13 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw; unset: $RNN_MNIST_DATA")
     parser.add_argument("--epochs", type=positive_int, default=6, help="training epochs over the 60k digits")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, order and augmentation")
+    parser.add_argument(
+        "--seed", type=rng_seed, default=0, help="seeds initialisation, order and augmentation"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing judge at --out")
     args = parser.parse_args(argv)
     if args.out.suffix != ".pt":
         parser.error(f"--out must name a .pt file (its description goes beside it as .json), not {args.out}")
-    if args.seed < 0:
-        parser.error(f"--seed must be 0 or more, got {args.seed}")
     command = "python -m rnn_mnist.judge " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     def run() -> None:

@@ -91,6 +91,7 @@ def rollout(
     particles: int = 1,
     weigh: bool = False,
     generator: torch.Generator | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> Particles:
     """Fill the ``hidden`` pixels (784,) bool of ``canvas`` (N, 784) floats, ``particles`` times each.
 
@@ -99,7 +100,8 @@ def rollout(
     (rnn_mnist/compute.py). With ``weigh``, the visible pixels after the first hole weigh the
     particles (with the importance correction for a tempered draw) and a digit's particles are
     resampled with ``generator`` whenever their effective sample size falls below half of them.
-    Without it, nothing after the last hole is read.
+    Without it, nothing after the last hole is read. ``on_step`` is called after every hidden
+    pixel drawn (progress).
     """
     n, k, device = len(canvas), particles, canvas.device
     canvas = canvas.masked_fill(hidden.to(device), 0)  # the hidden pixels are never read
@@ -129,6 +131,8 @@ def rollout(
                     q = p if temperature == 1 else torch.sigmoid(logit / temperature)
                     canvas[:, t] = choose(q, t)
                     done += 1
+                    if on_step is not None:
+                        on_step()
                     if weigh:
                         drawn, logit = canvas[:, t : t + 1], logit[:, None]
                         log_p = _log_prob(logit, drawn)
@@ -213,13 +217,15 @@ def complete(
     precision: str = "fp32",
     hidden: torch.Tensor | None = None,
     inpaint: str = "blind",
+    on_step: Callable[[], object] | None = None,
 ) -> Completion:
     """Hide the last ``mask_pixels`` of each digit (N, 784), or the ``hidden`` pixels (784,) bool,
     and fill them with ``samples`` particles each (rnn_mnist/masks.py makes masks).
 
     ``inpaint`` blind keeps all ``samples`` draws; sample / best keep one per digit, drawn by its
     weight / the heaviest (sequential Monte Carlo, which needs Bernoulli draws when samples > 1).
-    ``labels`` (N,) tell a label-conditioned model which digit to draw.
+    ``labels`` (N,) tell a label-conditioned model which digit to draw; ``on_step`` is called
+    after every hidden pixel drawn (progress).
     """
     if hidden is None:
         if mask_pixels is None or not 1 <= mask_pixels <= NUM_PIXELS:
@@ -248,6 +254,7 @@ def complete(
             particles=samples,
             weigh=weigh,
             generator=generator,
+            on_step=on_step,
         )
     finally:
         model.train(was_training)

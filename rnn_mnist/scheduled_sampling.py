@@ -48,6 +48,8 @@ class Schedule:
             raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.kind!r}")
         if self.k is None:
             self.k = DEFAULT_K[self.kind]
+        if self.kind == "linear" and not 0 < self.k <= 1:  # eps_0 = k is a probability
+            raise ValueError("the linear schedule needs 0 < k <= 1 (k is eps at the first batch)")
         if self.kind == "exponential" and not 0 < self.k < 1:
             raise ValueError("the exponential schedule needs 0 < k < 1")
         if self.kind == "inverse-sigmoid" and self.k < 1:

@@ -17,6 +17,7 @@ here, one class per task:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from rnn_mnist.models import (
     NextPixelModel,
     SequenceClassifier,
 )
+from rnn_mnist.progress import progress
 from rnn_mnist.samples import write_epoch_samples
 from rnn_mnist.scheduled_sampling import parallel_mixture, resolve_mode, sequential_logits
 
@@ -67,11 +69,16 @@ def evaluate_nll(
     loss: str,
     device: torch.device,
     labels: torch.Tensor | None = None,
+    progress_desc: str | None = None,
 ) -> dict[str, float]:
-    """Training loss and exact NLL of uint8 pixels (N, 784), in nats per image and bits per pixel."""
+    """Training loss and exact NLL of uint8 pixels (N, 784), in nats per image and bits per pixel.
+
+    ``progress_desc`` names a progress bar over the batches (none when None).
+    """
     model.eval()
     total_loss = total_nll = 0.0
-    for start in range(0, len(pixels), EVAL_BATCH_SIZE):
+    starts = range(0, len(pixels), EVAL_BATCH_SIZE)
+    for start in progress(starts, progress_desc or "", unit="batch", enabled=progress_desc is not None):
         batch = pixels[start : start + EVAL_BATCH_SIZE].to(device).float()
         batch_labels = None if labels is None else labels[start : start + EVAL_BATCH_SIZE].to(device)
         logits = model.teacher_forced_logits(batch, batch_labels)
@@ -88,14 +95,25 @@ def evaluate_nll(
     }
 
 
+# A stage's progress bar name ("validation", "test" -> "epoch 3/10: test"), or None for no bar.
+Named = Callable[[str], "str | None"]
+
+
+def _unnamed(stage: str) -> str | None:
+    return None
+
+
 class Task(Protocol):
     """What differs between tasks; training.py's loop calls nothing else task-specific."""
 
     name: str
+    reads_binarised: bool  # trains on data.train_pixels (dynamic binarisation draws them each epoch)
+    size_flags: str  # the flags that make the model smaller (memory.check_fits's advice)
 
     def model_config(self, flags: dict[str, Any]) -> Any: ...
     def model_config_from_dict(self, values: dict[str, Any]) -> Any: ...
     def build_model(self, config: Any) -> nn.Module: ...
+    def memory_config(self, config: Any) -> ModelConfig: ...
     def describe_inputs(self, data_cfg: DataConfig) -> str: ...
     def epoch_inputs(self, data: BinarizedMNIST, generator: torch.Generator) -> torch.Tensor: ...
     def loss(
@@ -106,7 +124,9 @@ class Task(Protocol):
         batch_number: int,
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
-    def evaluate(self, model: nn.Module, data: BinarizedMNIST, device: torch.device) -> dict[str, Any]: ...
+    def evaluate(
+        self, model: nn.Module, data: BinarizedMNIST, device: torch.device, named: Named = _unnamed
+    ) -> dict[str, Any]: ...
     def format_epoch(self, entry: dict[str, Any]) -> str: ...
     def epoch_pictures(self, model: nn.Module, data: BinarizedMNIST, folder: Path, epoch: int) -> str: ...
 
@@ -140,6 +160,8 @@ class NextPixelTask:
 
     train_cfg: Any  # training.TrainConfig: loss, precision, scheduled sampling
     name: str = "next-pixel"
+    reads_binarised: bool = True
+    size_flags: str = "--hidden, --layers or --head-hidden"
 
     def model_config(self, flags: dict[str, Any]) -> ModelConfig:
         num_classes = 10 if flags.get("condition") == "label" else 0
@@ -152,6 +174,10 @@ class NextPixelTask:
 
     def build_model(self, config: ModelConfig) -> NextPixelModel:
         return NextPixelModel(config)
+
+    def memory_config(self, config: ModelConfig) -> ModelConfig:
+        """The config rnn_mnist/memory.py estimates training from: the model's own."""
+        return config
 
     def describe_inputs(self, data_cfg: DataConfig) -> str:
         return f"{data_cfg.binarize} binarisation"
@@ -181,11 +207,15 @@ class NextPixelTask:
                 logits = model.teacher_forced_logits(batch if fed is None else fed, labels)
         return pixel_loss(logits.float(), batch, cfg.loss), {"teacher_forcing_prob": eps}
 
-    def evaluate(self, model: NextPixelModel, data: BinarizedMNIST, device: torch.device) -> dict[str, Any]:
+    def evaluate(
+        self, model: NextPixelModel, data: BinarizedMNIST, device: torch.device, named: Named = _unnamed
+    ) -> dict[str, Any]:
         conditioned, loss = model.config.num_classes > 0, self.train_cfg.loss
         val_labels, test_labels = (data.val_labels, data.test_labels) if conditioned else (None, None)
-        val = evaluate_nll(model, data.val, loss, device, val_labels) if len(data.val) else None
-        test = evaluate_nll(model, data.test, loss, device, test_labels)
+        val = None
+        if len(data.val):
+            val = evaluate_nll(model, data.val, loss, device, val_labels, named("validation"))
+        test = evaluate_nll(model, data.test, loss, device, test_labels, named("test"))
         return {
             "val_loss": None if val is None else val["loss"],
             "val_nll_nats": None if val is None else val["nll_nats"],
@@ -216,6 +246,11 @@ class ClassifyTask:
     train_cfg: Any
     binarized_input: bool = False  # read the binarised pixels (as the next-pixel task) not grey levels
     name: str = "classify"
+    size_flags: str = "--hidden or --layers"
+
+    @property
+    def reads_binarised(self) -> bool:
+        return self.binarized_input
 
     def model_config(self, flags: dict[str, Any]) -> ClassifierConfig:
         # One permutation per --data-seed: runs that differ only in --seed read the same order.
@@ -232,6 +267,16 @@ class ClassifyTask:
 
     def build_model(self, config: ClassifierConfig) -> SequenceClassifier:
         return SequenceClassifier(config)
+
+    def memory_config(self, config: ClassifierConfig) -> ModelConfig:
+        """A next-pixel model of the same core bounds the classifier's memory: it reads one input
+        per pixel too, and its per-pixel head outweighs the classifier's one read of 10 logits."""
+        return ModelConfig(
+            cell=config.cell,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+        )
 
     def describe_inputs(self, data_cfg: DataConfig) -> str:
         return classifier_inputs_name(data_cfg, self.binarized_input)
@@ -257,13 +302,20 @@ class ClassifyTask:
 
     @torch.no_grad()
     def accuracy(
-        self, model: SequenceClassifier, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device
+        self,
+        model: SequenceClassifier,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        device: torch.device,
+        progress_desc: str | None = None,
     ) -> dict[str, float]:
-        """Mean cross-entropy and accuracy on uint8 inputs (N, 784)."""
+        """Mean cross-entropy and accuracy on uint8 inputs (N, 784); ``progress_desc`` names a
+        progress bar over the batches (none when None)."""
         was_training = model.training
         model.eval()
         total_loss, correct = 0.0, 0
-        for start in range(0, len(inputs), EVAL_BATCH_SIZE):
+        starts = range(0, len(inputs), EVAL_BATCH_SIZE)
+        for start in progress(starts, progress_desc or "", unit="batch", enabled=progress_desc is not None):
             x = self.scaled(inputs[start : start + EVAL_BATCH_SIZE].to(device))
             y = labels[start : start + EVAL_BATCH_SIZE].to(device)
             logits = model(x).float()
@@ -273,12 +325,14 @@ class ClassifyTask:
         return {"loss": total_loss / len(inputs), "accuracy": correct / len(inputs)}
 
     def evaluate(
-        self, model: SequenceClassifier, data: BinarizedMNIST, device: torch.device
+        self, model: SequenceClassifier, data: BinarizedMNIST, device: torch.device, named: Named = _unnamed
     ) -> dict[str, Any]:
         val_inputs = data.val if self.binarized_input else data.val_grey
         test_inputs = data.test if self.binarized_input else data.test_grey
-        val = self.accuracy(model, val_inputs, data.val_labels, device) if len(data.val) else None
-        test = self.accuracy(model, test_inputs, data.test_labels, device)
+        val = None
+        if len(data.val):
+            val = self.accuracy(model, val_inputs, data.val_labels, device, named("validation"))
+        test = self.accuracy(model, test_inputs, data.test_labels, device, named("test"))
         return {
             "val_loss": None if val is None else val["loss"],
             "val_accuracy": None if val is None else val["accuracy"],

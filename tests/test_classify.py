@@ -8,6 +8,8 @@ import torch
 from conftest import run_main, tiny_train_args
 
 import train
+from rnn_mnist import memory, tasks
+from rnn_mnist import progress as progress_module
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.models import ClassifierConfig, SequenceClassifier, pixel_permutation
 
@@ -137,3 +139,68 @@ def test_resuming_a_next_pixel_experiment_as_a_classifier_is_refused(tmp_path, m
     args = tiny_train_args(tmp_path, mnist_dir, "gen", "--resume", "--task", "classify")
     code, err = run_main(train.main, args, capsys)
     assert code != 0 and err.startswith("error: ") and "--task classify" in err
+
+
+# What main added to the one training loop (issue 11) holds for the classify task too.
+class PoisonedGradient(torch.autograd.Function):
+    """The identity, whose gradient is NaN: a finite loss with a non-finite gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_a_non_finite_gradient_never_reaches_a_classifier(tmp_path, mnist_dir, capsys, monkeypatch):
+    real_loss, calls = tasks.ClassifyTask.loss, {"n": 0}
+
+    def loss_with_poisoned_gradient(self, *args):
+        value, extras = real_loss(self, *args)
+        calls["n"] += 1
+        return (PoisonedGradient.apply(value) if calls["n"] == 3 else value), extras
+
+    monkeypatch.setattr(tasks.ClassifyTask, "loss", loss_with_poisoned_gradient)
+    code, err = run_main(train.main, _args(tmp_path, mnist_dir, "poison"), capsys)
+    assert code == 3 and "gradient" in err and "epoch 1, batch 3" in err and "Traceback" not in err
+    checkpoint = load_checkpoint(tmp_path / "experiments" / "poison" / "checkpoint.ckpt")
+    assert checkpoint["epoch"] == 0
+    assert all(torch.isfinite(t.float()).all() for t in checkpoint["model_state"].values())
+
+
+def test_a_non_finite_classifier_evaluation_is_not_saved(tmp_path, mnist_dir, capsys, monkeypatch):
+    real_accuracy = tasks.ClassifyTask.accuracy
+
+    def nan_test_loss(self, model, inputs, *args):
+        result = real_accuracy(self, model, inputs, *args)
+        return {**result, "loss": float("nan")} if len(inputs) == 40 else result  # the test split
+
+    monkeypatch.setattr(tasks.ClassifyTask, "accuracy", nan_test_loss)
+    code, err = run_main(train.main, _args(tmp_path, mnist_dir, "nan-eval"), capsys)
+    assert code == 3 and "test loss" in err and "epoch 1" in err
+    assert load_checkpoint(tmp_path / "experiments" / "nan-eval" / "checkpoint.ckpt")["epoch"] == 0
+
+
+def test_classify_shows_the_validation_and_test_passes(tmp_path, mnist_dir, capsys, monkeypatch):
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL", 0.0)
+    assert train.main(_args(tmp_path, mnist_dir, "shown", "--epochs", "1")) == 0
+    lines = capsys.readouterr().err.splitlines()
+    for stage in ("epoch 1/1: 3/3 batch", "epoch 1/1: validation: 1/1 batch", "epoch 1/1: test: 1/1 batch"):
+        assert any(line.startswith(stage) for line in lines), lines
+
+
+def test_a_classifier_too_large_is_refused_without_allocating_it(tmp_path, mnist_dir, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the classifier was built")
+
+    monkeypatch.setattr(tasks, "SequenceClassifier", never)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 2**30)
+    code, err = run_main(train.main, _args(tmp_path, mnist_dir, "huge", "--hidden", "40000"), capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "GiB of memory" in err and "lower --hidden or --layers" in err and "--head-hidden" not in err
+    # A batch that does not fit is told the batch size that would.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: memory.RUNTIME_BYTES + 8 * 2**20)
+    code, err = run_main(train.main, _args(tmp_path, mnist_dir, "squeezed"), capsys)
+    assert code == 2 and "needs about" in err and "lower --batch-size to" in err, err

@@ -1,10 +1,15 @@
-"""The data module reads IDX files through torchvision and binarises them as documented."""
+"""The data module reads and checks the raw IDX files, finds them where they are, and binarises
+the digits as documented."""
 
 from __future__ import annotations
 
+import gzip
+import shutil
+
+import numpy as np
 import pytest
 import torch
-from conftest import TEST_DIGITS, TRAIN_DIGITS, synthetic_digits
+from conftest import TEST_DIGITS, TRAIN_DIGITS, synthetic_digits, write_idx_images, write_idx_labels
 
 from rnn_mnist.data import (
     DataConfig,
@@ -16,7 +21,7 @@ from rnn_mnist.data import (
 from rnn_mnist.errors import RnnMnistError
 
 
-def test_reads_fixture_through_torchvision(mnist_dir):
+def test_reads_the_idx_fixture(mnist_dir):
     grey, labels = load_mnist_split(str(mnist_dir), train=True)
     images, expected_labels = synthetic_digits(TRAIN_DIGITS, seed=1)
     assert grey.shape == (TRAIN_DIGITS, 784) and grey.dtype == torch.uint8
@@ -106,3 +111,96 @@ def test_corrupt_idx_file_is_a_clear_error(tmp_path, mnist_dir):
 def test_validation_larger_than_training_set_is_refused(mnist_dir):
     with pytest.raises(RnnMnistError, match="val-size"):
         load_binarized_mnist(DataConfig(data_dir=str(mnist_dir), val_size=TRAIN_DIGITS))
+
+
+# Issue 11, finding 18: the data folder, given as the MNIST or raw folder itself, or one that does not
+# exist.
+@pytest.mark.parametrize("given", ["MNIST", "MNIST/raw"])
+def test_the_mnist_or_raw_folder_given_directly_is_used(mnist_dir, given):
+    before = sorted(mnist_dir.rglob("*"))
+    grey, labels = load_mnist_split(str(mnist_dir / given), train=True)
+    assert grey.shape == (TRAIN_DIGITS, 784) and len(labels) == TRAIN_DIGITS
+    assert sorted(mnist_dir.rglob("*")) == before  # no MNIST/raw/MNIST/raw made for a download
+
+
+def test_a_failed_download_creates_no_folders(tmp_path):
+    with pytest.raises(RnnMnistError, match="could not be downloaded"):
+        load_mnist_split(str(tmp_path / "nonexistent" / "x"), train=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_raw_folder_missing_a_file_says_which_and_downloads_nothing(tmp_path, mnist_dir):
+    raw = tmp_path / "raw"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", raw)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(RnnMnistError, match="but not t10k-labels-idx1-ubyte"):
+        load_mnist_split(str(raw), train=True)
+    assert sorted(p.name for p in raw.iterdir()) == [
+        "t10k-images-idx3-ubyte",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
+
+
+def test_gzipped_raw_files_are_read_as_they_are(tmp_path, mnist_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in (mnist_dir / "MNIST" / "raw").iterdir():
+        (raw / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    grey, _ = load_mnist_split(str(tmp_path), train=False)
+    assert torch.equal(grey, load_mnist_split(str(mnist_dir), train=False)[0])
+
+
+# Finding 19: files that do not belong together, or are not what their names say.
+def _replace_train_images_by_test_images(raw):
+    shutil.copy(raw / "t10k-images-idx3-ubyte", raw / "train-images-idx3-ubyte")
+
+
+def _swap_images_and_labels(raw):
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    data = images.read_bytes()
+    images.write_bytes(labels.read_bytes())
+    labels.write_bytes(data)
+
+
+def _random_bytes(raw):
+    (raw / "train-images-idx3-ubyte").write_bytes(np.random.default_rng(0).bytes(5000))
+
+
+def _truncate(raw):
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _other_image_size(raw):
+    write_idx_images(raw / "train-images-idx3-ubyte", np.zeros((TRAIN_DIGITS, 32, 32)))
+
+
+def _labels_above_nine(raw):
+    write_idx_labels(raw / "train-labels-idx1-ubyte", np.full(TRAIN_DIGITS, 12))
+
+
+MISMATCHES = {
+    # Before, accepted: training ran on 40 digits whose labels no longer lined up.
+    "train images replaced by test images": (
+        _replace_train_images_by_test_images,
+        f"train-images-idx3-ubyte holds {TEST_DIGITS} images but train-labels-idx1-ubyte holds "
+        f"{TRAIN_DIGITS} labels",
+    ),
+    "images and labels swapped": (_swap_images_and_labels, "holds labels, not images: are the files swapped"),
+    "random bytes": (_random_bytes, "is not an MNIST images file"),  # before: an empty reason
+    "truncated": (_truncate, "truncated"),
+    "32x32 images": (_other_image_size, "holds 32x32 images; MNIST's are 28x28"),
+    "labels above 9": (_labels_above_nine, "labels above 9"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_mismatched_or_foreign_files_give_a_clear_reason(tmp_path, mnist_dir, case):
+    change, message = MISMATCHES[case]
+    copy = tmp_path / "copy"
+    shutil.copytree(mnist_dir, copy)
+    change(copy / "MNIST" / "raw")
+    with pytest.raises(RnnMnistError, match="could not read MNIST") as caught:
+        load_mnist_split(str(copy), train=True)
+    assert message in str(caught.value)

@@ -198,7 +198,7 @@ def test_choose_indices():
         (["--num-digits", "0"], "num-digits"),
         (["--temperature", "0"], "temperature"),
         (["--best-by", "label-posterior"], "--best-of"),
-        (["--best-of", "2", "--best-by", "label-posterior"], "label-conditioned"),
+        (["--sampling", "bernoulli", "--best-of", "2", "--best-by", "label-posterior"], "label-conditioned"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else "",
 )

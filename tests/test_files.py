@@ -1,0 +1,133 @@
+"""Folders that are files, cannot be written, names too long, a full disk: one line each, and what
+was saved before stays loadable (issue 11, finding 12)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from conftest import run_main, tiny_train_args
+
+import evaluate
+import train
+from rnn_mnist import checkpoint as checkpoint_module
+from rnn_mnist import evaluation, training
+from rnn_mnist.checkpoint import atomic_write, load_checkpoint
+
+
+def the_error(err: str) -> str:
+    """The one error line of a run's stderr (progress lines may come before it), checking there is one."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("files")
+    exp_dir = root / "experiments"
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "tiny", "--epochs", "1")) == 0
+    # fmt: off
+    return root, ["--exp-name", "tiny", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
+                  "--no-judge", "--no-gifs", "--num-digits", "2"]
+    # fmt: on
+
+
+@pytest.fixture
+def locked(tmp_path, monkeypatch) -> Path:
+    """A folder nothing may be created in, as for a user without write permission (the tests may
+    run as root, which chmod does not stop)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if folder in self.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    return folder
+
+
+def test_exp_dir_that_is_a_file(tmp_path, mnist_dir, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    code, err = run_main(train.main, tiny_train_args(a_file, mnist_dir, "x"), capsys)
+    assert code == 2 and f"{a_file} is a file, not a folder" in the_error(err)
+    assert a_file.read_text() == "not a folder"
+
+
+def test_unwritable_exp_dir(mnist_dir, capsys, locked):
+    code, err = run_main(train.main, tiny_train_args(locked, mnist_dir, "x"), capsys)
+    assert code == 2 and "Permission denied" in the_error(err) and str(locked) in err
+
+
+def test_too_long_exp_name(tmp_path, mnist_dir, capsys, experiment):
+    name = "a" * 300  # was "File name too long" from deep inside pathlib
+    code, err = run_main(train.main, tiny_train_args(tmp_path, mnist_dir, name), capsys)
+    assert code == 2 and "300 characters long; at most 100" in the_error(err)
+    _, args = experiment
+    code, err = run_main(evaluate.main, [*args, "--exp-name", name], capsys)
+    assert code == 2 and "300 characters long" in the_error(err)
+
+
+@pytest.mark.parametrize("where", ["is a file", "under a file"])
+def test_evaluate_out_dir_that_is_a_file(experiment, capsys, where):
+    root, args = experiment
+    a_file = root / f"file-{where.replace(' ', '-')}"
+    a_file.write_text("x")
+    out = a_file if where == "is a file" else a_file / "out"
+    code, err = run_main(evaluate.main, [*args, "--out-dir", str(out)], capsys)
+    assert code == 2 and f"{a_file} is a file, not a folder" in the_error(err)
+
+
+def test_unwritable_evaluate_out_dir(experiment, capsys, locked):
+    _, args = experiment
+    code, err = run_main(evaluate.main, [*args, "--out-dir", str(locked / "out")], capsys)
+    assert code == 2 and "Permission denied" in the_error(err)
+
+
+def test_disk_full_during_training_keeps_the_last_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
+    real_save, calls = training.save_checkpoint, {"n": 0}
+
+    def save_until_the_disk_is_full(path, payload):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the save after epoch 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_save(path, payload)
+
+    monkeypatch.setattr(training, "save_checkpoint", save_until_the_disk_is_full)
+    code, err = run_main(train.main, tiny_train_args(tmp_path, mnist_dir, "full"), capsys)
+    line = the_error(err)
+    assert code == 2 and "could not save epoch 1" in line and "no space left" in line
+    assert "checkpoint after epoch 0" in line and "intact" in line
+    assert load_checkpoint(tmp_path / "full" / "checkpoint.ckpt")["epoch"] == 0
+
+
+def test_disk_full_during_evaluation(experiment, capsys, monkeypatch):
+    root, args = experiment
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(evaluation, "atomic_write", full)
+    code, err = run_main(evaluate.main, [*args, "--out-dir", str(root / "full")], capsys)
+    assert code == 2 and "no space left" in the_error(err)
+
+
+def test_a_failed_atomic_write_names_its_file_and_leaves_nothing(tmp_path, monkeypatch):
+    # A write that fails (a full disk) raises an OSError without a file name; atomic_write adds it.
+    target = tmp_path / "metrics.json"
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
+    with pytest.raises(OSError) as caught:
+        atomic_write(target, lambda f: f.write(b"{}"))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
