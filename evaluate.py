@@ -10,10 +10,14 @@ Usage:
         --best-of 8 --best-by label-posterior  # keep the draw the model itself reads as its class
     python evaluate.py --exp-name gru-128 --mask center:14 --inpaint sample --particles 32 \
         --sampling bernoulli  # in-paint a hole, honouring the pixels after it (sequential Monte Carlo)
+    python evaluate.py --exp-name smnist                 # a --task classify experiment: accuracy, confusion
+    python evaluate.py --exp-name gru-label --classify --against smnist  # the generative model, read
 
 Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
-truth), completions.png, completions.npz and metrics.json. The model and the test digits'
-binarisation come from the experiment's checkpoint; no architecture flags are needed.
+truth), completions.png, completions.npz and metrics.json; for a classify experiment or --classify,
+metrics.json, confusion.png, misread.png and accuracy-by-pixels.png (rnn_mnist/reading.py). The
+model and the test digits' binarisation come from the experiment's checkpoint; no architecture
+flags are needed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
 from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
 from rnn_mnist.masks import MASK_KINDS
+from rnn_mnist.reading import is_classifier_experiment, read_digits, reading_summary
 from rnn_mnist.rollout import BEST_BY, INPAINTS, SAMPLINGS
 from rnn_mnist.training import DEVICES
 
@@ -147,13 +152,38 @@ def build_parser() -> argparse.ArgumentParser:
         "(rnn_mnist/weights/judge.pt)",
     )
     judging.add_argument("--no-judge", dest="judge", action="store_false", help="skip class agreement")
+    reading = parser.add_argument_group("reading digits (a --task classify experiment, or --classify)")
+    reading.add_argument(
+        "--classify",
+        action="store_true",
+        help="read a label-conditioned model as a classifier: p(class | image) by Bayes' rule from ten "
+        "teacher-forced passes, test accuracy, and accuracy by pixels read",
+    )
+    reading.add_argument(
+        "--against",
+        default=None,
+        metavar="EXP",
+        help="with --classify: draw this classify experiment's accuracy by pixels read on the same axes",
+    )
+    reading.add_argument(
+        "--test-digits",
+        type=positive_int,
+        default=None,
+        help="read only the first N test digits (unset: all)",
+    )
     return parser
 
 
 def contradictions(args: argparse.Namespace, typed: set[str]) -> list[tuple[bool, str]]:
     """Flags that the other flags would ignore or contradict: (it is so, why) for each case."""
     deterministic = args.sampling != "bernoulli"  # greedy and mean draw the same completion every time
+    completing = sorted(typed & COMPLETION_ONLY)  # ignored by --classify
     return [
+        (
+            args.classify and bool(completing),
+            f"{', '.join(_flag_names(completing))} only change completions; --classify reads whole "
+            "test digits: drop them",
+        ),
         (
             "per_class" in typed and "digit" in typed,
             "--per-class draws N digits of every class and --digit only one class: give one of them",
@@ -197,7 +227,26 @@ def contradictions(args: argparse.Namespace, typed: set[str]) -> list[tuple[bool
             args.mask is not None and "mask_pixels" in typed,
             "--mask-pixels N is --mask suffix:N: give one of them",
         ),
+        (
+            args.against is not None and not args.classify,
+            "--against adds a classifier's curve to --classify's: give --classify too",
+        ),
     ]
+
+
+# Flags that only the completion of masked digits reads (rnn_mnist/evaluation.py), never --classify
+# (rnn_mnist/reading.py reads --test-digits, --batch-size and --device).
+COMPLETION_ONLY = {
+    "mask_pixels", "mask", "inpaint", "particles", "sampling", "temperature", "samples", "best_of",
+    "best_by", "seed", "indices", "num_digits", "per_class", "digit", "precision", "gifs", "judge_path",
+    "judge",
+}  # fmt: skip
+
+
+def _flag_names(dests: list[str]) -> list[str]:
+    """Destinations as the flags that set them (``gifs`` is typed as --no-gifs)."""
+    negated = {"gifs": "--no-gifs", "judge": "--no-judge", "judge_path": "--judge"}
+    return [negated.get(d, "--" + d.replace("_", "-")) for d in dests]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     refuse_contradictions(parser, contradictions(args, typed_flags(parser, argv)))
     options = EvalOptions(**vars(args))
-    return run_cli(lambda: print(summary(evaluate_experiment(options))))
+
+    def run() -> None:
+        if options.classify or is_classifier_experiment(options.exp_dir, options.exp_name):
+            print(reading_summary(read_digits(options)))
+        else:
+            print(summary(evaluate_experiment(options)))
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Train a recurrent next-pixel model on binarised MNIST with teacher forcing.
+"""Train a recurrent model on MNIST: a next-pixel model (teacher forcing), or a sequential-MNIST classifier.
 
 Usage:
     python train.py --exp-name gru-128 --hidden 128
+    python train.py --exp-name smnist --task classify --lr 2e-3 --lr-schedule cosine   # name the digit
+    python train.py --exp-name psmnist --task classify --permute                        # permuted pixels
     python train.py --exp-name gru-128 --hidden 128 --data-dir ../shared/mnist   # offline
     python train.py --exp-name gru-128 --epochs 20 --resume                      # continue
 
@@ -33,8 +35,9 @@ from rnn_mnist.cli import (
 from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import BINARIZATIONS, DATA_ENV_VAR
 from rnn_mnist.lr_schedule import LR_SCHEDULES
-from rnn_mnist.models import CELLS
+from rnn_mnist.models import CELLS, READOUTS
 from rnn_mnist.scheduled_sampling import MODES, SCHEDULES, Schedule
+from rnn_mnist.tasks import TASKS
 from rnn_mnist.training import DEVICES, LOSSES, train_experiment
 
 # Recipes one flag away. The defaults stay the plain GRU of the original project, so that earlier
@@ -72,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--exp-dir", default="experiments", help="where experiment folders live")
     exp.add_argument("--resume", action="store_true", help="continue the experiment to --epochs")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing experiment")
+    exp.add_argument(
+        "--task",
+        choices=TASKS,
+        default="next-pixel",
+        help="next-pixel: the generative model of binarised pixels; classify: sequential MNIST, read the "
+        "784 pixels and name the digit (cross-entropy, accuracy)",
+    )
     exp.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -149,6 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "label"),
         default="none",
         help="label: tell the model the digit's class",
+    )
+
+    classify = parser.add_argument_group("--task classify (rnn_mnist/tasks.py)")
+    classify.add_argument(
+        "--readout",
+        choices=READOUTS,
+        default="last",
+        help="the linear head reads the final state (last) or the mean of the 784 states (mean)",
+    )
+    classify.add_argument(
+        "--permute",
+        action="store_true",
+        help="permuted sequential MNIST: read the pixels in one fixed order drawn from --data-seed, saved "
+        "in the checkpoint",
+    )
+    classify.add_argument(
+        "--binarized-input",
+        action="store_true",
+        help="read the pixels binarised by --binarize, as the next-pixel task does (default: grey levels "
+        "scaled to [0, 1])",
     )
 
     train = parser.add_argument_group("training")

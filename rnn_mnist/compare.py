@@ -9,6 +9,8 @@ named by its folder. Its metrics.pkl is read with a restricted unpickler that ad
 values only, so a foreign .pkl cannot run code, and is checked for the shape train.py writes.
 evaluate.py's metrics.json in <eval-dir>/<name>/ (default plots/) adds masked pixel accuracy and
 class agreement, when it describes the experiment's current checkpoint (same epoch and weights).
+Classify experiments (train.py --task classify) get their own table, of accuracy rather than NLL;
+their curves are drawn only when every experiment compared is one (the losses do not compare).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ NOT_A_DIFFERENCE = {"exp_name", "exp_dir", "data_dir", "device", "resume", "over
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Per-epoch entries train.py has always written, and what they hold.
 HISTORY_NUMBERS = ("epoch", "seconds", "test_nll_nats", "test_bits_per_pixel")
+CLASSIFY_HISTORY_NUMBERS = ("epoch", "seconds", "test_accuracy", "test_loss")
 
 
 class PlainUnpickler(pickle.Unpickler):
@@ -57,6 +60,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_classify(metrics: dict[str, Any]) -> bool:
+    """Whether the experiment was trained with ``--task classify``."""
+    config = metrics.get("config")
+    return isinstance(config, dict) and config.get("task") == "classify"
+
+
 def shape_problem(metrics: Any) -> str | None:
     """What makes ``metrics`` other than what train.py writes, or None."""
     if not isinstance(metrics, dict):
@@ -71,14 +80,16 @@ def shape_problem(metrics: Any) -> str | None:
     model = metrics["model_config"]
     if not (isinstance(model.get("cell"), str) and _is_number(model.get("hidden_size"))):
         return "'model_config' has no cell and hidden_size"
+    numbers = CLASSIFY_HISTORY_NUMBERS if is_classify(metrics) else HISTORY_NUMBERS
     for i, entry in enumerate(metrics["history"], start=1):
         if not isinstance(entry, dict):
             return f"history entry {i} is not a dict"
-        for key in HISTORY_NUMBERS:
+        for key in numbers:
             if not _is_number(entry.get(key)):
                 return f"history entry {i} has no number {key!r}"
-        if entry.get("val_nll_nats") is not None and not _is_number(entry["val_nll_nats"]):
-            return f"history entry {i} has a 'val_nll_nats' that is not a number"
+        for key in ("val_nll_nats", "val_accuracy"):
+            if entry.get(key) is not None and not _is_number(entry[key]):
+                return f"history entry {i} has a {key!r} that is not a number"
         losses = entry.get("batch_losses", [])
         if not isinstance(losses, list) or not all(_is_number(v) for v in losses):
             return f"history entry {i} has 'batch_losses' that are not a list of numbers"
@@ -178,6 +189,41 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def table(experiments: list[dict[str, Any]]) -> str:
+    """The Markdown tables: next-pixel experiments by NLL, classify experiments by accuracy."""
+    generative = [e for e in experiments if not is_classify(e)]
+    classifiers = [e for e in experiments if is_classify(e)]
+    tables = ([nll_table(generative)] if generative else []) + (
+        [accuracy_table(classifiers)] if classifiers else []
+    )
+    return "\n\n".join(tables)
+
+
+def accuracy_table(experiments: list[dict[str, Any]]) -> str:
+    """Classify experiments: test accuracy (last epoch), best validation accuracy, and evaluate.py's."""
+    header = (
+        "| classifier | cell | hidden | layers | readout | pixels | parameters | epochs | training time "
+        "| best val acc | test acc | test loss |"
+    )
+    lines = [header, "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for e in experiments:
+        model, history, config = e["model_config"], e["history"], e["config"]
+        vals = [h["val_accuracy"] for h in history if h.get("val_accuracy") is not None]
+        last = history[-1] if history else {}
+        minutes = sum(h["seconds"] for h in history) / 60
+        pixels = ("permuted" if config.get("permute") else "in order") + (
+            ", binarised" if config.get("binarized_input") else ", grey"
+        )
+        cells = [
+            e["name"], model["cell"], model["hidden_size"], model.get("num_layers", "-"),
+            model.get("readout", "-"), pixels, f"{e['num_parameters']:,}", len(history),
+            f"{minutes:.1f} min", _fmt(max(vals, default=None), 4), _fmt(last.get("test_accuracy"), 4),
+            _fmt(last.get("test_loss"), 4),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def nll_table(experiments: list[dict[str, Any]]) -> str:
     header = (
         "| experiment | cell | hidden | layers | parameters | epochs | training time | best val NLL "
         "| test NLL (nats) | test bits/px | masked px acc | class agreement |"
@@ -230,6 +276,8 @@ def draw(experiments: list[dict[str, Any]], labels: list[str], warning: str | No
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    classify = all(is_classify(e) for e in experiments)
+    metric, metric_name = ("test_accuracy", "test accuracy") if classify else ("test_nll_nats", "test NLL")
     figure = Figure(figsize=(15, 4.4))
     FigureCanvasAgg(figure)
     by_digits, by_epoch, by_time = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 1]})
@@ -244,24 +292,26 @@ def draw(experiments: list[dict[str, Any]], labels: list[str], warning: str | No
         loss_range += [v for s, v in zip(seen, smoothed, strict=True) if s >= 0.05 * longest]
         colour = line.get_color()
         epochs = [h["epoch"] for h in history]
-        nll = [h["test_nll_nats"] for h in history]
+        nll = [h[metric] for h in history]
         minutes = list(accumulate(h["seconds"] / 60 for h in history))
         by_epoch.plot(epochs, nll, marker="o", color=colour)
         by_time.plot(minutes, nll, marker="o", color=colour)
         if history:  # the last value in words: a one-epoch run is a single point
             for axes, x in ((by_epoch, epochs[-1]), (by_time, minutes[-1])):
                 axes.annotate(
-                    f"{nll[-1]:.1f}", (x, nll[-1]), textcoords="offset points", xytext=(5, 3),
+                    f"{nll[-1]:.4f}" if classify else f"{nll[-1]:.1f}", (x, nll[-1]),
+                    textcoords="offset points", xytext=(5, 3),
                     fontsize=8, color=colour,
                 )  # fmt: skip
             last_epoch, last_minute = max(last_epoch, epochs[-1]), max(last_minute, minutes[-1])
     by_digits.set(
         xlabel="training digits seen (thousands)",
-        ylabel="training loss per pixel (smoothed)",
+        ylabel="training cross-entropy (smoothed)" if classify else "training loss per pixel (smoothed)",
         title="training loss by batch",
     )
-    by_epoch.set(xlabel="epoch", ylabel="test NLL (nats per digit)", title="test NLL by epoch")
-    by_time.set(xlabel="training time (minutes)", title="test NLL by wall time")
+    ylabel = "test accuracy" if classify else "test NLL (nats per digit)"
+    by_epoch.set(xlabel="epoch", ylabel=ylabel, title=f"{metric_name} by epoch")
+    by_time.set(xlabel="training time (minutes)", title=f"{metric_name} by wall time")
     # From zero, so that one-epoch runs sit on a readable axis rather than a squashed 0.96..1.04.
     by_epoch.set_xlim(0, last_epoch + 0.6)
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -307,11 +357,15 @@ def compare(folders: list[Path], name: str, out_dir: Path, eval_dir: Path = Path
     experiments = [load_experiment(Path(folder), Path(eval_dir), notes) for folder in folders]
     for note in notes:
         warn(note)
-    warning = binarization_warning(experiments)
+    # Grey classifiers read no binarisation: only the next-pixel experiments' NLLs can disagree.
+    warning = binarization_warning([e for e in experiments if not is_classify(e)])
     if warning:
         warn(warning)
     markdown = table(experiments)
-    png = plot(experiments, line_labels(experiments), warning)
+    drawn = [e for e in experiments if not is_classify(e)] or experiments
+    if len(drawn) < len(experiments):
+        warn("classify experiments are in their own table but not in the picture (their losses are not NLLs)")
+    png = plot(drawn, line_labels(drawn), warning)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

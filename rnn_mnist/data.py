@@ -212,6 +212,9 @@ class BinarizedMNIST:
     test: torch.Tensor
     test_labels: torch.Tensor
     test_indices: torch.Tensor  # positions in the 10,000-digit MNIST test set
+    # Grey levels (N, 784) uint8 of the same validation and test digits: what --task classify reads.
+    val_grey: torch.Tensor | None = None
+    test_grey: torch.Tensor | None = None
 
     def train_pixels(self, generator: torch.Generator) -> torch.Tensor:
         """This epoch's training pixels: a fresh Bernoulli draw for dynamic binarisation."""
@@ -227,10 +230,11 @@ def binarize_fixed(grey: torch.Tensor, config: DataConfig, stream: int) -> torch
     return binarize(grey, method, config.threshold, generator)
 
 
-def load_test_digits(config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """All 10,000 test digits binarised exactly as the experiment saw them, and their labels."""
-    grey, labels = load_mnist_split(config.data_dir, train=False)
-    return binarize_fixed(grey, config, _TEST_STREAM), labels
+def load_test_digits(config: DataConfig, grey: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 10,000 test digits binarised exactly as the experiment saw them (``grey``: their grey
+    levels, unbinarised), and their labels."""
+    levels, labels = load_mnist_split(config.data_dir, train=False)
+    return (levels if grey else binarize_fixed(levels, config, _TEST_STREAM)), labels
 
 
 def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
@@ -245,7 +249,8 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
     if config.train_subset is not None:
         train_idx = train_idx[: config.train_subset]
 
-    test, test_labels = load_test_digits(config)
+    test_grey, test_labels = load_mnist_split(config.data_dir, train=False)
+    test = binarize_fixed(test_grey, config, _TEST_STREAM)
     test_indices = torch.arange(len(test))
     if config.test_subset is not None:
         test_indices = test_indices[: config.test_subset]
@@ -260,6 +265,8 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
         test=test[test_indices],
         test_labels=test_labels[test_indices],
         test_indices=test_indices,
+        val_grey=grey[val_idx],
+        test_grey=test_grey[test_indices],
     )
 
 

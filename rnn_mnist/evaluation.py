@@ -85,6 +85,10 @@ class EvalOptions:
     judge_path: str | None = None  # None: the shipped judge (rnn_mnist/weights/judge.pt)
     batch_size: int = 1000  # digits per rollout batch (times --samples)
     precision: str = "fp32"  # fp32 | bf16: the rollout's GEMMs (rnn_mnist/compute.py)
+    # Reading digits (rnn_mnist/reading.py): a classify experiment, or --classify on a label-conditioned one.
+    classify: bool = False  # read a label-conditioned next-pixel model as a classifier (Bayes' rule)
+    against: str | None = None  # with classify: a classify experiment whose curve is drawn beside
+    test_digits: int | None = None  # read only the first N test digits (None: all)
 
 
 def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[str, Any]]:

@@ -186,24 +186,8 @@ class NextPixelModel(nn.Module):
         self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None, state: State | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs (T, B, H) of the top layer and the state (layers, B, H), on rnn_mnist.gru."""
-        rnn, hidden = self.rnn, self.config.hidden_size
-        batch = canvas.shape[0]
-        if state is None:
-            state = canvas.new_zeros(self.config.num_layers, batch, hidden)
         x = self._gates_x(canvas, start, end, labels)  # (T, B, 3H)
-        finals = []
-        for layer in range(self.config.num_layers):
-            b_hh = getattr(rnn, f"bias_hh_l{layer}")
-            if layer > 0:  # nn.GRU's dropout between layers, then this layer's input projection
-                x = nn.functional.dropout(x, rnn.dropout, self.training)
-                x = nn.functional.linear(
-                    x, getattr(rnn, f"weight_ih_l{layer}"), self._input_bias(layer)
-                ).float()
-            x, final = gru_recurrence(
-                x, state[layer], getattr(rnn, f"weight_hh_l{layer}"), b_hh[2 * hidden :]
-            )
-            finals.append(final)
-        return x, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
+        return fast_gru_layers(self.rnn, x, state, self.training)
 
     def _gates_x(
         self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None
@@ -235,12 +219,7 @@ class NextPixelModel(nn.Module):
         return self.rnn.weight_ih_l0[:, first : first + self.config.num_classes]
 
     def _input_bias(self, layer: int) -> torch.Tensor:
-        """b_ih plus the r and z parts of b_hh (3H,): the biases that add to a layer's input gates.
-        The n part of b_hh stays apart, because the GRU scales it by r."""
-        b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
-        return getattr(self.rnn, f"bias_ih_l{layer}") + torch.cat(
-            [b_hh[: -self.config.hidden_size], b_hh.new_zeros(self.config.hidden_size)]
-        )
+        return gru_input_bias(self.rnn, layer)
 
     def _static_gates(self, start: int, end: int) -> torch.Tensor:
         """What layer 0's input gates (T, 3H) hold whatever the pixels: b_ih, the r and z parts of
@@ -380,6 +359,141 @@ class NextPixelModel(nn.Module):
             return logit, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
 
         return step
+
+
+def gru_input_bias(rnn: nn.GRU, layer: int) -> torch.Tensor:
+    """b_ih plus the r and z parts of b_hh (3H,): the biases that add to a layer's input gates.
+    The n part of b_hh stays apart, because the GRU scales it by r."""
+    b_hh = getattr(rnn, f"bias_hh_l{layer}")
+    return getattr(rnn, f"bias_ih_l{layer}") + torch.cat(
+        [b_hh[: -rnn.hidden_size], b_hh.new_zeros(rnn.hidden_size)]
+    )
+
+
+def fast_gru_layers(
+    rnn: nn.GRU, x: torch.Tensor, state: torch.Tensor | None, training: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``rnn``'s layers on rnn_mnist.gru, given layer 0's input gates ``x`` (T, B, 3H) with
+    ``gru_input_bias(rnn, 0)`` already added. Returns the top layer's outputs (T, B, H) and the
+    final state (layers, B, H): what ``rnn`` itself would return, on the same weights."""
+    hidden, num_layers = rnn.hidden_size, rnn.num_layers
+    if state is None:
+        state = x.new_zeros(num_layers, x.shape[1], hidden)
+    finals = []
+    for layer in range(num_layers):
+        b_hh = getattr(rnn, f"bias_hh_l{layer}")
+        if layer > 0:  # nn.GRU's dropout between layers, then this layer's input projection
+            x = nn.functional.dropout(x, rnn.dropout, training)
+            x = nn.functional.linear(
+                x, getattr(rnn, f"weight_ih_l{layer}"), gru_input_bias(rnn, layer)
+            ).float()
+        x, final = gru_recurrence(x, state[layer], getattr(rnn, f"weight_hh_l{layer}"), b_hh[2 * hidden :])
+        finals.append(final)
+    return x, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
+
+
+READOUTS = ("last", "mean")
+CLASSIFIER_KIND = "sequence classifier"
+
+
+@dataclass
+class ClassifierConfig:
+    """A sequence classifier: the recurrent core reads the 784 pixels (in ``reading_order``) and a
+    linear head names the digit. Stored in the checkpoint as a plain dict; ``kind`` tells it apart
+    from a next-pixel model's config."""
+
+    kind: str = CLASSIFIER_KIND
+    cell: str = "gru"
+    hidden_size: int = 128
+    num_layers: int = 1
+    dropout: float = 0.0
+    num_classes: int = 10
+    readout: str = "last"  # last: the head reads the final state; mean: the mean of the states
+    permutation_seed: int | None = None  # None: raster order; else one fixed permutation from this seed
+
+    def __post_init__(self) -> None:
+        if self.kind != CLASSIFIER_KIND:
+            raise ValueError(f"not a {CLASSIFIER_KIND} config (kind {self.kind!r})")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, not {self.cell!r}")
+        if self.hidden_size < 1 or self.num_layers < 1 or self.num_classes < 2:
+            raise ValueError("hidden_size and num_layers must be at least 1, num_classes at least 2")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, not {self.readout!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClassifierConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pixel_permutation(seed: int) -> torch.Tensor:
+    """The fixed order (784,) in which permuted sequential MNIST reads the pixels."""
+    return torch.randperm(NUM_PIXELS, generator=torch.Generator().manual_seed(seed))
+
+
+class SequenceClassifier(nn.Module):
+    """Sequential MNIST: the same recurrent core as NextPixelModel reads pixel t at step t (no
+    shift: the class is predicted after the whole image), and a linear head maps the final state,
+    or the mean of the states, to class logits.
+
+        model = SequenceClassifier(ClassifierConfig(hidden_size=128))
+        logits = model(images)                      # images (B, 784) float in [0, 1] -> (B, 10)
+        every = model.logits_after_each_pixel(images)   # (B, 784, 10): the head after t pixels read
+    """
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rnn = CELLS[config.cell](
+            input_size=1,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.num_classes)
+        seed = config.permutation_seed
+        order = torch.arange(NUM_PIXELS) if seed is None else pixel_permutation(seed)
+        # Persistent: the checkpoint holds the very order the model was trained on.
+        self.register_buffer("reading_order", order)
+        self.fast_gru = True  # as NextPixelModel.fast_gru: False runs GRUs on nn.GRU on the CPU too
+
+    def states(self, images: torch.Tensor) -> torch.Tensor:
+        """The top layer's state after each pixel (B, 784, H), pixels read in ``reading_order``."""
+        x = images[:, self.reading_order]  # (B, T)
+        if self.fast_gru and self.config.cell == "gru" and images.device.type == "cpu":
+            # Layer 0's input gates: one scalar input per step, so a broadcast multiply, no GEMM.
+            gates = gru_input_bias(self.rnn, 0) + x.t().unsqueeze(2) * self.rnn.weight_ih_l0[:, 0]
+            out, _ = fast_gru_layers(self.rnn, gates.float(), None, self.training)  # (T, B, H)
+            return out.transpose(0, 1)
+        out, _ = self.rnn(x.unsqueeze(2))
+        return out
+
+    def _head(self, states: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(states.device.type, enabled=False):  # the head stays fp32
+            return self.head(self.dropout(states.float()))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, classes) of images (B, 784) in raster order."""
+        states = self.states(images)
+        summary = states[:, -1] if self.config.readout == "last" else states.mean(dim=1)
+        return self._head(summary)
+
+    def logits_after_each_pixel(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 784, classes): what the head says after 1, 2, ..., 784 pixels have been read (the
+        state then, or the mean of the states so far); the last equals ``forward``."""
+        states = self.states(images)
+        if self.config.readout == "mean":
+            counts = torch.arange(1, states.shape[1] + 1, device=states.device, dtype=states.dtype)
+            states = states.cumsum(dim=1) / counts[:, None]
+        return self._head(states)
 
 
 def select_state(state: State, index: slice | torch.Tensor) -> State:

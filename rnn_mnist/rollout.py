@@ -304,15 +304,11 @@ def most_likely(result: Completion) -> Completion:
 
 
 @torch.no_grad()
-def teacher_forced_nll(
-    model: NextPixelModel,
-    pixels: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    counted: torch.Tensor | None = None,
-    batch_size: int = 500,
+def teacher_forced_log_probs(
+    model: NextPixelModel, pixels: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 500
 ) -> torch.Tensor:
-    """NLL (nats, (N,)) of the ``counted`` pixels (784,) bool (None: all) of each image (N, 784),
-    each given all the true pixels before it. ``labels`` (N,) are for label-conditioned models."""
+    """log p(x_t | x_<t) (N, 784) of every pixel of each image (N, 784), each given all the true
+    pixels before it: one teacher-forced pass. ``labels`` (N,) are for label-conditioned models."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -322,34 +318,61 @@ def teacher_forced_nll(
             x = pixels[start : start + batch_size].to(device).float()
             batch_labels = None if labels is None else labels[start : start + batch_size]
             logits = model.teacher_forced_logits(x, batch_labels)
-            nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-            if counted is not None:
-                nll = nll[:, counted.to(device)]
-            out.append(nll.sum(dim=1).cpu())
+            out.append(-F.binary_cross_entropy_with_logits(logits, x, reduction="none").cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
 
 
-def label_log_posterior(
-    model: NextPixelModel, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
+def teacher_forced_nll(
+    model: NextPixelModel,
+    pixels: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
+    batch_size: int = 500,
 ) -> torch.Tensor:
-    """log p(label | image) (B,) under a label-conditioned model, for whole images (B, 784).
+    """NLL (nats, (N,)) of the ``counted`` pixels (784,) bool (None: all) of each image (N, 784),
+    each given all the true pixels before it. ``labels`` (N,) are for label-conditioned models."""
+    log_probs = teacher_forced_log_probs(model, pixels, labels, batch_size)
+    if counted is not None:
+        log_probs = log_probs[:, counted.cpu()]
+    return -log_probs.sum(dim=1)
 
-    Bayes' rule over the model's own class-conditional likelihoods p(image | class), one
-    teacher-forced pass per class, with a uniform prior: the model read as a classifier.
-    """
+
+def class_log_likelihoods(
+    model: NextPixelModel, images: torch.Tensor, batch_size: int = 500, per_pixel: bool = False
+) -> torch.Tensor:
+    """log p(image | class) (B, classes) under a label-conditioned model, one teacher-forced pass
+    per class; ``per_pixel``: the (B, classes, 784) terms log p(x_t | x_<t, class) whose sum that
+    is (their cumulative sum over t is log p(x_<=t | class): the model's reading after t pixels).
+    float64: summed over 784 pixels, fp32 would blur likelihoods a few hundredths of a nat apart."""
     num_classes = model.config.num_classes
     if num_classes == 0:
-        raise ValueError("label_log_posterior needs a label-conditioned model (--condition label)")
-    log_likelihood = -torch.stack(
+        raise ValueError("reading a class needs a label-conditioned model (--condition label)")
+    terms = torch.stack(
         [
-            teacher_forced_nll(model, images, torch.full((len(images),), c), batch_size=batch_size)
+            teacher_forced_log_probs(model, images, torch.full((len(images),), c), batch_size)
             for c in range(num_classes)
         ],
         dim=1,
-    )  # (B, num_classes)
-    return log_likelihood.gather(1, labels.long().view(-1, 1)).squeeze(1) - log_likelihood.logsumexp(dim=1)
+    ).double()  # (B, classes, 784)
+    return terms if per_pixel else terms.sum(dim=2)
+
+
+def class_log_posterior(model: NextPixelModel, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """log p(class | image) (B, classes), float64: Bayes' rule over ``class_log_likelihoods`` with a
+    uniform prior, the generative model read as a classifier."""
+    log_likelihood = class_log_likelihoods(model, images, batch_size)
+    return log_likelihood - log_likelihood.logsumexp(dim=1, keepdim=True)
+
+
+def label_log_posterior(
+    model: NextPixelModel, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
+) -> torch.Tensor:
+    """log p(label | image) (B,) under a label-conditioned model, for whole images (B, 784):
+    ``class_log_posterior`` at each image's ``labels``."""
+    posterior = class_log_posterior(model, images, batch_size)
+    return posterior.gather(1, labels.long().view(-1, 1)).squeeze(1).float()
 
 
 def most_recognisable(model: NextPixelModel, result: Completion, labels: torch.Tensor) -> Completion:

@@ -1,10 +1,11 @@
-"""The training loop: teacher forcing, per-epoch evaluation, atomic checkpoints, exact resume.
+"""The training loop: one loop for every task, per-epoch evaluation, atomic checkpoints, exact resume.
 
     flags = {...}  # every train.py flag, as plain values
     history = train_experiment(flags)
 
 After every epoch the experiment folder holds a checkpoint and a ``.pkl`` of metrics, both written
-atomically, so Ctrl-C or a crash loses at most the epoch in progress.
+atomically, so Ctrl-C or a crash loses at most the epoch in progress. What differs between the
+next-pixel and the classify task (model, inputs, loss, metrics, epoch line) is rnn_mnist/tasks.py's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnn_mnist.checkpoint import (
@@ -29,20 +29,26 @@ from rnn_mnist.checkpoint import (
     to_cpu,
 )
 from rnn_mnist.compute import autocast, configure_cpu_math
-from rnn_mnist.data import NUM_PIXELS, DataConfig, load_binarized_mnist
+from rnn_mnist.data import DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted, describe_os_error
 from rnn_mnist.experiment_lock import ExperimentLock
 from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.memory import MemoryNeed, check_fits, training_need
-from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
+from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
 from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
-from rnn_mnist.samples import write_epoch_samples
-from rnn_mnist.scheduled_sampling import Schedule, parallel_mixture, resolve_mode, sequential_logits
+from rnn_mnist.scheduled_sampling import Schedule
+from rnn_mnist.tasks import (  # noqa: F401 (evaluate_nll, pixel_loss: used through this module too)
+    EVAL_BATCH_SIZE,
+    Task,
+    check_task_flags,
+    evaluate_nll,
+    make_task,
+    pixel_loss,
+)
 
 LOSSES = ("bce", "mse")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-EVAL_BATCH_SIZE = 500
 
 
 @dataclass
@@ -107,13 +113,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pixel_loss(logits: torch.Tensor, pixels: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean training loss per pixel: BCE on logits, or MSE on sigmoid outputs (the original)."""
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, pixels)
-    return F.mse_loss(torch.sigmoid(logits), pixels)
-
-
 def train_step(
     model: NextPixelModel,
     optimizer: torch.optim.Optimizer,
@@ -153,39 +152,6 @@ def optimize(
         raise NonFiniteLoss(f"the training {what}")
     optimizer.step()
     return value.detach()
-
-
-@torch.no_grad()
-def evaluate_nll(
-    model: NextPixelModel,
-    pixels: torch.Tensor,
-    loss: str,
-    device: torch.device,
-    labels: torch.Tensor | None = None,
-    progress_desc: str | None = None,
-) -> dict[str, float]:
-    """Training loss and exact NLL of uint8 pixels (N, 784), in nats per image and bits per pixel.
-
-    ``progress_desc`` names a progress bar over the batches (none when None).
-    """
-    model.eval()
-    total_loss = total_nll = 0.0
-    starts = range(0, len(pixels), EVAL_BATCH_SIZE)
-    for start in progress(starts, progress_desc or "", unit="batch", enabled=progress_desc is not None):
-        batch = pixels[start : start + EVAL_BATCH_SIZE].to(device).float()
-        batch_labels = None if labels is None else labels[start : start + EVAL_BATCH_SIZE].to(device)
-        logits = model.teacher_forced_logits(batch, batch_labels)
-        nll = F.binary_cross_entropy_with_logits(logits, batch, reduction="sum")
-        total_nll += nll.item()
-        total_loss += pixel_loss(logits, batch, loss).item() * len(batch)
-    model.train()
-    n = len(pixels)
-    nll_nats = total_nll / n
-    return {
-        "loss": total_loss / n,
-        "nll_nats": nll_nats,
-        "bits_per_pixel": nll_nats / (NUM_PIXELS * math.log(2)),
-    }
 
 
 def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -234,18 +200,6 @@ class RunLog:
         self.file.close()
 
 
-def _format_epoch(entry: dict[str, Any]) -> str:
-    val = entry["val_nll_nats"]
-    val_text = "   -  " if val is None else f"{val:6.2f}"
-    return (
-        f"| epoch {entry['epoch']:3d} | train loss {entry['train_loss']:.4f} "
-        f"| val nll {val_text} | test nll {entry['test_nll_nats']:6.2f} nats "
-        f"| {entry['test_bits_per_pixel']:.4f} bits/px | lr {entry['lr']:.1e} "
-        f"| {entry['seconds']:6.1f} s |"
-        + (f" eps {entry['teacher_forcing_prob']:.3f} |" if entry["teacher_forcing_prob"] < 1 else "")
-    )
-
-
 def train_experiment(
     flags: dict[str, Any], typed: set[str] | None = None, show_progress: bool = True
 ) -> list[dict[str, Any]]:
@@ -255,6 +209,8 @@ def train_experiment(
     The run holds the experiment folder's lock throughout: a second run there is refused.
     """
     check_run_mode(flags)
+    if not flags.get("resume"):  # a resumed run's task is the saved one: checked once it is known
+        check_task_flags(flags)
     paths = ExperimentPaths.of(flags["exp_dir"], flags["exp_name"])
     if flags.get("resume") and not paths.checkpoint.exists():  # checked before the lock makes a folder
         raise RnnMnistError(f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume")
@@ -280,13 +236,13 @@ def _train_locked(
 
     train_cfg = config_from_flags(TrainConfig, flags)
     data_cfg = config_from_flags(DataConfig, flags)
+    task = make_task(flags, train_cfg)
     try:
         if checkpoint is not None:  # the saved configs are the source of truth
-            model_cfg = ModelConfig.from_dict(checkpoint["model_config"])
+            model_cfg = task.model_config_from_dict(checkpoint["model_config"])
             data_cfg = DataConfig.from_dict({**checkpoint["data_config"], "data_dir": flags["data_dir"]})
         else:
-            num_classes = 10 if flags.get("condition") == "label" else 0
-            model_cfg = config_from_flags(ModelConfig, {**flags, "num_classes": num_classes})
+            model_cfg = task.model_config(flags)
     except (TypeError, ValueError) as exc:
         where = f"{paths.checkpoint} holds an invalid config: " if checkpoint is not None else ""
         raise RnnMnistError(f"{where}{exc}") from None
@@ -301,13 +257,13 @@ def _train_locked(
 
     def need_at(batch_size: int) -> MemoryNeed:
         return training_need(
-            model_cfg,
+            task.memory_config(model_cfg),
             batch_size,
             train_digits=len(data.train_grey),
             eval_digits=max(len(data.val), len(data.test)),
             device=device,
             eval_batch_size=EVAL_BATCH_SIZE,
-            dynamic=data_cfg.binarize == "dynamic",
+            dynamic=data_cfg.binarize == "dynamic" and task.reads_binarised,
         )
 
     check_fits(  # before the model exists: an allocation that does not fit wakes the OOM killer
@@ -315,9 +271,9 @@ def _train_locked(
         train_cfg.batch_size,
         f"training a {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers} "
         f"at batch {train_cfg.batch_size}",
-        "the model alone does not fit: lower --hidden, --layers or --head-hidden",
+        f"the model alone does not fit: lower {task.size_flags}",
     )
-    model = NextPixelModel(model_cfg).to(device)
+    model = task.build_model(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -376,7 +332,7 @@ def _train_locked(
                 f"{paths.root}: {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers}, "
                 f"{count_parameters(model):,} parameters, {len(data.train_grey):,} train"
                 f" / {len(data.val):,} val / {len(data.test):,} test digits, "
-                f"{data_cfg.binarize} binarisation, device {device}"
+                f"{task.describe_inputs(data_cfg)}, task {task.name}, device {device}"
             )
         elif start_epoch >= train_cfg.epochs:
             log(f"{paths.root}: already trained {start_epoch} epochs; raise --epochs to train more")
@@ -386,7 +342,16 @@ def _train_locked(
             try:
                 batches_done = sum(len(h["batch_losses"]) for h in history)
                 entry = _train_one_epoch(
-                    model, optimizer, data, generator, train_cfg, device, epoch, batches_done, show_progress
+                    model,
+                    optimizer,
+                    data,
+                    generator,
+                    train_cfg,
+                    device,
+                    epoch,
+                    batches_done,
+                    show_progress,
+                    task,
                 )
             except NonFiniteLoss as exc:
                 raise NonFiniteLoss(
@@ -396,8 +361,7 @@ def _train_locked(
             history.append({**entry, "compute": compute})
             save_or_explain(epoch)
             saved_epoch = epoch
-            samples = write_epoch_samples(model, data.test, data.test_labels, paths.samples, epoch)
-            log(f"{_format_epoch(entry)} samples {samples}")
+            log(task.format_epoch(entry) + task.epoch_pictures(model, data, paths.samples, epoch))
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted; the checkpoint after epoch {saved_epoch} in {paths.root} is intact. "
@@ -409,7 +373,7 @@ def _train_locked(
 
 
 def _train_one_epoch(
-    model: NextPixelModel,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     data,
     generator: torch.Generator,
@@ -418,45 +382,40 @@ def _train_one_epoch(
     epoch: int,
     batches_done: int,
     show_progress: bool,
+    task: Task,
 ) -> dict[str, Any]:
-    """One pass over the training digits, then validation and test NLL: the epoch's history entry.
+    """One pass over the training digits, then the task's validation and test metrics: the
+    epoch's history entry.
 
-    ``batches_done`` counts the mini-batches of earlier epochs: the scheduled-sampling index i.
+    ``batches_done`` counts the mini-batches of earlier epochs (the lr schedule's and scheduled
+    sampling's batch index continues from it).
     """
     started = time.perf_counter()
-    pixels = data.train_pixels(generator)
-    order = torch.randperm(len(pixels), generator=generator)
+    inputs = task.epoch_inputs(data, generator)
+    order = torch.randperm(len(inputs), generator=generator)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     lr_at = cfg.lr_at(len(batches))
     lr = lr_at(batches_done)
     batch_losses: list[float] = []
+    extras: dict[str, list[float]] = {}  # per-batch numbers a task reports (eps of scheduled sampling)
     seen = 0
     model.train()
     bar = progress(batches, f"epoch {epoch}/{cfg.epochs}", unit="batch", enabled=show_progress)
-    conditioned = model.config.num_classes > 0
-    schedule, eps_values = cfg.schedule(), []
-    mode = resolve_mode(cfg.ss_mode, device)
     for batch_index, idx in enumerate(bar):
-        batch = pixels[idx].to(device, non_blocking=True).float()
-        labels = data.train_labels[idx].to(device) if conditioned else None
+        batch = inputs[idx].to(device, non_blocking=True)
+        labels = data.train_labels[idx].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(batches_done + batch_index)
-        eps = schedule.teacher_forcing_prob(batches_done + batch_index)
-        eps_values.append(eps)
         try:
-            if eps < 1.0 and mode == "sequential":
-                with autocast(device, cfg.precision):
-                    logits, _ = sequential_logits(model, batch, eps, generator, labels)
-                value = optimize(model, optimizer, pixel_loss(logits.float(), batch, cfg.loss), cfg.clip)
-            else:
-                fed = parallel_mixture(model, batch, eps, generator, labels, cfg.ss_passes)
-                value = train_step(model, optimizer, batch, cfg.loss, cfg.clip, labels, fed, cfg.precision)
-            loss = value.item()
+            value, reported = task.loss(model, batch, labels, batches_done + batch_index, generator)
+            loss = optimize(model, optimizer, value, cfg.clip).item()
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"the training loss became {loss}")
         except NonFiniteLoss as exc:
             bar.close()
             raise NonFiniteLoss(f"{exc} in epoch {epoch}, batch {batch_index + 1}") from None
+        for key, number in reported.items():
+            extras.setdefault(key, []).append(number)
         batch_losses.append(loss)
         seen += len(idx)
         bar.set_postfix(
@@ -465,26 +424,16 @@ def _train_one_epoch(
     bar.close()
     train_seconds = time.perf_counter() - started
 
-    val_labels, test_labels = (data.val_labels, data.test_labels) if conditioned else (None, None)
-
     # About a tenth of an epoch's time (23 s of 277 at GRU-128): it shows progress too.
     def named(stage: str) -> str | None:
         return f"epoch {epoch}/{cfg.epochs}: {stage}" if show_progress else None
 
-    val = None
-    if len(data.val):
-        val = evaluate_nll(model, data.val, cfg.loss, device, val_labels, named("validation"))
-    test = evaluate_nll(model, data.test, cfg.loss, device, test_labels, named("test"))
     entry = {
         "epoch": epoch,
         "lr": lr,
-        "teacher_forcing_prob": float(np.mean(eps_values)),
+        **{key: float(np.mean(values)) for key, values in extras.items()},
         "train_loss": float(np.mean(batch_losses)),
-        "val_loss": None if val is None else val["loss"],
-        "val_nll_nats": None if val is None else val["nll_nats"],
-        "test_loss": test["loss"],
-        "test_nll_nats": test["nll_nats"],
-        "test_bits_per_pixel": test["bits_per_pixel"],
+        **task.evaluate(model, data, device, named),
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - started,
         "train_sequences_per_second": seen / train_seconds,

@@ -14,7 +14,7 @@ from conftest import tiny_train_args
 
 import evaluate
 import train
-from rnn_mnist import training
+from rnn_mnist import tasks
 from rnn_mnist.checkpoint import ExperimentPaths, load_checkpoint, save_metrics
 from rnn_mnist.cli import typed_flags
 from rnn_mnist.judge import main as judge_main
@@ -117,7 +117,7 @@ class PoisonedGradient(torch.autograd.Function):
 def test_a_non_finite_gradient_never_reaches_the_weights(tmp_path, mnist_dir, capsys, monkeypatch):
     # The loss of the last batch of epoch 1 (3 batches an epoch) is finite, its gradient NaN.
     # Before, the step applied it: epoch 1 ended with NaN weights and a NaN test NLL, and saved them.
-    real_loss, calls = training.pixel_loss, {"n": 0}
+    real_loss, calls = tasks.pixel_loss, {"n": 0}
 
     def loss_with_poisoned_gradient(logits, pixels, loss):
         value = real_loss(logits, pixels, loss)
@@ -126,7 +126,7 @@ def test_a_non_finite_gradient_never_reaches_the_weights(tmp_path, mnist_dir, ca
         calls["n"] += 1
         return PoisonedGradient.apply(value) if calls["n"] == 3 else value
 
-    monkeypatch.setattr(training, "pixel_loss", loss_with_poisoned_gradient)
+    monkeypatch.setattr(tasks, "pixel_loss", loss_with_poisoned_gradient)
     code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "poison"), capsys)
     assert code == 3 and "gradient" in err and "epoch 1, batch 3" in err and "Traceback" not in err
     folder = tmp_path / "poison"
@@ -137,13 +137,13 @@ def test_a_non_finite_gradient_never_reaches_the_weights(tmp_path, mnist_dir, ca
 
 
 def test_a_non_finite_evaluation_is_not_saved(tmp_path, mnist_dir, capsys, monkeypatch):
-    real_nll = training.evaluate_nll
+    real_nll = tasks.evaluate_nll
 
     def nan_test_nll(model, pixels, *args):
         result = real_nll(model, pixels, *args)
         return {**result, "nll_nats": float("nan")} if len(pixels) == 40 else result  # the test split
 
-    monkeypatch.setattr(training, "evaluate_nll", nan_test_nll)
+    monkeypatch.setattr(tasks, "evaluate_nll", nan_test_nll)
     code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "nan-eval"), capsys)
     assert code == 3 and "test nll" in err and "epoch 1" in err
     assert load_checkpoint(tmp_path / "nan-eval" / "checkpoint.ckpt")["epoch"] == 0
@@ -185,6 +185,11 @@ EVALUATE_IGNORED = [
     (["--indices", "1,2", "--num-digits", "5"], ["--num-digits"]),
     (["--indices", "1,2", "--per-class", "1"], ["--indices", "--per-class"]),
     (["--sampling", "bernoulli", "--best-by", "likelihood"], ["--best-by", "--best-of"]),
+    (["--against", "other"], ["--against", "give --classify too"]),
+    # --classify reads whole digits: completion flags would be ignored (even those a later rule refuses)
+    (["--classify", "--mask", "center:14", "--particles", "4"], ["--mask", "--particles", "only change"]),
+    (["--classify", "--inpaint", "best", "--samples", "2"], ["--inpaint", "--samples", "only change"]),
+    (["--classify", "--no-gifs"], ["--no-gifs", "--classify reads whole test digits"]),
 ]
 
 

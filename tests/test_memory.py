@@ -10,7 +10,7 @@ from conftest import run_main, tiny_train_args
 
 import evaluate
 import train
-from rnn_mnist import evaluation, memory, training
+from rnn_mnist import evaluation, memory, tasks, training
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.memory import (
     MemoryNeed,
@@ -102,7 +102,7 @@ def test_a_model_too_large_is_refused_without_allocating_it(tmp_path, mnist_dir,
     def never(*args, **kwargs):
         raise AssertionError("the model was built: it would have allocated about 77 GB")
 
-    monkeypatch.setattr(training, "NextPixelModel", never)  # a safety net if the check failed
+    monkeypatch.setattr(tasks, "NextPixelModel", never)  # a safety net if the check failed
     monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * GIB)
     args = tiny_train_args(tmp_path, mnist_dir, "huge", "--hidden", "40000")
     code, err = run_main(train.main, args, capsys)

@@ -207,14 +207,14 @@ def test_resume_refuses_flags_that_clash_with_the_experiment(tmp_path, mnist_dir
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
-    real_step, calls = training.train_step, {"n": 0}
+    real_step, calls = training.optimize, {"n": 0}
 
     def step_that_explodes_in_epoch_two(*args):
         calls["n"] += 1
         value = real_step(*args)
         return value * float("nan") if calls["n"] == 5 else value  # 3 batches per epoch
 
-    monkeypatch.setattr(training, "train_step", step_that_explodes_in_epoch_two)
+    monkeypatch.setattr(training, "optimize", step_that_explodes_in_epoch_two)
     code, err = run_main(tiny_args(tmp_path, mnist_dir, "nan", "--epochs", "3"), capsys)
     assert code == 3 and "nan" in err and "epoch 2" in err
     checkpoint = load_checkpoint(tmp_path / "experiments" / "nan" / "checkpoint.ckpt")

@@ -1,0 +1,157 @@
+"""Reading digits: evaluate.py on a classify experiment, the generative model as a classifier
+(Bayes posterior, accuracy by pixels read, --against) and their refusals, end to end on the fixtures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_main, tiny_train_args
+
+import evaluate
+import train
+from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.evaluation import EvalOptions
+from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.reading import confusion_matrix, generative_reading, read_digits
+from rnn_mnist.rollout import class_log_posterior
+
+
+def _conditioned_model() -> NextPixelModel:
+    torch.manual_seed(0)
+    model = NextPixelModel(ModelConfig(hidden_size=6, num_classes=10)).eval()
+    with torch.no_grad():  # make the label matter: a random model's label weights are small
+        model.rnn.weight_ih_l0[:, -10:].mul_(20)
+    return model
+
+
+def _binary_images(n: int) -> torch.Tensor:
+    return (torch.rand(n, 784, generator=torch.Generator().manual_seed(1)) > 0.8).to(torch.uint8)
+
+
+@torch.no_grad()
+def test_bayes_posterior_sums_to_one_and_equals_a_pixel_by_pixel_computation():
+    model, images = _conditioned_model(), _binary_images(2)
+    posterior = class_log_posterior(model, images).exp()  # (2, 10)
+    # By hand: p(image | c) as the product over pixels of the model's Bernoulli probabilities, one
+    # pixel at a time with model.step, then Bayes' rule with a uniform prior.
+    by_hand = torch.zeros(2, 10, dtype=torch.float64)
+    for c in range(10):
+        labels, state = torch.full((2,), c), None
+        for t in range(784):
+            logit, state = model.step(images.float(), t, state, labels)
+            p = torch.sigmoid(logit.double())
+            by_hand[:, c] += torch.where(images[:, t] == 1, p, 1 - p).log()
+    by_hand = (by_hand - by_hand.logsumexp(dim=1, keepdim=True)).exp()
+    torch.testing.assert_close(posterior.sum(dim=1), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(posterior, by_hand, rtol=1e-3, atol=1e-4)
+    assert posterior.max() - posterior.min() > 0.05  # the classes really differ
+
+
+@torch.no_grad()
+def test_accuracy_after_784_pixels_is_the_full_image_accuracy():
+    model, images = _conditioned_model(), _binary_images(30)
+    labels = torch.arange(30) % 10
+    log_posterior, every = generative_reading(model, images, batch_size=7)
+    independent = class_log_posterior(model, images, batch_size=11).argmax(dim=1)
+    assert torch.equal(every[:, -1], independent)
+    assert torch.equal(log_posterior.argmax(dim=1), independent)
+    # And earlier, the reading is the posterior of the prefix alone: after 300 pixels it ignores the rest.
+    changed = images.clone()
+    changed[:, 300:] = 1 - changed[:, 300:]
+    _, every_changed = generative_reading(model, changed, batch_size=30)
+    assert torch.equal(every_changed[:, :300], every[:, :300])
+    assert not torch.equal(every_changed[:, -1], every[:, -1])
+    assert (labels == independent).double().mean() == (every[:, -1] == labels).double().mean()
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    matrix = confusion_matrix(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 0]), classes=3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory, mnist_dir):
+    """A classify experiment (permuted) and a label-conditioned next-pixel one, trained once."""
+    exp_dir = tmp_path_factory.mktemp("experiments")
+    common = ("--epochs", "1")
+    assert (
+        train.main(tiny_train_args(exp_dir, mnist_dir, "cls", "--task", "classify", "--permute", *common))
+        == 0
+    )
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "gen", "--condition", "label", *common)) == 0
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "plain", *common)) == 0
+    return exp_dir
+
+
+def _evaluate(experiments, tmp_path, name, *extra):
+    return ["--exp-name", name, "--exp-dir", str(experiments), "--out-dir", str(tmp_path / name), *extra]
+
+
+def test_evaluate_a_classify_experiment(experiments, tmp_path, capsys):
+    assert evaluate.main(_evaluate(experiments, tmp_path, "cls")) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "cls" / "metrics.json").read_text())
+    checkpoint = load_checkpoint(experiments / "cls" / "checkpoint.ckpt")
+    # The same permutation and pixel scaling as in training: the same accuracy on the same 40 digits.
+    assert math.isclose(metrics["test_accuracy"], checkpoint["history"][-1]["test_accuracy"])
+    assert metrics["permuted"] and metrics["num_digits"] == 40
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 40
+    assert math.isclose(int(matrix.trace()) / 40, metrics["test_accuracy"])
+    assert len(metrics["misread"]) == 40 - int(matrix.trace())
+    assert len(metrics["accuracy_by_pixels_read"]) == 784
+    assert math.isclose(metrics["accuracy_by_pixels_read"][-1], metrics["test_accuracy"])
+    for name in ("confusion.png", "misread.png", "accuracy-by-pixels.png"):
+        assert (tmp_path / "cls" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_generative_model_as_a_classifier_against_a_classify_model(experiments, tmp_path, capsys):
+    args = _evaluate(experiments, tmp_path, "gen", "--classify", "--against", "cls", "--test-digits", "12")
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "generative classifier" in out and "against cls" in out
+    metrics = json.loads((tmp_path / "gen" / "metrics.json").read_text())
+    assert metrics["num_digits"] == 12 and len(metrics["accuracy_by_pixels_read"]) == 784
+    assert metrics["accuracy_by_pixels_read"][-1] == metrics["test_accuracy"]
+    assert len(metrics["against"]["accuracy_by_pixels_read"]) == 784
+    assert (tmp_path / "gen" / "accuracy-by-pixels.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"),
+    [
+        ("plain", ("--classify",), "trained without --condition label"),
+        ("cls", ("--classify",), "is a classifier already"),
+        ("gen", ("--against", "cls"), "give --classify too"),
+        ("gen", ("--classify", "--against", "plain"), "is not a classify experiment"),
+        ("gen", ("--classify", "--against", "missing"), "no experiment 'missing'"),
+    ],
+)
+def test_reading_refuses_bad_input_in_one_line(experiments, tmp_path, capsys, name, extra, message):
+    code, err = run_main(evaluate.main, _evaluate(experiments, tmp_path, name, *extra), capsys)
+    assert code != 0 and "error: " in err and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_read_digits_of_a_next_pixel_model_needs_classify(experiments, tmp_path):
+    with pytest.raises(Exception, match="pass --classify"):
+        read_digits(EvalOptions(exp_name="gen", exp_dir=str(experiments), out_dir=str(tmp_path / "x")))
+
+
+def test_compare_puts_classify_experiments_in_their_own_accuracy_table(experiments, tmp_path, capsys):
+    from rnn_mnist import compare
+
+    folders = [experiments / n for n in ("gen", "cls", "plain")]
+    markdown = compare.compare(folders, "mixed", tmp_path, eval_dir=tmp_path)
+    nll_table, accuracy_table = markdown.split("\n\n")
+    assert "test NLL" in nll_table and "| gen |" in nll_table and "| cls |" not in nll_table
+    assert "test acc" in accuracy_table and "NLL" not in accuracy_table
+    row = next(line for line in accuracy_table.splitlines() if line.startswith("| cls |"))
+    accuracy = load_checkpoint(experiments / "cls" / "checkpoint.ckpt")["history"][-1]["test_accuracy"]
+    assert f"{accuracy:.4f}" in row and "permuted" in row
+    assert "not in the picture" in capsys.readouterr().err
+    only = compare.compare([experiments / "cls"], "cls", tmp_path, eval_dir=tmp_path)
+    assert only.startswith("| classifier |") and (tmp_path / "compare-cls.png").exists()
