@@ -209,6 +209,19 @@ def _unreadable(path: Path, exc: Exception) -> RnnMnistError:
     return RnnMnistError(f"{path} is not a readable rnn-mnist checkpoint ({first_line})")
 
 
+def rebuild_model(
+    path: Path, checkpoint: dict[str, Any], build: Callable[[dict], torch.nn.Module]
+) -> torch.nn.Module:
+    """The model ``build(model_config)`` with the checkpoint's weights; a config or weights that do
+    not fit give one line."""
+    try:
+        model = build(checkpoint["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise RnnMnistError(f"{path} holds an invalid model config ({exc})") from None
+    load_weights(model, checkpoint["model_state"], path)
+    return model
+
+
 def load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
     """``module.load_state_dict(state)``, with weights that do not fit told in one line."""
     expected = module.state_dict()

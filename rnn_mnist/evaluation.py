@@ -26,7 +26,7 @@ from rnn_mnist.checkpoint import (
     check_writable_folder,
     json_bytes,
     load_checkpoint,
-    load_weights,
+    rebuild_model,
     weights_sha256,
 )
 from rnn_mnist.compute import configure_cpu_math
@@ -97,11 +97,7 @@ def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[s
     kind = checkpoint["model_config"].get("kind")  # other models' checkpoints say what they hold
     if kind is not None:
         raise RnnMnistError(f"{path} holds a {kind}, not a next-pixel model")
-    try:
-        model = NextPixelModel(ModelConfig.from_dict(checkpoint["model_config"]))
-    except (TypeError, ValueError) as exc:
-        raise RnnMnistError(f"{path} holds an invalid model config ({exc})") from None
-    load_weights(model, checkpoint["model_state"], path)
+    model = rebuild_model(path, checkpoint, lambda config: NextPixelModel(ModelConfig.from_dict(config)))
     return model.to(device).eval(), checkpoint
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, load_weights, weights_sha256
+from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, rebuild_model, weights_sha256
 from rnn_mnist.compute import configure_cpu_math
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
@@ -58,11 +58,9 @@ def load_classifier(path: Path, device: torch.device) -> tuple[SequenceClassifie
     checkpoint = load_checkpoint(path)
     if checkpoint["model_config"].get("kind") != CLASSIFIER_KIND:
         raise RnnMnistError(f"{path} holds no {CLASSIFIER_KIND}: train one with train.py --task classify")
-    try:
-        model = SequenceClassifier(ClassifierConfig.from_dict(checkpoint["model_config"]))
-    except (TypeError, ValueError) as exc:
-        raise RnnMnistError(f"{path} holds an invalid model config ({exc})") from None
-    load_weights(model, checkpoint["model_state"], path)
+    model = rebuild_model(
+        path, checkpoint, lambda config: SequenceClassifier(ClassifierConfig.from_dict(config))
+    )
     return model.to(device).eval(), checkpoint
 
 

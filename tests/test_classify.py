@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_main, tiny_train_args
+from conftest import PoisonedGradient, run_main, tiny_train_args
 
 import train
 from rnn_mnist import memory, tasks
@@ -142,18 +142,6 @@ def test_resuming_a_next_pixel_experiment_as_a_classifier_is_refused(tmp_path, m
 
 
 # What main added to the one training loop (issue 11) holds for the classify task too.
-class PoisonedGradient(torch.autograd.Function):
-    """The identity, whose gradient is NaN: a finite loss with a non-finite gradient."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
-
-
 def test_a_non_finite_gradient_never_reaches_a_classifier(tmp_path, mnist_dir, capsys, monkeypatch):
     real_loss, calls = tasks.ClassifyTask.loss, {"n": 0}
 

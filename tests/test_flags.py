@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
+from conftest import PoisonedGradient, tiny_train_args
 from conftest import run_main as run_script_main
-from conftest import tiny_train_args
 
 import evaluate
 import train
@@ -100,18 +100,6 @@ def test_judge_seed_out_of_range_is_a_one_line_error(tmp_path, capsys):
 def test_lr_and_gamma_out_of_range_are_one_line_errors(tmp_path, mnist_dir, capsys, bad):
     code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "lr", *bad), capsys)
     assert_one_line_error(code, err, bad[0], "(0, 1]")
-
-
-class PoisonedGradient(torch.autograd.Function):
-    """The identity, whose gradient is NaN: a finite loss with a non-finite gradient."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
 
 
 def test_a_non_finite_gradient_never_reaches_the_weights(tmp_path, mnist_dir, capsys, monkeypatch):
