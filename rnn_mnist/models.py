@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from rnn_mnist import native
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
 from rnn_mnist.gru import gru_cell, gru_recurrence, matmul_dtype
 
@@ -119,9 +120,11 @@ class NextPixelModel(nn.Module):
         one_hot = nn.functional.one_hot
         rows_cols = torch.cat([one_hot(row, IMAGE_SIDE), one_hot(col, IMAGE_SIDE)], dim=1)
         self.register_buffer("position_one_hot", rows_cols.float(), persistent=False)  # (784, 56)
-        # A runtime switch, not part of the config: False runs GRUs on nn.GRU on the CPU too (the
-        # reference the fast path is tested and benchmarked against).
+        # Runtime switches, not part of the config: False runs GRUs on nn.GRU on the CPU too (the
+        # reference the fast path is tested and benchmarked against); and False keeps a rollout's
+        # steps on torch ops rather than the fused C step (rnn_mnist/native.py).
         self.fast_gru = True
+        self.fused_step = True
 
     def pixel_inputs(self, canvas: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """The pixels (B, end - start, 1 + C) that predict pixels start..end-1: the previous one
@@ -247,6 +250,8 @@ class NextPixelModel(nn.Module):
         outputs that fall out of cache, and chunks measured about 2x faster for a 500-pixel
         prefix at batch 1000 (bench/rollout_speed.py). On a GPU the fused whole-sequence kernel wins.
         """
+        if state is None and end > 0 and native.supports(self, canvas.device):
+            return native.FusedGRUStep(self, labels, matmul_dtype(canvas)).read(canvas, end)
         chunk = CPU_READ_CHUNK if canvas.device.type == "cpu" else max(end, 1)
         if state is None and end > chunk and len(canvas) > 1:
             return self._read_from_blank(canvas, end, labels, chunk)
@@ -312,10 +317,13 @@ class NextPixelModel(nn.Module):
     def stepper(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> Stepper:
         """``step`` for a rollout: what does not change from pixel to pixel is prepared once.
 
-        On the fast-GRU path the biases, the position table and the label columns are folded into
-        one (784, 3H) table and a (B, K) input buffer, so a step is one gather, one addmm, the GRU
-        cell and the head. Elsewhere it is ``step`` itself.
+        A one-layer GRU with a linear head runs on the fused C step (rnn_mnist/native.py) where it
+        can be built. Otherwise, on the fast-GRU path, the biases, the position table and the label
+        columns are folded into one (784, 3H) table and a (B, K) input buffer, so a step is one
+        gather, one addmm, the GRU cell and the head. Elsewhere it is ``step`` itself.
         """
+        if native.supports(self, device):
+            return native.FusedGRUStep(self, labels, matmul_dtype(self.start_pixel))
         if not self.uses_fast_gru(device):
             return lambda canvas, t, state: self.step(canvas, t, state, labels)
         config, rnn, hidden = self.config, self.rnn, self.config.hidden_size

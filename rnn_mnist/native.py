@@ -1,0 +1,282 @@
+"""The rollout's fused GRU step (rnn_mnist/gru_step.c): built with the system C compiler on first use.
+
+    kernel = load_kernel()          # None, with the reason in kernel_status(), if it cannot be built
+    step = FusedGRUStep(model, labels, matmul_dtype=torch.bfloat16)
+    logit, state = step(canvas, t, state)            # what NextPixelModel.stepper's step returns
+    state = step.read(canvas, end)                   # NextPixelModel.read, sharing blank starts
+
+Why C: a rollout step of a one-layer GRU-128 over 10,000 digits is one (10000, 128) x (128, 384)
+GEMM and then a dozen elementwise torch ops, each streaming a (10000, 384) tensor through memory;
+those ops cost more than the GEMM. The C step does them all in one pass per digit while its row is
+in cache. It reads the canvas pixel-major (a transposed mirror of the pixels so far), so a step's
+gather of the context pixels walks memory in order instead of touching 22 cache lines per digit.
+
+The library is built into ~/.cache/rnn_mnist (or $RNN_MNIST_CACHE) with ``cc -O3 -march=native
+-fopenmp`` (``$CC`` if set), keyed by the source, the flags and the CPU, and then reused. OpenMP is
+the libgomp torch has already loaded, so the step shares torch's threads instead of fighting them.
+Where no compiler works, or ``RNN_MNIST_NATIVE=0``, the model keeps its torch-op step; the two
+are tested against each other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rnn_mnist.data import NUM_PIXELS
+
+SOURCE = Path(__file__).with_name("gru_step.c")
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+MAX_HIDDEN, MAX_INPUTS = 1024, 256  # as in gru_step.c
+_loaded: tuple[ctypes.CDLL | None, str] | None = None
+
+_p, _i64 = ctypes.c_void_p, ctypes.c_int64
+_ARGTYPES = [_i64, _i64, _i64, _p, _i64, _p, _p, _p, _p, _p, _p, _p, ctypes.c_int]
+_ARGTYPES += [_p, _p, _p, _p, _p, ctypes.c_float, _p]
+
+
+def _cpu_fingerprint() -> str:
+    """What -march=native depends on: the CPU's model and flags (Linux), else the platform."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile and link, then move into place atomically (two processes may build at once).
+
+    -ffast-math is for the compile only: linking a shared library with it would pull in startup
+    code that switches the whole process to flush-to-zero."""
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, lib = Path(tmp) / "gru_step.o", Path(tmp) / target.name
+        for command in (
+            [compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
+            [compiler, "-shared", "-fopenmp", str(obj), "-o", str(lib)],
+        ):
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if result.returncode:
+                message = (result.stderr.strip().splitlines() or ["failed"])[-1]
+                raise RuntimeError(f"{' '.join(command[:2])} ...: {message}")
+        os.replace(lib, target)
+
+
+def load_kernel() -> ctypes.CDLL | None:
+    """The built library (once per process), or None when it cannot be had here."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded[0]
+
+
+def kernel_status() -> str:
+    """One line for logs and metrics: which rollout step runs, and why."""
+    load_kernel()
+    return _loaded[1]
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("RNN_MNIST_NATIVE", "1") == "0":
+        return None, "torch ops (RNN_MNIST_NATIVE=0)"
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        return None, "torch ops (no C compiler found)"
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256(
+            "\n".join([SOURCE.read_text(), " ".join(COMPILE_FLAGS), version, _cpu_fingerprint()]).encode()
+        ).hexdigest()[:16]
+        cache = Path(os.environ.get("RNN_MNIST_CACHE") or Path.home() / ".cache" / "rnn_mnist")
+        cache.mkdir(parents=True, exist_ok=True)
+        target = cache / f"gru_step-{key}.so"
+        if not target.exists():
+            _build(compiler, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        return None, f"torch ops (building gru_step.c failed: {error})"
+    library.gru_step.argtypes = _ARGTYPES
+    library.gru_step.restype = None
+    return library, f"fused C step ({target})"
+
+
+def describe_step(model: torch.nn.Module, device: torch.device) -> str:
+    """Which step a rollout of ``model`` on ``device`` runs, in a line for metrics and logs."""
+    with torch.no_grad():
+        if supports(model, device):
+            return kernel_status()
+    if device.type == "cpu" and load_kernel() is None:
+        return kernel_status()  # says why it could not be built
+    return "torch ops (the fused step is for a one-layer GRU with a linear head on the CPU)"
+
+
+def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
+    return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
+
+
+def supports(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether the fused step can run ``model``: a one-layer GRU with a linear head, on the CPU,
+    with no gradient wanted (it has no backward pass)."""
+    config = model.config
+    return (
+        not torch.is_grad_enabled()
+        and model.uses_fast_gru(device)
+        and getattr(model, "fused_step", True)
+        and config.num_layers == 1
+        and not config.head_hidden
+        and config.hidden_size <= MAX_HIDDEN
+        and model.pixel_index.shape[1] <= MAX_INPUTS
+        and load_kernel() is not None
+    )
+
+
+class FusedGRUStep:
+    """A one-layer GRU next-pixel model's rollout step on gru_step.c, for a fixed batch and labels.
+
+    The tables it reads are prepared once: layer 0's input biases and position terms per pixel
+    (784, 3H), the pixel inputs' columns of W_ih (C + 1, 3H), the label's columns (classes, 3H),
+    W_hh.T in the matmul dtype and the head. Only the recurrent GEMM runs in torch.
+    """
+
+    def __init__(self, model, labels: torch.Tensor | None, matmul_dtype: torch.dtype) -> None:
+        config, rnn = model.config, model.rnn
+        self.library = load_kernel()
+        self.hidden = config.hidden_size
+        self.dtype = matmul_dtype
+        num_pixel_inputs = model.pixel_index.shape[1]
+        detach = lambda t: t.detach().float().contiguous()  # noqa: E731
+        self.static = detach(model._static_gates(0, NUM_PIXELS))  # (784, 3H)
+        self.columns = detach(rnn.weight_ih_l0[:, :num_pixel_inputs].t())  # (C + 1, 3H)
+        self.pixel_index = model.pixel_index.contiguous()  # (784, C + 1) int64
+        self.pixel_exists = model.pixel_exists.contiguous()  # (784, C + 1)
+        self.w_hh_t = rnn.weight_hh_l0.detach().t().to(matmul_dtype).contiguous()  # (H, 3H)
+        self.b_hn = detach(rnn.bias_hh_l0[2 * self.hidden :])
+        self.head_weight = detach(model.head.weight.view(-1))
+        self.head_bias = float(model.head.bias.detach())
+        self.label_gates = self.labels = None
+        if config.num_classes:
+            if labels is None:
+                raise ValueError("this model is conditioned on the digit's label: pass labels")
+            self.label_gates = detach(model._label_columns().t())  # (classes, 3H)
+            self.labels = labels.long().contiguous()
+        # The rollout's canvas, pixel-major: pixels [0, synced) copied so far (see __call__).
+        self.mirror: torch.Tensor | None = None
+        self.mirror_of: torch.Tensor | None = None
+        self.synced = 0
+        self.last_state: torch.Tensor | None = None  # the state this step returned last, and
+        self.last_matmul: torch.Tensor | None = None  # its copy in the matmul dtype
+        self.last_version = 0
+
+    def run(
+        self,
+        mirror: torch.Tensor,
+        t: int,
+        h: torch.Tensor,
+        h_matmul: torch.Tensor,
+        h_new: torch.Tensor,
+        h_new_matmul: torch.Tensor | None,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+    ) -> None:
+        """Step pixel t for the first len(h) digits of ``mirror`` (784, >= B): writes h_new (B, H),
+        its matmul-dtype copy (where given) and the logits (B,). h_new may be h itself."""
+        rows = len(h)
+        gh = torch.mm(h_matmul, self.w_hh_t)  # (B, 3H) in the matmul dtype
+        bf16 = gh.dtype == torch.bfloat16
+        if h_new_matmul is not None and h_new_matmul.dtype != torch.bfloat16:
+            h_new_matmul = None  # fp32: the state itself is what the GEMM reads
+        self.library.gru_step(
+            rows, self.hidden, self.pixel_index.shape[1],
+            _pointer(mirror), mirror.stride(0),
+            _pointer(self.pixel_index[t]), _pointer(self.pixel_exists[t]),
+            _pointer(self.columns), _pointer(self.static[t]),
+            _pointer(self.label_gates), _pointer(labels),
+            _pointer(gh), int(bf16), _pointer(self.b_hn),
+            _pointer(h), _pointer(h_new), _pointer(h_new_matmul),
+            _pointer(self.head_weight), self.head_bias, _pointer(logits),
+        )  # fmt: skip
+
+    def __call__(
+        self, canvas: torch.Tensor, t: int, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logit (B,) of pixel t of ``canvas`` (B, 784) and the state (1, B, H) after it.
+
+        The mirror is rebuilt whenever a different canvas tensor comes in (the rollout replaces
+        its canvas when it resamples particles) and otherwise catches up with the pixels written
+        since the last step; a rollout never rewrites pixels before the one it is at."""
+        batch = len(canvas)
+        if canvas is not self.mirror_of or t < self.synced:
+            self.mirror = canvas.new_zeros(NUM_PIXELS, batch)
+            self.mirror_of, self.synced = canvas, 0
+        if t > self.synced:
+            self.mirror[self.synced : t].copy_(canvas[:, self.synced : t].t())
+            self.synced = t
+        h = canvas.new_zeros(batch, self.hidden) if state is None else state[0]
+        h_matmul = self.last_matmul if self._returned_last(h) else h.to(self.dtype).contiguous()
+        h = h.contiguous()
+        h_new, logits = torch.empty_like(h), canvas.new_empty(batch)
+        h_new_matmul = torch.empty_like(h, dtype=self.dtype) if self.dtype != h.dtype else None
+        self.run(self.mirror, t, h, h_matmul, h_new, h_new_matmul, logits, self.labels)
+        self.last_state, self.last_matmul = h_new, h_new if h_new_matmul is None else h_new_matmul
+        self.last_version = h_new._version
+        return logits, h_new.unsqueeze(0)
+
+    def _returned_last(self, h: torch.Tensor) -> bool:
+        """Whether ``h`` is, unchanged, the state the last step returned (so its matmul copy holds)."""
+        last = self.last_state
+        return (
+            last is not None
+            and h.data_ptr() == last.data_ptr()
+            and h.shape == last.shape
+            and h.stride() == last.stride()
+            and h._version == self.last_version
+        )
+
+    def read(self, canvas: torch.Tensor, end: int) -> torch.Tensor:
+        """The state (1, B, H) after pixels 0..end-1 of ``canvas`` (B, >= end), as NextPixelModel.read.
+
+        Until its first ink a digit's state is a blank canvas's (given its label), and digits
+        start a few rows down. So the digits are sorted by first ink, a blank canvas is stepped
+        once per label, and a digit joins the batch (from the blank state) at the pixel after its
+        first ink: the digits stepped are always a growing prefix of the sorted batch.
+        """
+        batch, hidden = len(canvas), self.hidden
+        inked = canvas[:, :end] != 0
+        first_ink = torch.where(inked.any(dim=1), inked.float().argmax(dim=1), end)
+        first_ink, order = torch.sort(first_ink, stable=True)
+        mirror = canvas[order, :end].t().contiguous()  # (end, B)
+        labels = None if self.labels is None else self.labels[order].contiguous()
+        if labels is None:
+            blank_labels, group = None, torch.zeros(batch, dtype=torch.long)
+        else:
+            blank_labels, group = torch.unique(labels, return_inverse=True)
+        blanks = 1 if blank_labels is None else len(blank_labels)
+        blank_mirror = canvas.new_zeros(end, blanks)
+        h, blank = canvas.new_zeros(batch, hidden), canvas.new_zeros(blanks, hidden)
+        h_matmul = h.to(self.dtype) if self.dtype != h.dtype else h
+        blank_matmul = blank.to(self.dtype) if self.dtype != blank.dtype else blank
+        joins = torch.searchsorted(first_ink, torch.arange(end + 1), right=False).tolist()
+        logits = canvas.new_empty(batch)  # not wanted; the step writes them anyway
+        active = 0
+        for t in range(end):
+            joined = joins[t]  # digits with first ink before pixel t: count(first_ink < t)
+            if joined > active:  # they start from their label's blank state after pixel t - 1
+                h[active:joined] = blank[group[active:joined]]
+                h_matmul[active:joined] = blank_matmul[group[active:joined]]
+                active = joined
+            if active:
+                now, now_matmul = h[:active], h_matmul[:active]
+                self.run(mirror, t, now, now_matmul, now, now_matmul, logits, labels)
+            self.run(blank_mirror, t, blank, blank_matmul, blank, blank_matmul, logits, blank_labels)
+        h[active:] = blank[group[active:]]  # no ink before ``end``: where the blank canvas is
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(batch)
+        return h[inverse].unsqueeze(0)

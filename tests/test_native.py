@@ -1,0 +1,147 @@
+"""The fused C rollout step (rnn_mnist/native.py, gru_step.c) against the torch-op step it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnn_mnist import native
+from rnn_mnist.compute import autocast
+from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.rollout import complete
+
+CONFIGS = {
+    "plain": ModelConfig(hidden_size=16),
+    "context-position": ModelConfig(hidden_size=16, context=True, position=True),
+    "context-2x5-label": ModelConfig(
+        hidden_size=24, context=True, context_rows=2, context_width=5, position=True, num_classes=10
+    ),
+}
+LABELS = torch.tensor([3, 0, 9, 3, 7])
+
+
+def _model(config: ModelConfig) -> NextPixelModel:
+    torch.manual_seed(0)
+    model = NextPixelModel(config).eval()
+    with torch.no_grad():  # sharper than at initialisation, so that the state carries the digit
+        for parameter in model.parameters():
+            parameter.mul_(3)
+    return model
+
+
+def _canvas(n: int = 5, seed: int = 1) -> torch.Tensor:
+    canvas = torch.bernoulli(torch.full((n, 784), 0.3), generator=torch.Generator().manual_seed(seed))
+    canvas[0, :200] = 0  # a blank start: joins the shared read late
+    canvas[1, :] = 0  # blank throughout
+    return canvas
+
+
+def _require_kernel() -> None:
+    if native.load_kernel() is None:
+        pytest.skip(native.kernel_status())
+
+
+def _steps(model, canvas, labels, start: int, precision: str = "fp32") -> tuple[torch.Tensor, object]:
+    """Logits of pixels start..783 from read(start) and then the rollout's stepper, teacher-forced."""
+    with torch.no_grad(), autocast(canvas.device, precision):
+        state = model.read(canvas, start, labels) if start else None
+        step = model.stepper(labels, len(canvas), canvas.device)
+        logits = []
+        for t in range(start, 784):
+            logit, state = step(canvas, t, state)
+            logits.append(logit)
+    return torch.stack(logits, dim=1), step
+
+
+@pytest.mark.parametrize("start", [0, 37, 500])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_fused_step_gives_the_teacher_forced_logits(name, start):
+    _require_kernel()
+    config = CONFIGS[name]
+    model, canvas = _model(config), _canvas()
+    labels = LABELS if config.num_classes else None
+    with torch.no_grad():
+        expected = model.teacher_forced_logits(canvas, labels)[:, start:]
+    logits, step = _steps(model, canvas, labels, start)
+    assert isinstance(step, native.FusedGRUStep)  # the path under test really ran
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_under_bf16_the_fused_step_follows_the_torch_step(name):
+    """Both round the state to bf16 for the recurrent GEMM; they differ only where a state's last
+    fp32 bit moves a bf16 rounding."""
+    _require_kernel()
+    config = CONFIGS[name]
+    model, canvas = _model(config), _canvas()
+    labels = LABELS if config.num_classes else None
+    fused, step = _steps(model, canvas, labels, 300, "bf16")
+    assert isinstance(step, native.FusedGRUStep)
+    model.fused_step = False
+    reference, step = _steps(model, canvas, labels, 300, "bf16")
+    assert not isinstance(step, native.FusedGRUStep)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=2e-2)
+    with torch.no_grad():
+        fp32 = model.teacher_forced_logits(canvas, labels)[:, 300:]
+    assert (fused - fp32).abs().max() > 1e-4  # bf16 did run: it is not the fp32 result
+
+
+def test_a_state_changed_between_steps_is_read_afresh():
+    """The step keeps the bf16 copy of the state it returned; a caller that changes that state
+    (in place) must get a step on the changed state, not on the stale copy."""
+    _require_kernel()
+    model, canvas = _model(CONFIGS["context-position"]), _canvas()
+    with torch.no_grad(), autocast(canvas.device, "bf16"):
+        state = model.read(canvas, 400)
+        step = model.stepper(None, len(canvas), canvas.device)
+        _, state = step(canvas, 400, state)
+        state.mul_(-1)
+        logit, _ = step(canvas, 401, state)
+        model.fused_step = False
+        expected, _ = model.stepper(None, len(canvas), canvas.device)(canvas, 401, state)
+    torch.testing.assert_close(logit, expected, rtol=0, atol=2e-2)
+
+
+def test_greedy_completions_match_the_torch_step():
+    _require_kernel()
+    model = _model(CONFIGS["context-position"])
+    digits = _canvas(20, seed=3).to(torch.uint8)
+    fused = complete(model, digits, 284).completed
+    model.fused_step = False
+    reference = complete(model, digits, 284).completed
+    assert (fused == reference).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("environment", "reason"),
+    [
+        ({"RNN_MNIST_NATIVE": "0"}, "RNN_MNIST_NATIVE=0"),
+        ({"CC": "no-such-compiler-here"}, "no C compiler found"),
+        ({"CC": "false"}, "building gru_step.c failed"),
+    ],
+)
+def test_without_the_kernel_the_rollout_keeps_the_torch_step(environment, reason, monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_loaded", None)
+    monkeypatch.setenv("RNN_MNIST_CACHE", str(tmp_path))  # nothing built there yet
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    assert native.load_kernel() is None
+    assert reason in native.kernel_status()
+    model = _model(CONFIGS["context-position"])
+    assert reason in native.describe_step(model, torch.device("cpu"))
+    _, step = _steps(model, _canvas(), None, 700)
+    assert not isinstance(step, native.FusedGRUStep)
+    completed = complete(model, _canvas(3).to(torch.uint8), 10).completed
+    assert completed.shape == (3, 1, 784)
+
+
+def test_models_the_kernel_does_not_cover_keep_the_torch_step():
+    for config in (
+        ModelConfig(hidden_size=16, num_layers=2),
+        ModelConfig(cell="lstm", hidden_size=16),
+        ModelConfig(hidden_size=16, head_hidden=8),
+    ):
+        model = _model(config)
+        assert "torch ops" in native.describe_step(model, torch.device("cpu"))
+        with torch.no_grad():
+            assert not isinstance(model.stepper(None, 2, torch.device("cpu")), native.FusedGRUStep)
