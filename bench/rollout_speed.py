@@ -1,4 +1,4 @@
-"""Rollout speed: completing test digits before and after rnn_mnist/gru.py, in one run.
+"""Rollout speed: completing test digits before and after the fast GRU and the fused C step, in one run.
 
 Usage:
     python bench/rollout_speed.py --data-dir ../shared/mnist --exp-name ctx-fast
@@ -8,6 +8,7 @@ Every row completes the last --mask-pixels pixels of the same --digits test digi
 toolkit's one rollout routine (rnn_mnist.rollout.complete), in a fresh process (the CPU settings of
 rnn_mnist/compute.py are process-wide), rounds interleaved, median reported. "before" is the
 toolkit as it ran before: nn.GRU, fp32, default settings, 1,000 digits a batch, as evaluate.py does.
+"torch-op step" is rnn_mnist/gru.py's cell in torch ops; "fused C step" is rnn_mnist/native.py.
 Each row's completions are compared with the before row's: the fraction of generated pixels that
 agree. A last check re-runs the whole prefix for every generated pixel (the naive way) on a few
 digits and compares. A second table times in-painting (rnn_mnist/masks.py, --inpaint-digits
@@ -30,6 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rnn_mnist import native  # noqa: E402
 from rnn_mnist.checkpoint import ExperimentPaths  # noqa: E402
 from rnn_mnist.compute import configure_cpu_math  # noqa: E402
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_test_digits  # noqa: E402
@@ -38,15 +40,17 @@ from rnn_mnist.masks import parse_mask  # noqa: E402
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.rollout import complete  # noqa: E402
 
-# name -> (fast GRU, precision, CPU settings, digits per batch; 0: all at once)
+# name -> (fast GRU, fused C step, precision, CPU settings, digits per batch; 0: all at once)
 ROWS = {
-    "before: nn.GRU, fp32, default settings, 1,000 a batch": (False, "fp32", False, 1000),
-    "fast GRU, fp32, CPU settings, 1,000 a batch": (True, "fp32", True, 1000),
-    "fast GRU, fp32, CPU settings, all at once": (True, "fp32", True, 0),
-    "fast GRU, bf16, CPU settings, 1,000 a batch": (True, "bf16", True, 1000),
-    "fast GRU, bf16, CPU settings, all at once": (True, "bf16", True, 0),
+    "before: nn.GRU, fp32, default settings, 1,000 a batch": (False, False, "fp32", False, 1000),
+    "fast GRU, torch-op step, fp32, CPU settings, 1,000 a batch": (True, False, "fp32", True, 1000),
+    "fast GRU, torch-op step, bf16, CPU settings, 1,000 a batch": (True, False, "bf16", True, 1000),
+    "fused C step, fp32, CPU settings, 1,000 a batch": (True, True, "fp32", True, 1000),
+    "fused C step, fp32, CPU settings, all at once": (True, True, "fp32", True, 0),
+    "fused C step, bf16, CPU settings, 1,000 a batch": (True, True, "bf16", True, 1000),
+    "fused C step, bf16, CPU settings, all at once": (True, True, "bf16", True, 0),
 }
-# name -> (mask, --inpaint, particles, sampling), on --inpaint-digits digits, fast GRU, fp32,
+# name -> (mask, --inpaint, particles, sampling), on --inpaint-digits digits, fused C step, fp32,
 # about 1,000 rows (digits x particles) a batch
 INPAINT_ROWS = {
     "center:14, blind, greedy, K = 1": ("center:14", "blind", 1, "greedy"),
@@ -78,11 +82,11 @@ def worker(args: argparse.Namespace) -> None:
     """Time one row in this process; save its completions to --out; print JSON."""
     if args.worker in INPAINT_ROWS:
         return inpaint_worker(args)
-    fast, precision, cpu_settings, batch_size = ROWS[args.worker]
+    fast, fused, precision, cpu_settings, batch_size = ROWS[args.worker]
     if cpu_settings:
         configure_cpu_math()
     model, digits, labels, _ = load(args)
-    model.fast_gru = fast
+    model.fast_gru, model.fused_step = fast, fused
     batch_size = batch_size or len(digits)
 
     def run() -> torch.Tensor:
@@ -162,7 +166,8 @@ def main() -> None:
 
     model, digits, labels, what = load(args)
     n, mask = len(digits), args.mask_pixels
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, {mask} generated\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, {mask} generated")
+    print(f"the fused step: {native.kernel_status()}\n")
     rows = list(ROWS) + (list(INPAINT_ROWS) if args.inpaint_digits else [])
     times: dict[str, list[float]] = {row: [] for row in rows}
     completions: dict[str, torch.Tensor] = {}
@@ -190,7 +195,7 @@ def main() -> None:
     if args.inpaint_digits:
         count = min(args.inpaint_digits, n)
         blind = statistics.median(times[next(iter(INPAINT_ROWS))])
-        head = f"cpu: in-painting {count:,} digits (fast GRU, fp32)"
+        head = f"cpu: in-painting {count:,} digits (fused C step, fp32)"
         print(f"\n| {head} | seconds | digits/s | vs blind |")
         print("|---|---:|---:|---:|")
         for row in INPAINT_ROWS:

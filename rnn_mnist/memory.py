@@ -161,12 +161,15 @@ def training_need(
 
 def rollout_floats_per_row(config: ModelConfig, mask_pixels: int, device: torch.device) -> int:
     """Floats one completion (a digit's sample) holds while it is drawn (rnn_mnist/rollout.py):
-    its canvas, visible prefix and probabilities, and the state and gates of a step. Reading the
+    its canvas, visible prefix and probabilities, and the state and gates of a step; on the CPU
+    also the fused step's two pixel-major copies of the canvas (rnn_mnist/native.py). Reading the
     prefix runs in chunks of pixels on the CPU and all at once elsewhere."""
     visible = NUM_PIXELS - mask_pixels
     read_steps = CPU_READ_CHUNK if device.type == "cpu" else visible
     units = config.num_layers * config.hidden_size
-    return 3 * NUM_PIXELS + 3 * mask_pixels + (ROLLOUT_STEP_FLOATS + read_steps * ROLLOUT_READ_FLOATS) * units
+    canvases = 5 if device.type == "cpu" else 3
+    state = (ROLLOUT_STEP_FLOATS + read_steps * ROLLOUT_READ_FLOATS) * units
+    return canvases * NUM_PIXELS + 3 * mask_pixels + state
 
 
 def evaluation_need(
@@ -188,7 +191,8 @@ def evaluation_need(
     teacher_forced = FLOAT * NUM_PIXELS * floats_per_pixel(config, False)
     parts = {
         "the rollout": FLOAT * rows * rollout_floats_per_row(config, mask_pixels, device),
-        "teacher-forced passes": teacher_forced * max(min(batch_size, digits), 500 if label_posterior else 0),
+        # evaluation.py runs them at most 500 digits a pass; the label posterior 500 a pass
+        "teacher-forced passes": teacher_forced * (500 if label_posterior else min(batch_size, digits, 500)),
         "the runtime": RUNTIME_BYTES,
     }
     completions = digits * kept
