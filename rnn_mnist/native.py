@@ -214,15 +214,15 @@ class FusedGRUStep:
         since the last step; a rollout never rewrites pixels before the one it is at."""
         batch = len(canvas)
         if canvas is not self.mirror_of or t < self.synced:
-            self.mirror = canvas.new_zeros(NUM_PIXELS, batch)
+            self.mirror = torch.zeros(NUM_PIXELS, batch)  # fp32, as the C step reads it
             self.mirror_of, self.synced = canvas, 0
         if t > self.synced:
             self.mirror[self.synced : t].copy_(canvas[:, self.synced : t].t())
             self.synced = t
-        h = canvas.new_zeros(batch, self.hidden) if state is None else state[0]
+        h = torch.zeros(batch, self.hidden) if state is None else state[0].float()
         h_matmul = self.last_matmul if self._returned_last(h) else h.to(self.dtype).contiguous()
         h = h.contiguous()
-        h_new, logits = torch.empty_like(h), canvas.new_empty(batch)
+        h_new, logits = torch.empty_like(h), torch.empty(batch)
         h_new_matmul = torch.empty_like(h, dtype=self.dtype) if self.dtype != h.dtype else None
         self.run(self.mirror, t, h, h_matmul, h_new, h_new_matmul, logits, self.labels)
         self.last_state, self.last_matmul = h_new, h_new if h_new_matmul is None else h_new_matmul
@@ -252,19 +252,19 @@ class FusedGRUStep:
         inked = canvas[:, :end] != 0
         first_ink = torch.where(inked.any(dim=1), inked.float().argmax(dim=1), end)
         first_ink, order = torch.sort(first_ink, stable=True)
-        mirror = canvas[order, :end].t().contiguous()  # (end, B)
+        mirror = canvas[order, :end].t().float().contiguous()  # (end, B)
         labels = None if self.labels is None else self.labels[order].contiguous()
         if labels is None:
             blank_labels, group = None, torch.zeros(batch, dtype=torch.long)
         else:
             blank_labels, group = torch.unique(labels, return_inverse=True)
         blanks = 1 if blank_labels is None else len(blank_labels)
-        blank_mirror = canvas.new_zeros(end, blanks)
-        h, blank = canvas.new_zeros(batch, hidden), canvas.new_zeros(blanks, hidden)
+        blank_mirror = torch.zeros(end, blanks)
+        h, blank = torch.zeros(batch, hidden), torch.zeros(blanks, hidden)
         h_matmul = h.to(self.dtype) if self.dtype != h.dtype else h
         blank_matmul = blank.to(self.dtype) if self.dtype != blank.dtype else blank
         joins = torch.searchsorted(first_ink, torch.arange(end + 1), right=False).tolist()
-        logits = canvas.new_empty(batch)  # not wanted; the step writes them anyway
+        logits = torch.empty(batch)  # not wanted; the step writes them anyway
         active = 0
         for t in range(end):
             joined = joins[t]  # digits with first ink before pixel t: count(first_ink < t)
