@@ -168,14 +168,23 @@ def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, A
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> str | None:
+    """Put back what ``capture_rng`` saved. Returns a line for the log when the run was saved with
+    more GPUs than this machine has: the states of the GPUs present are restored, the rest dropped
+    (``torch.cuda.set_rng_state_all`` would raise an IndexError instead)."""
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     generator.set_state(state["shuffle"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type != "cuda" or "cuda" not in state:
+        return None
+    saved, present = len(state["cuda"]), torch.cuda.device_count()
+    for index, gpu_state in enumerate(state["cuda"][:present]):
+        torch.cuda.set_rng_state(gpu_state, index)
+    if saved <= present:
+        return None
+    return f"saved with {saved} GPUs, resumed on {present}: RNG states of GPUs {present}..{saved - 1} dropped"
 
 
 class RunLog:
@@ -277,11 +286,12 @@ def _train_locked(
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    rng_note = None
     if checkpoint is not None:
         load_weights(model, checkpoint["model_state"], paths.checkpoint)
         try:
             optimizer.load_state_dict(checkpoint["optimizer_state"])
-            restore_rng(checkpoint["rng_state"], generator, device)
+            rng_note = restore_rng(checkpoint["rng_state"], generator, device)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RnnMnistError(f"{paths.checkpoint} does not match its own config ({reason})") from None
@@ -338,6 +348,8 @@ def _train_locked(
             log(f"{paths.root}: already trained {start_epoch} epochs; raise --epochs to train more")
         else:
             log(f"{paths.root}: resuming after epoch {start_epoch} of {train_cfg.epochs}")
+            if rng_note:
+                log(f"{paths.root}: {rng_note}")
         for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
             try:
                 batches_done = sum(len(h["batch_losses"]) for h in history)

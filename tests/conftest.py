@@ -15,6 +15,27 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_DIGITS, TEST_DIGITS = 96, 40
+# The devices that device-sensitive tests (those taking ``test_device``) run on, for example
+# RNN_MNIST_TEST_DEVICES=cpu,cuda on a GPU machine. CPU only by default, as in CI; every other test
+# names --device cpu itself, so a GPU machine's default run is CI's run.
+TEST_DEVICES = [d.strip() for d in os.environ.get("RNN_MNIST_TEST_DEVICES", "cpu").split(",") if d.strip()]
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "test_device" in metafunc.fixturenames:
+        metafunc.parametrize("test_device", TEST_DEVICES, indirect=True)
+
+
+@pytest.fixture
+def test_device(request) -> str:
+    """One of RNN_MNIST_TEST_DEVICES; skipped where this machine does not have it."""
+    name = request.param
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in available:
+        raise ValueError(f"RNN_MNIST_TEST_DEVICES: unknown device {name!r} (cpu, cuda or mps)")
+    if not available[name]:
+        pytest.skip(f"RNN_MNIST_TEST_DEVICES names {name}, but this machine has none")
+    return name
 
 
 def write_idx_images(path: Path, images: np.ndarray) -> None:
@@ -53,7 +74,8 @@ def tiny_train_args(exp_dir: Path, mnist_dir: Path, name: str, *extra: str) -> l
     # fmt: off
     return [
         "--exp-name", name, "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
-        "--hidden", "8", "--batch-size", "32", "--val-size", "16", "--epochs", "2", *extra,
+        "--hidden", "8", "--batch-size", "32", "--val-size", "16", "--epochs", "2", "--device", "cpu",
+        *extra,
     ]
     # fmt: on
 

@@ -29,16 +29,25 @@ def experiment(tmp_path_factory, mnist_dir):
     exp_dir = root / "experiments"
     args = tiny_train_args(exp_dir, mnist_dir, "tiny", "--epochs", "1")
     assert train.main(args) == 0
-    return root, ["--exp-name", "tiny", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir)]
+    return root, [
+        "--exp-name",
+        "tiny",
+        "--exp-dir",
+        str(exp_dir),
+        "--data-dir",
+        str(mnist_dir),
+        "--device",
+        "cpu",
+    ]
 
 
 def run_main(argv, capsys) -> tuple[int, str]:
     return run_script_main(evaluate.main, argv, capsys)
 
 
-def test_cli_end_to_end_outputs(experiment):
+def test_cli_end_to_end_outputs(experiment, test_device):
     root, args = experiment
-    out = root / "out-e2e"
+    out = root / f"out-e2e-{test_device}"
     result = subprocess.run(
         [
             sys.executable,
@@ -54,6 +63,8 @@ def test_cli_end_to_end_outputs(experiment):
             "2",
             "--seed",
             "3",
+            "--device",
+            test_device,
         ],
         cwd=REPO,
         capture_output=True,
@@ -85,7 +96,7 @@ def test_cli_end_to_end_outputs(experiment):
     assert metrics["masked_pixel_accuracy"] == pytest.approx(hidden.mean(), abs=1e-6)
     for key in ("masked_nll_nats", "per_class", "rollout_seconds", "digits_per_second", "device"):
         assert key in metrics
-    assert metrics["device"] == "cpu"
+    assert metrics["device"] == str(torch.device(test_device))
     for key in ("class_agreement", "class_agreement_prefix_only", "class_agreement_ground_truth"):
         assert 0 <= metrics[key] <= 1
     # The shipped judge, named by its hash, with the accuracy stored beside it (not re-measured).

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, folder_files, tiny_train_args
 from conftest import run_main as run_script_main
 
@@ -114,3 +115,25 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, mnist_dir, capsys):
     code, err = run_main(tiny_train_args(tmp_path, mnist_dir, "both", "--resume", "--overwrite"), capsys)
     assert code == 2 and "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert folder_files(folder) == before
+
+
+def test_a_run_saved_with_more_gpus_resumes_with_the_states_of_those_present(monkeypatch):
+    """torch.cuda.set_rng_state_all raises an IndexError when the machine has fewer GPUs than the
+    run was saved with; restore_rng restores the GPUs present and says what it dropped."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    state = training.capture_rng(generator, torch.device("cpu"))
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]  # saved on 3 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda value, index: restored.append((index, value)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda values: pytest.fail("would raise IndexError"))
+    note = training.restore_rng(state, generator, torch.device("cuda"))
+    assert [index for index, _ in restored] == [0, 1]
+    assert all(torch.equal(value, state["cuda"][index]) for index, value in restored)
+    assert note is not None and "3 GPUs" in note and "2" in note
+    restored.clear()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # more GPUs than saved: all restored
+    assert training.restore_rng(state, generator, torch.device("cuda")) is None
+    assert [index for index, _ in restored] == [0, 1, 2]
