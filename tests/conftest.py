@@ -16,9 +16,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_DIGITS, TEST_DIGITS = 96, 40
 # The devices that device-sensitive tests (those taking ``test_device``) run on, for example
-# RNN_MNIST_TEST_DEVICES=cpu,cuda on a GPU machine. CPU only by default, as in CI; every other test
-# names --device cpu itself, so a GPU machine's default run is CI's run.
+# RNN_MNIST_TEST_DEVICES=cpu,cuda on a GPU machine. CPU only by default, as in CI: then any GPU is
+# hidden from the tests and the scripts they start (before torch first touches CUDA), so that
+# --device auto means the CPU and a GPU machine's default run is CI's run.
 TEST_DEVICES = [d.strip() for d in os.environ.get("RNN_MNIST_TEST_DEVICES", "cpu").split(",") if d.strip()]
+if "cuda" not in TEST_DEVICES:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def pytest_generate_tests(metafunc) -> None:
