@@ -175,6 +175,11 @@ class NextPixelModel(nn.Module):
         ``state`` is the state after pixel start-1 (None at the start of an image). With
         ``logits=False`` only the state is computed.
         """
+        if native.supports(self, canvas.device):  # no gradient wanted: the fused C step
+            fused_logits, state = native.FusedGRUStep(self, labels, matmul_dtype(canvas)).forward(
+                canvas, start, end, state
+            )
+            return (fused_logits if logits else None), state
         if self.uses_fast_gru(canvas.device):
             out, state = self._fast_gru(canvas, start, end, labels, state)  # (T, B, H)
             out = out.transpose(0, 1)
@@ -252,7 +257,7 @@ class NextPixelModel(nn.Module):
         """
         if state is None and end > 0 and native.supports(self, canvas.device):
             return native.FusedGRUStep(self, labels, matmul_dtype(canvas)).read(canvas, end)
-        chunk = CPU_READ_CHUNK if canvas.device.type == "cpu" else max(end, 1)
+        chunk = self.read_chunk(canvas.device, end)
         if state is None and end > chunk and len(canvas) > 1:
             return self._read_from_blank(canvas, end, labels, chunk)
         for start in range(0, end, chunk):
@@ -300,6 +305,13 @@ class NextPixelModel(nn.Module):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return select_state(state, inverse)
+
+    def read_chunk(self, device: torch.device, length: int = NUM_PIXELS) -> int:
+        """How many pixels a batched pass over known pixels should take at a time: a few on the
+        CPU's torch-op path (see ``read``), all of them on the fused step and on a GPU."""
+        if device.type == "cpu" and not native.supports(self, device):
+            return CPU_READ_CHUNK
+        return max(length, 1)
 
     def teacher_forced_logits(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T) of p(x_t = 1 | x_<t) for every pixel, given the true pixels (B, T)."""

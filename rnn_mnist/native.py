@@ -4,12 +4,15 @@
     step = FusedGRUStep(model, labels, matmul_dtype=torch.bfloat16)
     logit, state = step(canvas, t, state)            # what NextPixelModel.stepper's step returns
     state = step.read(canvas, end)                   # NextPixelModel.read, sharing blank starts
+    logits, state = step.forward(canvas, 0, 784, None)   # NextPixelModel.forward without a gradient
 
 Why C: a rollout step of a one-layer GRU-128 over 10,000 digits is one (10000, 128) x (128, 384)
 GEMM and then a dozen elementwise torch ops, each streaming a (10000, 384) tensor through memory;
 those ops cost more than the GEMM. The C step does them all in one pass per digit while its row is
 in cache. It reads the canvas pixel-major (a transposed mirror of the pixels so far), so a step's
 gather of the context pixels walks memory in order instead of touching 22 cache lines per digit.
+The same step serves every pass without a gradient (prefix reads, evaluation NLLs), where torch's
+whole-sequence pass would hold (784, B, 3H) input gates.
 
 The library is built into ~/.cache/rnn_mnist (or $RNN_MNIST_CACHE) with ``cc -O3 -march=native
 -fopenmp`` (``$CC`` if set), keyed by the source, the flags and the CPU, and then reused. OpenMP is
@@ -124,10 +127,11 @@ def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
 
 def supports(model: torch.nn.Module, device: torch.device) -> bool:
     """Whether the fused step can run ``model``: a one-layer GRU with a linear head, on the CPU,
-    with no gradient wanted (it has no backward pass)."""
+    with no gradient wanted (it has no backward pass) and no dropout to apply (it has none)."""
     config = model.config
     return (
         not torch.is_grad_enabled()
+        and not (model.training and config.dropout > 0)
         and model.uses_fast_gru(device)
         and getattr(model, "fused_step", True)
         and config.num_layers == 1
@@ -239,6 +243,21 @@ class FusedGRUStep:
             and h.stride() == last.stride()
             and h._version == self.last_version
         )
+
+    def forward(
+        self, canvas: torch.Tensor, start: int, end: int, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, end - start) of pixels start..end-1 of ``canvas`` (B, >= end), each given the
+        pixels before it, and the state (1, B, H) after them: NextPixelModel.forward without a
+        gradient. ``state`` is the state after pixel start - 1 (None at pixel 0)."""
+        batch = len(canvas)
+        mirror = canvas[:, :end].t().float().contiguous()  # (end, B): the step reads pixels < t
+        h = torch.zeros(batch, self.hidden) if state is None else state[0].float().clone()
+        h_matmul = h.to(self.dtype) if self.dtype != h.dtype else h
+        logits = torch.empty(end - start, batch)
+        for t in range(start, end):  # in place: each step's GEMM has read h before it is written
+            self.run(mirror, t, h, h_matmul, h, h_matmul, logits[t - start], self.labels)
+        return logits.t().contiguous(), h.unsqueeze(0)
 
     def read(self, canvas: torch.Tensor, end: int) -> torch.Tensor:
         """The state (1, B, H) after pixels 0..end-1 of ``canvas`` (B, >= end), as NextPixelModel.read.

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from rnn_mnist.compute import autocast
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.masks import runs, suffix_mask
-from rnn_mnist.models import CPU_READ_CHUNK, NextPixelModel, State, select_state
+from rnn_mnist.models import NextPixelModel, State, select_state
 
 SAMPLINGS = ("greedy", "bernoulli", "mean")
 # How --best-of K picks one of K samples: the model's likelihood of it, or (label-conditioned
@@ -112,7 +112,7 @@ def rollout(
     probs = canvas.new_empty(n * k, int(hidden.sum()))
     ess: list[float] = []
     resamples, done = 0, 0  # digits resampled; hidden pixels drawn so far
-    chunk = CPU_READ_CHUNK if device.type == "cpu" else NUM_PIXELS
+    chunk = model.read_chunk(device)
     with autocast(device, precision):
         # The pixels before the first hole, read once for all particles of a digit.
         state: State | None = model.read(canvas, first_hole, labels) if first_hole else None

@@ -67,6 +67,32 @@ def test_the_fused_step_gives_the_teacher_forced_logits(name, start):
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("start", "end"), [(0, 784), (37, 300)])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_teacher_forced_pass_without_gradient_equals_the_torch_pass(name, start, end):
+    """NextPixelModel.forward under no_grad runs on the fused step; with a gradient (training) it
+    cannot, and the two must give the same logits and state."""
+    _require_kernel()
+    config = CONFIGS[name]
+    model, canvas = _model(config), _canvas()
+    labels = LABELS if config.num_classes else None
+    with torch.no_grad():
+        state = model.read(canvas, start, labels) if start else None
+        assert native.supports(model, canvas.device)
+        fused_logits, fused_state = model(canvas, start, end, labels, state)
+    logits, final = model(canvas, start, end, labels, state)  # with a gradient: the torch ops
+    assert logits.requires_grad
+    torch.testing.assert_close(fused_logits, logits.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused_state, final.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_with_dropout_in_training_mode_keeps_the_torch_ops():
+    model = _model(ModelConfig(hidden_size=16, dropout=0.5)).train()
+    with torch.no_grad():
+        assert not native.supports(model, torch.device("cpu"))
+        assert native.supports(model.eval(), torch.device("cpu")) == (native.load_kernel() is not None)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_under_bf16_the_fused_step_follows_the_torch_step(name):
     """Both round the state to bf16 for the recurrent GEMM; they differ only where a state's last
