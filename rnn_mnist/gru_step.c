@@ -46,9 +46,9 @@ static inline float exp_approx(float a) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits;
+    uint32_t bits; /* unsigned: shifting a negative int is undefined in C */
     memcpy(&bits, &p, sizeof bits);
-    bits += (int32_t)n << 23;
+    bits += (uint32_t)(int32_t)n << 23;
     memcpy(&p, &bits, sizeof p);
     return p;
 }
@@ -138,6 +138,7 @@ static void step_row(
 }
 
 void gru_step(
+    int threads,                                  /* torch.get_num_threads() */
     int64_t rows, int64_t hidden, int64_t num_inputs,
     const float *pixels, int64_t pixels_stride,   /* (>= t, rows) the pixels so far, pixel-major */
     const int64_t *pixel_index,                   /* (num_inputs,) where pixel t's inputs are */
@@ -152,7 +153,8 @@ void gru_step(
     const float *head_weight, float head_bias,    /* (H,) and the head's bias */
     float *logits)                                /* (rows,) */
 {
-#pragma omp parallel for schedule(static)
+    /* torch's thread count, whichever OpenMP runtime this library got; one thread for a few rows */
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows > 64)
     for (int64_t row = 0; row < rows; row++)
         step_row(
             row, hidden, num_inputs, pixels, pixels_stride, pixel_index, pixel_exists, columns,

@@ -42,7 +42,7 @@ MAX_HIDDEN, MAX_INPUTS = 1024, 256  # as in gru_step.c
 _loaded: tuple[ctypes.CDLL | None, str] | None = None
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_ARGTYPES = [_i64, _i64, _i64, _p, _i64, _p, _p, _p, _p, _p, _p, _p, ctypes.c_int]
+_ARGTYPES = [ctypes.c_int, _i64, _i64, _i64, _p, _i64, _p, _p, _p, _p, _p, _p, _p, ctypes.c_int]
 _ARGTYPES += [_p, _p, _p, _p, _p, ctypes.c_float, _p]
 
 
@@ -152,6 +152,8 @@ class FusedGRUStep:
 
     def __init__(self, model, labels: torch.Tensor | None, matmul_dtype: torch.dtype) -> None:
         config, rnn = model.config, model.rnn
+        if matmul_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the fused step's GEMM runs in fp32 or bf16, not {matmul_dtype}")
         self.library = load_kernel()
         self.hidden = config.hidden_size
         self.dtype = matmul_dtype
@@ -170,7 +172,12 @@ class FusedGRUStep:
             if labels is None:
                 raise ValueError("this model is conditioned on the digit's label: pass labels")
             self.label_gates = detach(model._label_columns().t())  # (classes, 3H)
-            self.labels = labels.long().contiguous()
+            self.labels = labels.to("cpu").long().contiguous()
+            if (
+                len(self.labels)
+                and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < config.num_classes
+            ):
+                raise ValueError(f"labels must be in 0..{config.num_classes - 1}")
         # The rollout's canvas, pixel-major: pixels [0, synced) copied so far (see __call__).
         self.mirror: torch.Tensor | None = None
         self.mirror_of: torch.Tensor | None = None
@@ -193,12 +200,16 @@ class FusedGRUStep:
         """Step pixel t for the first len(h) digits of ``mirror`` (784, >= B): writes h_new (B, H),
         its matmul-dtype copy (where given) and the logits (B,). h_new may be h itself."""
         rows = len(h)
-        gh = torch.mm(h_matmul, self.w_hh_t)  # (B, 3H) in the matmul dtype
+        if rows == 0:
+            return
+        self._check(mirror, t, rows, h, h_matmul, h_new, h_new_matmul, logits, labels)
+        with torch.autocast("cpu", enabled=False):  # the dtype is this step's, not autocast's
+            gh = torch.mm(h_matmul, self.w_hh_t)  # (B, 3H) in the matmul dtype
         bf16 = gh.dtype == torch.bfloat16
         if h_new_matmul is not None and h_new_matmul.dtype != torch.bfloat16:
             h_new_matmul = None  # fp32: the state itself is what the GEMM reads
         self.library.gru_step(
-            rows, self.hidden, self.pixel_index.shape[1],
+            torch.get_num_threads(), rows, self.hidden, self.pixel_index.shape[1],
             _pointer(mirror), mirror.stride(0),
             _pointer(self.pixel_index[t]), _pointer(self.pixel_exists[t]),
             _pointer(self.columns), _pointer(self.static[t]),
@@ -208,6 +219,30 @@ class FusedGRUStep:
             _pointer(self.head_weight), self.head_bias, _pointer(logits),
         )  # fmt: skip
 
+    def _check(self, mirror, t, rows, h, h_matmul, h_new, h_new_matmul, logits, labels) -> None:
+        """What the C step takes on trust, checked: it indexes raw memory with these shapes."""
+        hidden = self.hidden
+
+        def fits(tensor, dtype, shape) -> bool:
+            return tensor.dtype == dtype and tuple(tensor.shape) == shape and tensor.is_contiguous()
+
+        problems = [
+            (mirror.dtype != torch.float32 or (mirror.shape[1] > 1 and mirror.stride(1) != 1), "pixels"),
+            (mirror.shape[0] < max(t, 1) or mirror.shape[1] < rows, "pixels: too few pixels or digits"),
+            (not fits(h, torch.float32, (rows, hidden)), f"state: fp32 ({rows}, {hidden})"),
+            (not fits(h_new, torch.float32, (rows, hidden)), f"new state: fp32 ({rows}, {hidden})"),
+            (not fits(h_matmul, self.dtype, (rows, hidden)), f"state for the GEMM: {self.dtype}"),
+            (
+                h_new_matmul is not None and not fits(h_new_matmul, h_new_matmul.dtype, (rows, hidden)),
+                "new state copy",
+            ),
+            (logits.dtype != torch.float32 or not logits.is_contiguous() or logits.numel() < rows, "logits"),
+            (self.labels is not None and (labels is None or len(labels) < rows), "labels: one per digit"),
+        ]
+        for failed, what in problems:
+            if failed:
+                raise ValueError(f"fused GRU step: bad input ({what})")
+
     def __call__(
         self, canvas: torch.Tensor, t: int, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,8 +250,11 @@ class FusedGRUStep:
 
         The mirror is rebuilt whenever a different canvas tensor comes in (the rollout replaces
         its canvas when it resamples particles) and otherwise catches up with the pixels written
-        since the last step; a rollout never rewrites pixels before the one it is at."""
+        since the last step. So a caller must not rewrite pixels before t in place (the rollout never
+        does: it resamples into a new canvas)."""
         batch = len(canvas)
+        if self.labels is not None and len(self.labels) != batch:
+            raise ValueError(f"fused GRU step: {len(self.labels)} labels for {batch} digits")
         if canvas is not self.mirror_of or t < self.synced:
             self.mirror = torch.zeros(NUM_PIXELS, batch)  # fp32, as the C step reads it
             self.mirror_of, self.synced = canvas, 0
@@ -229,8 +267,11 @@ class FusedGRUStep:
         h_new, logits = torch.empty_like(h), torch.empty(batch)
         h_new_matmul = torch.empty_like(h, dtype=self.dtype) if self.dtype != h.dtype else None
         self.run(self.mirror, t, h, h_matmul, h_new, h_new_matmul, logits, self.labels)
-        self.last_state, self.last_matmul = h_new, h_new if h_new_matmul is None else h_new_matmul
-        self.last_version = h_new._version
+        if h_new.is_inference():  # no version counter to tell a changed state by: no reuse
+            self.last_state = self.last_matmul = None
+        else:
+            self.last_state, self.last_matmul = h_new, h_new if h_new_matmul is None else h_new_matmul
+            self.last_version = h_new._version
         return logits, h_new.unsqueeze(0)
 
     def _returned_last(self, h: torch.Tensor) -> bool:
@@ -238,6 +279,7 @@ class FusedGRUStep:
         last = self.last_state
         return (
             last is not None
+            and not h.is_inference()
             and h.data_ptr() == last.data_ptr()
             and h.shape == last.shape
             and h.stride() == last.stride()
@@ -251,6 +293,8 @@ class FusedGRUStep:
         pixels before it, and the state (1, B, H) after them: NextPixelModel.forward without a
         gradient. ``state`` is the state after pixel start - 1 (None at pixel 0)."""
         batch = len(canvas)
+        if canvas.shape[1] < end:
+            raise ValueError(f"fused GRU step: pixels up to {end} of a canvas of {canvas.shape[1]}")
         mirror = canvas[:, :end].t().float().contiguous()  # (end, B): the step reads pixels < t
         h = torch.zeros(batch, self.hidden) if state is None else state[0].float().clone()
         h_matmul = h.to(self.dtype) if self.dtype != h.dtype else h
@@ -268,6 +312,10 @@ class FusedGRUStep:
         first ink: the digits stepped are always a growing prefix of the sorted batch.
         """
         batch, hidden = len(canvas), self.hidden
+        if canvas.shape[1] < end:
+            raise ValueError(f"fused GRU step: reading {end} pixels of a canvas of {canvas.shape[1]}")
+        if batch == 0:
+            return torch.zeros(1, 0, hidden)
         inked = canvas[:, :end] != 0
         first_ink = torch.where(inked.any(dim=1), inked.float().argmax(dim=1), end)
         first_ink, order = torch.sort(first_ink, stable=True)
@@ -283,7 +331,7 @@ class FusedGRUStep:
         h_matmul = h.to(self.dtype) if self.dtype != h.dtype else h
         blank_matmul = blank.to(self.dtype) if self.dtype != blank.dtype else blank
         joins = torch.searchsorted(first_ink, torch.arange(end + 1), right=False).tolist()
-        logits = torch.empty(batch)  # not wanted; the step writes them anyway
+        logits = torch.empty(max(batch, blanks))  # not wanted; the step writes them anyway
         active = 0
         for t in range(end):
             joined = joins[t]  # digits with first ink before pixel t: count(first_ink < t)

@@ -7,6 +7,7 @@ import torch
 
 from rnn_mnist import native
 from rnn_mnist.compute import autocast
+from rnn_mnist.masks import parse_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import complete
 
@@ -36,6 +37,13 @@ def _canvas(n: int = 5, seed: int = 1) -> torch.Tensor:
     return canvas
 
 
+def _torch_logits(model, canvas, labels) -> torch.Tensor:
+    """The reference: teacher-forced logits on torch ops (a pass with a gradient never runs on the
+    fused step, which has no backward)."""
+    with torch.enable_grad():
+        return model.teacher_forced_logits(canvas, labels).detach()
+
+
 def _require_kernel() -> None:
     if native.load_kernel() is None:
         pytest.skip(native.kernel_status())
@@ -60,8 +68,7 @@ def test_the_fused_step_gives_the_teacher_forced_logits(name, start):
     config = CONFIGS[name]
     model, canvas = _model(config), _canvas()
     labels = LABELS if config.num_classes else None
-    with torch.no_grad():
-        expected = model.teacher_forced_logits(canvas, labels)[:, start:]
+    expected = _torch_logits(model, canvas, labels)[:, start:]
     logits, step = _steps(model, canvas, labels, start)
     assert isinstance(step, native.FusedGRUStep)  # the path under test really ran
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
@@ -107,8 +114,7 @@ def test_under_bf16_the_fused_step_follows_the_torch_step(name):
     reference, step = _steps(model, canvas, labels, 300, "bf16")
     assert not isinstance(step, native.FusedGRUStep)
     torch.testing.assert_close(fused, reference, rtol=0, atol=2e-2)
-    with torch.no_grad():
-        fp32 = model.teacher_forced_logits(canvas, labels)[:, 300:]
+    fp32 = _torch_logits(model, canvas, labels)[:, 300:]
     assert (fused - fp32).abs().max() > 1e-4  # bf16 did run: it is not the fp32 result
 
 
@@ -132,10 +138,30 @@ def test_greedy_completions_match_the_torch_step():
     _require_kernel()
     model = _model(CONFIGS["context-position"])
     digits = _canvas(20, seed=3).to(torch.uint8)
-    fused = complete(model, digits, 284).completed
+    fused = complete(model, digits, 284).completed[..., 500:]  # the generated pixels
     model.fused_step = False
-    reference = complete(model, digits, 284).completed
+    reference = complete(model, digits, 284).completed[..., 500:]
     assert (fused == reference).float().mean() >= 0.99
+
+
+def test_in_painting_with_resampling_matches_the_torch_step():
+    """Sequential Monte Carlo replaces the canvas when it resamples and feeds visible runs between
+    holes; the fused step's pixel mirror must follow both."""
+    _require_kernel()
+    model = _model(CONFIGS["context-position"])
+    digits = _canvas(6, seed=4).to(torch.uint8)
+    hidden = parse_mask("rows:10-13") | parse_mask("rows:18-20")
+    results = []
+    for fused in (True, False):
+        model.fused_step = fused
+        generator = torch.Generator().manual_seed(5)
+        options = dict(hidden=hidden, sampling="bernoulli", samples=8, inpaint="sample", generator=generator)
+        results.append(complete(model, digits, **options))
+    (fused, reference) = results
+    assert fused.resamples > 0  # resampling happened
+    assert fused.resamples == reference.resamples
+    assert (fused.completed == reference.completed).float().mean() >= 0.99
+    torch.testing.assert_close(fused.probs, reference.probs, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -166,8 +192,49 @@ def test_models_the_kernel_does_not_cover_keep_the_torch_step():
         ModelConfig(hidden_size=16, num_layers=2),
         ModelConfig(cell="lstm", hidden_size=16),
         ModelConfig(hidden_size=16, head_hidden=8),
+        ModelConfig(hidden_size=native.MAX_HIDDEN + 1),  # the C step's buffers are fixed-size
+        ModelConfig(hidden_size=16, context=True, context_rows=10, context_width=27),  # 271 inputs
     ):
         model = _model(config)
         assert "torch ops" in native.describe_step(model, torch.device("cpu"))
         with torch.no_grad():
             assert not isinstance(model.stepper(None, 2, torch.device("cpu")), native.FusedGRUStep)
+
+
+def test_bad_inputs_are_refused_before_the_c_step_reads_them():
+    """The C step indexes raw memory: mismatched shapes and labels must be errors, not overflows."""
+    _require_kernel()
+    model, canvas = _model(CONFIGS["context-position"]), _canvas(4)
+    with torch.no_grad():
+        step = model.stepper(None, 4, canvas.device)
+        with pytest.raises(ValueError, match="bad input"):
+            step(canvas, 300, torch.zeros(1, 6, 16))  # six states for four digits
+        labelled = _model(CONFIGS["context-2x5-label"])
+        with pytest.raises(ValueError, match="labels"):
+            labelled.stepper(torch.tensor([1, 2]), 4, canvas.device)(canvas, 300, None)
+        with pytest.raises(ValueError, match="labels must be in"):
+            labelled.stepper(torch.tensor([1, 2, 3, 10]), 4, canvas.device)
+        with pytest.raises(ValueError, match="pixels"):
+            native.FusedGRUStep(model, None, torch.float32).read(canvas[:, :100], 200)
+
+
+@pytest.mark.parametrize("batch", [0, 1])
+def test_empty_and_single_digit_batches(batch):
+    _require_kernel()
+    model, canvas = _model(CONFIGS["context-position"]), _canvas(5)[:batch]
+    with torch.no_grad():
+        state = model.read(canvas, 300)
+        assert state.shape == (1, batch, 16)
+        logits, _ = model(canvas, 300, 784, None, state)
+    assert logits.shape == (batch, 484)
+    torch.testing.assert_close(logits, _torch_logits(model, canvas, None)[:, 300:], rtol=1e-4, atol=1e-4)
+
+
+def test_the_fused_step_runs_under_inference_mode():
+    _require_kernel()
+    model, canvas = _model(CONFIGS["context-position"]), _canvas()
+    with torch.inference_mode():
+        completed = complete(model, canvas.to(torch.uint8), 100, precision="bf16").completed
+    with torch.no_grad():
+        again = complete(model, canvas.to(torch.uint8), 100, precision="bf16").completed
+    assert torch.equal(completed, again)
