@@ -15,10 +15,10 @@ The same step serves every pass without a gradient (prefix reads, evaluation NLL
 whole-sequence pass would hold (784, B, 3H) input gates.
 
 The library is built into ~/.cache/rnn_mnist (or $RNN_MNIST_CACHE) with ``cc -O3 -march=native
--fopenmp`` (``$CC`` if set), keyed by the source, the flags and the CPU, and then reused. OpenMP is
-the libgomp torch has already loaded, so the step shares torch's threads instead of fighting them.
-Where no compiler works, or ``RNN_MNIST_NATIVE=0``, the model keeps its torch-op step; the two
-are tested against each other.
+-fopenmp`` (``$CC`` if set), keyed by the source, the compiler and its flags and the CPU, and then
+reused. Its OpenMP is normally the libgomp torch has already loaded, and it runs on torch's thread
+count either way. Where no compiler works, or ``RNN_MNIST_NATIVE=0``, the model keeps its torch-op
+step; the two are tested against each other.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -55,7 +56,7 @@ def _cpu_fingerprint() -> str:
         return platform.processor() or platform.machine()
 
 
-def _build(compiler: str, target: Path) -> None:
+def _build(compiler: list[str], target: Path) -> None:
     """Compile and link, then move into place atomically (two processes may build at once).
 
     -ffast-math is for the compile only: linking a shared library with it would pull in startup
@@ -63,13 +64,13 @@ def _build(compiler: str, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, lib = Path(tmp) / "gru_step.o", Path(tmp) / target.name
         for command in (
-            [compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
-            [compiler, "-shared", "-fopenmp", str(obj), "-o", str(lib)],
+            [*compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
+            [*compiler, "-shared", "-fopenmp", str(obj), "-o", str(lib)],
         ):
-            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=120)
             if result.returncode:
                 message = (result.stderr.strip().splitlines() or ["failed"])[-1]
-                raise RuntimeError(f"{' '.join(command[:2])} ...: {message}")
+                raise RuntimeError(f"{' '.join(compiler)} ...: {message}")
         os.replace(lib, target)
 
 
@@ -90,24 +91,27 @@ def kernel_status() -> str:
 def _load() -> tuple[ctypes.CDLL | None, str]:
     if os.environ.get("RNN_MNIST_NATIVE", "1") == "0":
         return None, "torch ops (RNN_MNIST_NATIVE=0)"
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC") or "cc")  # CC may be "ccache gcc"
+    found = shutil.which(compiler[0]) if compiler else None
+    if found is None:
         return None, "torch ops (no C compiler found)"
+    compiler[0] = found
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256(
-            "\n".join([SOURCE.read_text(), " ".join(COMPILE_FLAGS), version, _cpu_fingerprint()]).encode()
-        ).hexdigest()[:16]
+        version = subprocess.run(
+            [*compiler, "--version"], capture_output=True, text=True, errors="replace", timeout=30
+        ).stdout
+        recipe = [SOURCE.read_text(), " ".join(compiler + COMPILE_FLAGS), version, _cpu_fingerprint()]
+        key = hashlib.sha256("\n".join(recipe).encode()).hexdigest()[:16]
         cache = Path(os.environ.get("RNN_MNIST_CACHE") or Path.home() / ".cache" / "rnn_mnist")
         cache.mkdir(parents=True, exist_ok=True)
         target = cache / f"gru_step-{key}.so"
         if not target.exists():
             _build(compiler, target)
         library = ctypes.CDLL(str(target))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        library.gru_step.argtypes = _ARGTYPES
+        library.gru_step.restype = None
+    except (OSError, RuntimeError, AttributeError, ValueError, subprocess.SubprocessError) as error:
         return None, f"torch ops (building gru_step.c failed: {error})"
-    library.gru_step.argtypes = _ARGTYPES
-    library.gru_step.restype = None
     return library, f"fused C step ({target})"
 
 
