@@ -382,8 +382,8 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     completed = torch.cat(chunks)  # (N, K, 784)
 
     # Teacher-forced NLL of each digit's hidden pixels given all its earlier true pixels, at most
-    # 500 digits a pass whatever --batch-size: a pass keeps (784, B, 3H) input gates, 12 GB at
-    # B = 10,000 for GRU-128, where a rollout step holds one pixel's.
+    # 500 digits a pass whatever --batch-size: a pass on torch ops keeps (784, B, 3H) input gates,
+    # 12 GB at B = 10,000 for GRU-128, where a rollout step holds one pixel's.
     size = min(options.batch_size, 500)
     nll = torch.cat(
         [

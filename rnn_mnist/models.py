@@ -121,8 +121,9 @@ class NextPixelModel(nn.Module):
         rows_cols = torch.cat([one_hot(row, IMAGE_SIDE), one_hot(col, IMAGE_SIDE)], dim=1)
         self.register_buffer("position_one_hot", rows_cols.float(), persistent=False)  # (784, 56)
         # Runtime switches, not part of the config: False runs GRUs on nn.GRU on the CPU too (the
-        # reference the fast path is tested and benchmarked against); and False keeps a rollout's
-        # steps on torch ops rather than the fused C step (rnn_mnist/native.py).
+        # reference the fast path is tested and benchmarked against); and False keeps passes without
+        # a gradient (rollouts, reads, evaluation NLLs) on torch ops rather than the fused C step
+        # (rnn_mnist/native.py).
         self.fast_gru = True
         self.fused_step = True
 
@@ -251,9 +252,11 @@ class NextPixelModel(nn.Module):
     ) -> State:
         """Feed pixels 0..end-1 of ``canvas`` and return only the final state, computing no logits.
 
-        On the CPU the sequence goes in chunks of a few pixels: one long pass writes (B, T, H)
-        outputs that fall out of cache, and chunks measured about 2x faster for a 500-pixel
-        prefix at batch 1000 (bench/rollout_speed.py). On a GPU the fused whole-sequence kernel wins.
+        On the fused C step (rnn_mnist/native.py) the digits share their blank starts pixel by
+        pixel. Otherwise, on the CPU, the sequence goes in chunks of a few pixels: one long pass
+        writes (B, T, H) outputs that fall out of cache, and chunks measured about 2x faster for a
+        500-pixel prefix at batch 1000 (bench/rollout_speed.py). On a GPU the fused whole-sequence
+        kernel wins.
         """
         if state is None and end > 0 and native.supports(self, canvas.device):
             return native.FusedGRUStep(self, labels, matmul_dtype(canvas)).read(canvas, end)
