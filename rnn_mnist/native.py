@@ -107,6 +107,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         target = cache / f"gru_step-{key}.so"
         if not target.exists():
             _build(compiler, target)
+            for stale in cache.glob("gru_step-*.so"):  # builds of an older source, compiler or CPU
+                if stale != target:
+                    stale.unlink(missing_ok=True)  # a process that has it loaded keeps its mapping
         library = ctypes.CDLL(str(target))
         library.gru_step.argtypes = _ARGTYPES
         library.gru_step.restype = None

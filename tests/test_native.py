@@ -238,3 +238,14 @@ def test_the_fused_step_runs_under_inference_mode():
     with torch.no_grad():
         again = complete(model, canvas.to(torch.uint8), 100, precision="bf16").completed
     assert torch.equal(completed, again)
+
+
+def test_a_new_build_replaces_the_stale_ones_in_the_cache(monkeypatch, tmp_path):
+    _require_kernel()  # a compiler works here
+    monkeypatch.setattr(native, "_loaded", None)
+    monkeypatch.setenv("RNN_MNIST_CACHE", str(tmp_path))
+    stale = tmp_path / "gru_step-0123456789abcdef.so"
+    stale.write_bytes(b"an old build")
+    assert native.load_kernel() is not None
+    assert not stale.exists()
+    assert len(list(tmp_path.glob("gru_step-*.so"))) == 1  # the new build
