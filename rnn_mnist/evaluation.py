@@ -47,6 +47,7 @@ from rnn_mnist.progress import progress
 from rnn_mnist.rollout import (
     BEST_BY,
     INPAINTS,
+    TEACHER_FORCED_BATCH,
     Completion,
     complete,
     most_likely,
@@ -382,9 +383,8 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     completed = torch.cat(chunks)  # (N, K, 784)
 
     # Teacher-forced NLL of each digit's hidden pixels given all its earlier true pixels, at most
-    # 500 digits a pass whatever --batch-size: a pass on torch ops keeps (784, B, 3H) input gates,
-    # 12 GB at B = 10,000 for GRU-128, where a rollout step holds one pixel's.
-    size = min(options.batch_size, 500)
+    # TEACHER_FORCED_BATCH digits a pass whatever --batch-size (12 GB at 10,000 on torch ops).
+    size = min(options.batch_size, TEACHER_FORCED_BATCH)
     nll = torch.cat(
         [
             teacher_forced_nll(

@@ -69,74 +69,6 @@ __attribute__((noinline)) static void add_columns(
     for (int64_t j = 0; j < size; j++) x[j] += v0 * c0[j] + v1 * c1[j] + v2 * c2[j] + v3 * c3[j];
 }
 
-/* One digit's (row's) step; gru_step's arguments below. */
-static void step_row(
-    int64_t row, int64_t hidden, int64_t num_inputs,
-    const float *pixels, int64_t pixels_stride,   /* (>= t, rows) the pixels so far, pixel-major */
-    const int64_t *pixel_index,                   /* (num_inputs,) where pixel t's inputs are */
-    const float *pixel_exists,                    /* (num_inputs,) 0 where such a pixel is off the image */
-    const float *columns,                         /* (num_inputs, 3H) their columns of W_ih, transposed */
-    const float *static_gates,                    /* (3H,) biases and position terms of pixel t */
-    const float *label_gates, const int64_t *labels, /* (classes, 3H), (rows,); or NULL */
-    const void *gh, int gh_is_bf16,               /* (rows, 3H) h @ W_hh.T, no bias */
-    const float *b_hn,                            /* (H,) the n part of b_hh */
-    const float *h, float *h_new,                 /* (rows, H): may be the same buffer */
-    uint16_t *h_new_bf16,                         /* (rows, H) or NULL */
-    const float *head_weight, float head_bias,    /* (H,) and the head's bias */
-    float *logits)                                /* (rows,) */
-{
-    const int64_t gates = 3 * hidden;
-    /* The pixel inputs that are not 0 (most of a binary digit's are): only their columns add,
-       four at a time (padded with zero-valued ones): a quarter of the passes over x. */
-    int64_t offset[MAX_INPUTS + 3]; /* where each one's column starts in columns */
-    float value[MAX_INPUTS + 3];
-    int64_t active = 0;
-    for (int64_t k = 0; k < num_inputs; k++) {
-        const float v = pixels[pixel_index[k] * pixels_stride + row] * pixel_exists[k];
-        if (v != 0.0f) {
-            offset[active] = k * gates;
-            value[active++] = v;
-        }
-    }
-    for (; active % 4; active++) {
-        offset[active] = 0;
-        value[active] = 0.0f;
-    }
-    float x[3 * MAX_HIDDEN], g[3 * MAX_HIDDEN]; /* layer 0's input gates, the recurrent ones */
-    const float *start = label_gates ? label_gates + labels[row] * gates : zeros;
-#pragma omp simd
-    for (int64_t j = 0; j < gates; j++) x[j] = static_gates[j] + start[j];
-    for (int64_t i = 0; i < active; i += 4) {
-        add_columns(gates, x, columns + offset[i], columns + offset[i + 1], columns + offset[i + 2],
-                    columns + offset[i + 3], value + i);
-    }
-    if (gh_is_bf16) {
-        const uint16_t *source = (const uint16_t *)gh + row * gates;
-#pragma omp simd
-        for (int64_t j = 0; j < gates; j++) g[j] = bf16_to_float(source[j]);
-    } else {
-        memcpy(g, (const float *)gh + row * gates, gates * sizeof(float));
-    }
-    const float *h_row = h + row * hidden;
-    float *out = h_new + row * hidden;
-    float logit = 0.0f;
-#pragma omp simd reduction(+ : logit)
-    for (int64_t j = 0; j < hidden; j++) {
-        const float r = sigmoid(x[j] + g[j]);
-        const float z = sigmoid(x[hidden + j] + g[hidden + j]);
-        const float n = 2.0f * sigmoid(2.0f * (x[2 * hidden + j] + r * (g[2 * hidden + j] + b_hn[j]))) - 1.0f;
-        const float next = n + z * (h_row[j] - n);
-        out[j] = next;
-        logit += next * head_weight[j];
-    }
-    if (h_new_bf16) {
-        uint16_t *out_bf16 = h_new_bf16 + row * hidden;
-#pragma omp simd
-        for (int64_t j = 0; j < hidden; j++) out_bf16[j] = float_to_bf16(out[j]);
-    }
-    logits[row] = logit + head_bias;
-}
-
 void gru_step(
     int threads,                                  /* torch.get_num_threads() */
     int64_t rows, int64_t hidden, int64_t num_inputs,
@@ -153,11 +85,58 @@ void gru_step(
     const float *head_weight, float head_bias,    /* (H,) and the head's bias */
     float *logits)                                /* (rows,) */
 {
+    const int64_t gates = 3 * hidden;
     /* torch's thread count, whichever OpenMP runtime this library got; one thread for a few rows */
 #pragma omp parallel for schedule(static) num_threads(threads) if (rows > 64)
-    for (int64_t row = 0; row < rows; row++)
-        step_row(
-            row, hidden, num_inputs, pixels, pixels_stride, pixel_index, pixel_exists, columns,
-            static_gates, label_gates, labels, gh, gh_is_bf16, b_hn, h, h_new, h_new_bf16,
-            head_weight, head_bias, logits);
+    for (int64_t row = 0; row < rows; row++) {
+        /* The pixel inputs that are not 0 (most of a binary digit's are): only their columns add,
+           four at a time (padded with zero-valued ones): a quarter of the passes over x. */
+        int64_t offset[MAX_INPUTS + 3]; /* where each one's column starts in columns */
+        float value[MAX_INPUTS + 3];
+        int64_t active = 0;
+        for (int64_t k = 0; k < num_inputs; k++) {
+            const float v = pixels[pixel_index[k] * pixels_stride + row] * pixel_exists[k];
+            if (v != 0.0f) {
+                offset[active] = k * gates;
+                value[active++] = v;
+            }
+        }
+        for (; active % 4; active++) {
+            offset[active] = 0;
+            value[active] = 0.0f;
+        }
+        float x[3 * MAX_HIDDEN], g[3 * MAX_HIDDEN]; /* layer 0's input gates, the recurrent ones */
+        const float *start = label_gates ? label_gates + labels[row] * gates : zeros;
+#pragma omp simd
+        for (int64_t j = 0; j < gates; j++) x[j] = static_gates[j] + start[j];
+        for (int64_t i = 0; i < active; i += 4) {
+            add_columns(gates, x, columns + offset[i], columns + offset[i + 1], columns + offset[i + 2],
+                        columns + offset[i + 3], value + i);
+        }
+        if (gh_is_bf16) {
+            const uint16_t *source = (const uint16_t *)gh + row * gates;
+#pragma omp simd
+            for (int64_t j = 0; j < gates; j++) g[j] = bf16_to_float(source[j]);
+        } else {
+            memcpy(g, (const float *)gh + row * gates, gates * sizeof(float));
+        }
+        const float *h_row = h + row * hidden;
+        float *out = h_new + row * hidden;
+        float logit = 0.0f;
+#pragma omp simd reduction(+ : logit)
+        for (int64_t j = 0; j < hidden; j++) {
+            const float r = sigmoid(x[j] + g[j]);
+            const float z = sigmoid(x[hidden + j] + g[hidden + j]);
+            const float n = 2.0f * sigmoid(2.0f * (x[2 * hidden + j] + r * (g[2 * hidden + j] + b_hn[j]))) - 1.0f;
+            const float next = n + z * (h_row[j] - n);
+            out[j] = next;
+            logit += next * head_weight[j];
+        }
+        if (h_new_bf16) {
+            uint16_t *out_bf16 = h_new_bf16 + row * hidden;
+#pragma omp simd
+            for (int64_t j = 0; j < hidden; j++) out_bf16[j] = float_to_bf16(out[j]);
+        }
+        logits[row] = logit + head_bias;
+    }
 }

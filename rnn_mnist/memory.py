@@ -25,6 +25,7 @@ import torch
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.models import CPU_READ_CHUNK, ModelConfig
+from rnn_mnist.rollout import TEACHER_FORCED_BATCH
 
 FLOAT = 4  # bytes: activations, parameters and probabilities are fp32
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # gate blocks of H per layer
@@ -191,8 +192,9 @@ def evaluation_need(
     teacher_forced = FLOAT * NUM_PIXELS * floats_per_pixel(config, False)
     parts = {
         "the rollout": FLOAT * rows * rollout_floats_per_row(config, mask_pixels, device),
-        # evaluation.py runs them at most 500 digits a pass; the label posterior 500 a pass
-        "teacher-forced passes": teacher_forced * (500 if label_posterior else min(batch_size, digits, 500)),
+        # at most TEACHER_FORCED_BATCH digits a pass; the label posterior 500 a pass
+        "teacher-forced passes": teacher_forced
+        * (500 if label_posterior else min(batch_size, digits, TEACHER_FORCED_BATCH)),
         "the runtime": RUNTIME_BYTES,
     }
     completions = digits * kept

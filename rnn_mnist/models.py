@@ -158,6 +158,10 @@ class NextPixelModel(nn.Module):
             parts.append(one_hot.to(canvas.dtype)[:, None, :].expand(-1, end - start, -1))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
+    def _fused_step(self, labels: torch.Tensor | None) -> native.FusedGRUStep:
+        """The fused C step for this model and labels; its GEMM in bf16 under bf16 autocast."""
+        return native.FusedGRUStep(self, labels, matmul_dtype(self.start_pixel))
+
     def uses_fast_gru(self, device: torch.device) -> bool:
         """The hand-written GRU (rnn_mnist/gru.py) runs GRUs on the CPU; everything else ``nn.RNNBase``."""
         return self.fast_gru and self.config.cell == "gru" and device.type == "cpu"
@@ -177,9 +181,7 @@ class NextPixelModel(nn.Module):
         ``logits=False`` only the state is computed.
         """
         if native.supports(self, canvas.device):  # no gradient wanted: the fused C step
-            fused_logits, state = native.FusedGRUStep(self, labels, matmul_dtype(canvas)).forward(
-                canvas, start, end, state
-            )
+            fused_logits, state = self._fused_step(labels).forward(canvas, start, end, state)
             return (fused_logits if logits else None), state
         if self.uses_fast_gru(canvas.device):
             out, state = self._fast_gru(canvas, start, end, labels, state)  # (T, B, H)
@@ -259,7 +261,7 @@ class NextPixelModel(nn.Module):
         kernel wins.
         """
         if state is None and end > 0 and native.supports(self, canvas.device):
-            return native.FusedGRUStep(self, labels, matmul_dtype(canvas)).read(canvas, end)
+            return self._fused_step(labels).read(canvas, end)
         chunk = self.read_chunk(canvas.device, end)
         if state is None and end > chunk and len(canvas) > 1:
             return self._read_from_blank(canvas, end, labels, chunk)
@@ -338,7 +340,7 @@ class NextPixelModel(nn.Module):
         gather, one addmm, the GRU cell and the head. Elsewhere it is ``step`` itself.
         """
         if native.supports(self, device):
-            return native.FusedGRUStep(self, labels, matmul_dtype(self.start_pixel))
+            return self._fused_step(labels)
         if not self.uses_fast_gru(device):
             return lambda canvas, t, state: self.step(canvas, t, state, labels)
         config, rnn, hidden = self.config, self.rnn, self.config.hidden_size

@@ -304,7 +304,7 @@ class FusedGRUStep:
             raise ValueError(f"fused GRU step: pixels up to {end} of a canvas of {canvas.shape[1]}")
         mirror = canvas[:, :end].t().float().contiguous()  # (end, B): the step reads pixels < t
         h = torch.zeros(batch, self.hidden) if state is None else state[0].float().clone()
-        h_matmul = h.to(self.dtype) if self.dtype != h.dtype else h
+        h_matmul = h.to(self.dtype)  # h itself in fp32
         logits = torch.empty(end - start, batch)
         for t in range(start, end):  # in place: each step's GEMM has read h before it is written
             self.run(mirror, t, h, h_matmul, h, h_matmul, logits[t - start], self.labels)
@@ -335,8 +335,7 @@ class FusedGRUStep:
         blanks = 1 if blank_labels is None else len(blank_labels)
         blank_mirror = torch.zeros(end, blanks)
         h, blank = torch.zeros(batch, hidden), torch.zeros(blanks, hidden)
-        h_matmul = h.to(self.dtype) if self.dtype != h.dtype else h
-        blank_matmul = blank.to(self.dtype) if self.dtype != blank.dtype else blank
+        h_matmul, blank_matmul = h.to(self.dtype), blank.to(self.dtype)  # themselves in fp32
         joins = torch.searchsorted(first_ink, torch.arange(end + 1), right=False).tolist()
         logits = torch.empty(max(batch, blanks))  # not wanted; the step writes them anyway
         active = 0
