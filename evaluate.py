@@ -36,13 +36,12 @@ from rnn_mnist.cli import (
     run_cli,
     typed_flags,
 )
-from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS
 from rnn_mnist.evaluation import EvalOptions, evaluate_experiment, summary
 from rnn_mnist.masks import MASK_KINDS
 from rnn_mnist.reading import is_classifier_experiment, read_digits, reading_summary
 from rnn_mnist.rollout import BEST_BY, INPAINTS, SAMPLINGS
-from rnn_mnist.training import DEVICES
+from rnn_mnist.runtime import DEVICES, PRECISIONS
 
 
 def index_list(text: str) -> tuple[int, ...]:

@@ -32,13 +32,13 @@ from rnn_mnist.cli import (
     run_cli,
     typed_flags,
 )
-from rnn_mnist.compute import PRECISIONS
 from rnn_mnist.data import BINARIZATIONS, DATA_ENV_VAR
 from rnn_mnist.lr_schedule import LR_SCHEDULES
 from rnn_mnist.models import CELLS, READOUTS
+from rnn_mnist.runtime import DEVICES, PRECISIONS
 from rnn_mnist.scheduled_sampling import MODES, SCHEDULES, Schedule
 from rnn_mnist.tasks import TASKS
-from rnn_mnist.training import DEVICES, LOSSES, train_experiment
+from rnn_mnist.training import LOSSES, train_experiment
 
 # Recipes one flag away. The defaults stay the plain GRU of the original project, so that earlier
 # experiments and checkpoints keep their meaning. "fast": under 58 nats test NLL with class

@@ -33,12 +33,12 @@ sys.path.insert(0, str(REPO))
 
 from rnn_mnist import native  # noqa: E402
 from rnn_mnist.checkpoint import ExperimentPaths  # noqa: E402
-from rnn_mnist.compute import configure_cpu_math  # noqa: E402
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_test_digits  # noqa: E402
 from rnn_mnist.evaluation import load_model  # noqa: E402
 from rnn_mnist.masks import parse_mask  # noqa: E402
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.rollout import complete  # noqa: E402
+from rnn_mnist.runtime import configure_cpu_math  # noqa: E402
 
 # name -> (fast GRU, fused C step, precision, CPU settings, digits per batch; 0: all at once)
 ROWS = {

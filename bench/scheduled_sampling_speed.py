@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.scheduled_sampling import parallel_mixture, sequential_logits
-from rnn_mnist.training import optimize, pixel_loss, train_step
+from rnn_mnist.tasks import pixel_loss
+from rnn_mnist.training import optimize, train_step
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ Usage:
 Prints two tables. First, sequences/s of one teacher-forced training step, one row per way of
 running it: the bare fp32 loop a from-scratch script would write (the reference), the toolkit on
 nn.GRU as it ran before rnn_mnist/gru.py, and the toolkit with each precision and CPU setting of
-rnn_mnist/compute.py. Every row runs in a fresh process, because the allocator and GEMM-routing
+rnn_mnist/runtime.py. Every row runs in a fresh process, because the allocator and GEMM-routing
 settings are process-wide; rounds are interleaved so that machine noise hits all rows alike, and the
 median is reported. Each row also gives the step's FLOPs (the GEMMs: forward, and twice that
 backward) and the GFLOP/s they ran at. Second, the time from launch to the first training batch.
@@ -31,7 +31,6 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rnn_mnist.compute import configure_cpu_math  # noqa: E402
 from rnn_mnist.data import (  # noqa: E402
     DataConfig,
     load_binarized_mnist,
@@ -39,9 +38,10 @@ from rnn_mnist.data import (  # noqa: E402
     resolve_data_dir,
 )
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
+from rnn_mnist.runtime import configure_cpu_math  # noqa: E402
 from rnn_mnist.training import train_step  # noqa: E402
 
-# name -> (what runs, model inputs, precision, apply rnn_mnist.compute's CPU settings)
+# name -> (what runs, model inputs, precision, apply rnn_mnist.runtime's CPU settings)
 PLAIN, RICH = {}, {"context": True, "position": True, "num_classes": 10}
 ROWS = {
     "bare nn.GRU + Linear + Adam, fp32 (reference)": ("bare", PLAIN, "fp32", False),

@@ -29,7 +29,6 @@ from rnn_mnist.checkpoint import (
     rebuild_model,
     weights_sha256,
 )
-from rnn_mnist.compute import configure_cpu_math
 from rnn_mnist.data import (
     DATA_ENV_VAR,
     IMAGE_SIDE,
@@ -54,7 +53,7 @@ from rnn_mnist.rollout import (
     most_recognisable,
     teacher_forced_nll,
 )
-from rnn_mnist.training import resolve_device
+from rnn_mnist.runtime import configure_cpu_math, resolve_device
 
 # Draws scored together when reading the label back (rollout.label_log_posterior's batch).
 LABEL_POSTERIOR_ROWS = 500

@@ -30,6 +30,7 @@ from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_int,
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.progress import progress
+from rnn_mnist.runtime import set_seed
 from rnn_mnist.training import optimize
 
 SHIPPED_JUDGE = Path(__file__).resolve().parent / "weights" / "judge.pt"
@@ -120,7 +121,7 @@ def train_judge(
     data_dir: str | None, epochs: int = 6, batch_size: int = 128, seed: int = 0
 ) -> tuple[DigitJudge, dict[str, Any]]:
     """Train on all 60k training digits, seeded; return the judge and how it was trained."""
-    torch.manual_seed(seed)
+    set_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     grey, labels = load_mnist_split(data_dir, train=True)
     judge = DigitJudge()

@@ -27,14 +27,13 @@ import torch
 from tqdm import tqdm
 
 from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, rebuild_model, weights_sha256
-from rnn_mnist.compute import configure_cpu_math
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import EvalOptions, load_model, output_folder
 from rnn_mnist.models import CLASSIFIER_KIND, ClassifierConfig, SequenceClassifier
 from rnn_mnist.rollout import class_log_likelihoods
+from rnn_mnist.runtime import configure_cpu_math, resolve_device
 from rnn_mnist.tasks import classifier_inputs_name
-from rnn_mnist.training import resolve_device
 
 MISREAD_SHOWN = 100  # misread digits drawn in misread.png (all are listed in metrics.json)
 

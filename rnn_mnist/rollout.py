@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rnn_mnist.compute import autocast
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.masks import runs, suffix_mask
 from rnn_mnist.models import NextPixelModel, State, select_state
+from rnn_mnist.runtime import autocast
 
 SAMPLINGS = ("greedy", "bernoulli", "mean")
 # How --best-of K picks one of K samples: the model's likelihood of it, or (label-conditioned

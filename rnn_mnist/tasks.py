@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_mnist.compute import autocast
 from rnn_mnist.data import NUM_PIXELS, BinarizedMNIST, DataConfig, binarization_name
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.models import (
@@ -37,6 +36,7 @@ from rnn_mnist.models import (
     SequenceClassifier,
 )
 from rnn_mnist.progress import progress
+from rnn_mnist.runtime import autocast
 from rnn_mnist.samples import write_epoch_samples
 from rnn_mnist.scheduled_sampling import parallel_mixture, resolve_mode, sequential_logits
 

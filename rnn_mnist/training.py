@@ -5,15 +5,16 @@
 
 After every epoch the experiment folder holds a checkpoint and a ``.pkl`` of metrics, both written
 atomically, so Ctrl-C or a crash loses at most the epoch in progress. What differs between the
-next-pixel and the classify task (model, inputs, loss, metrics, epoch line) is rnn_mnist/tasks.py's.
+next-pixel and the classify task (model, inputs, loss, metrics, epoch line) is rnn_mnist/tasks.py's;
+the device, seeds, RNG states and arithmetic settings are rnn_mnist/runtime.py's.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -28,8 +29,7 @@ from rnn_mnist.checkpoint import (
     save_metrics,
     to_cpu,
 )
-from rnn_mnist.compute import autocast, configure_cpu_math
-from rnn_mnist.data import DataConfig, load_binarized_mnist
+from rnn_mnist.data import BinarizedMNIST, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted, describe_os_error
 from rnn_mnist.experiment_lock import ExperimentLock
 from rnn_mnist.lr_schedule import LrSchedule
@@ -37,18 +37,11 @@ from rnn_mnist.memory import MemoryNeed, check_fits, training_need
 from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
 from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
+from rnn_mnist.runtime import autocast, capture_rng, compute_record, resolve_device, restore_rng, set_seed
 from rnn_mnist.scheduled_sampling import Schedule
-from rnn_mnist.tasks import (  # noqa: F401 (evaluate_nll, pixel_loss: used through this module too)
-    EVAL_BATCH_SIZE,
-    Task,
-    check_task_flags,
-    evaluate_nll,
-    make_task,
-    pixel_loss,
-)
+from rnn_mnist.tasks import EVAL_BATCH_SIZE, Task, check_task_flags, make_task, pixel_loss
 
 LOSSES = ("bce", "mse")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -96,23 +89,6 @@ def config_from_flags(cls: type, flags: dict[str, Any]) -> Any:
     return cls(**{f.name: flags[f.name] for f in fields(cls) if f.name in flags})
 
 
-def set_seed(seed: int) -> None:
-    """Seed every generator the toolkit touches: Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable explicit choice is an error."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise RnnMnistError(f"--device {name} was asked for, but this machine has no {name.upper()}")
-    return torch.device(name)
-
-
 def train_step(
     model: NextPixelModel,
     optimizer: torch.optim.Optimizer,
@@ -152,39 +128,6 @@ def optimize(
         raise NonFiniteLoss(f"the training {what}")
     optimizer.step()
     return value.detach()
-
-
-def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Every RNG state a resumed run needs, as plain values and CPU tensors."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss),
-        "torch": torch.get_rng_state(),
-        "shuffle": generator.get_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> str | None:
-    """Put back what ``capture_rng`` saved. Returns a line for the log when the run was saved with
-    more GPUs than this machine has: the states of the GPUs present are restored, the rest dropped
-    (``torch.cuda.set_rng_state_all`` would raise an IndexError instead)."""
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
-    if device.type != "cuda" or "cuda" not in state:
-        return None
-    saved, present = len(state["cuda"]), torch.cuda.device_count()
-    for index, gpu_state in enumerate(state["cuda"][:present]):
-        torch.cuda.set_rng_state(gpu_state, index)
-    if saved <= present:
-        return None
-    return f"saved with {saved} GPUs, resumed on {present}: RNG states of GPUs {present}..{saved - 1} dropped"
 
 
 class RunLog:
@@ -230,9 +173,63 @@ def train_experiment(
         return _train_locked(paths, flags, set(flags) if typed is None else typed, show_progress)
 
 
+@dataclass
+class _Run:
+    """One run, resolved before any work: its flags (a resumed run's merged with the saved ones), its
+    configs and task, and the checkpoint it resumes (None: a fresh run)."""
+
+    paths: ExperimentPaths
+    flags: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+    train_cfg: TrainConfig
+    data_cfg: DataConfig
+    model_cfg: Any  # the task's: ModelConfig or ClassifierConfig
+    task: Task
+
+
+@dataclass
+class _Fit:
+    """What the fit loop carries from epoch to epoch; on resume, restored from the checkpoint."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # shuffling and dynamic binarisation
+    device: torch.device
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    rng_note: str | None = None  # restore_rng's line for the log
+
+
 def _train_locked(
     paths: ExperimentPaths, flags: dict[str, Any], typed: set[str], show_progress: bool
 ) -> list[dict[str, Any]]:
+    """Resolve the run, check that it fits in memory, build or restore it, then fit it epoch by epoch."""
+    run = _resolve_run(paths, flags, typed)
+    device = resolve_device(run.train_cfg.device)
+    compute = compute_record(device, run.train_cfg.precision)
+    set_seed(run.train_cfg.seed)
+    generator = torch.Generator().manual_seed(run.train_cfg.seed)
+    data = load_binarized_mnist(run.data_cfg)
+    _check_memory(run, data, device)
+    fit = _build_or_restore(run, generator, device)
+    log = RunLog(paths.log, append=run.checkpoint is not None)
+    saver = _Saver(run, fit)
+    try:
+        _announce(run, fit, data, log, saver)
+        for epoch in range(fit.start_epoch + 1, run.train_cfg.epochs + 1):
+            _fit_epoch(run, fit, data, epoch, compute, saver, log, show_progress)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted; the checkpoint after epoch {saver.saved_epoch} in {paths.root} is intact. "
+            f"Resume with: {resume_command(run.train_cfg.exp_dir, run.train_cfg.exp_name)}"
+        ) from None
+    finally:
+        log.close()
+    return fit.history
+
+
+def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str]) -> _Run:
+    """The run's flags and configs: a resumed run's come from its checkpoint, the source of truth."""
     checkpoint = None
     if flags.get("resume"):
         checkpoint = load_training_checkpoint(paths.checkpoint)
@@ -255,139 +252,158 @@ def _train_locked(
     except (TypeError, ValueError) as exc:
         where = f"{paths.checkpoint} holds an invalid config: " if checkpoint is not None else ""
         raise RnnMnistError(f"{where}{exc}") from None
+    return _Run(paths, flags, checkpoint, train_cfg, data_cfg, model_cfg, task)
 
-    device = resolve_device(train_cfg.device)
-    if train_cfg.precision == "bf16" and device.type == "mps":
-        raise RnnMnistError("--precision bf16 runs on the CPU and CUDA; use fp32 on MPS")
-    compute = {**configure_cpu_math(), "precision": train_cfg.precision, "device": str(device)}
-    set_seed(train_cfg.seed)
-    generator = torch.Generator().manual_seed(train_cfg.seed)  # shuffling and dynamic binarisation
-    data = load_binarized_mnist(data_cfg)
+
+def _check_memory(run: _Run, data: BinarizedMNIST, device: torch.device) -> None:
+    """Refuse a run whose training would not fit in memory, before the model exists: an allocation
+    that does not fit wakes the OOM killer."""
+    model_cfg, train_cfg = run.model_cfg, run.train_cfg
 
     def need_at(batch_size: int) -> MemoryNeed:
         return training_need(
-            task.memory_config(model_cfg),
+            run.task.memory_config(model_cfg),
             batch_size,
             train_digits=len(data.train_grey),
             eval_digits=max(len(data.val), len(data.test)),
             device=device,
             eval_batch_size=EVAL_BATCH_SIZE,
-            dynamic=data_cfg.binarize == "dynamic" and task.reads_binarised,
+            dynamic=run.data_cfg.binarize == "dynamic" and run.task.reads_binarised,
         )
 
-    check_fits(  # before the model exists: an allocation that does not fit wakes the OOM killer
+    check_fits(
         need_at,
         train_cfg.batch_size,
         f"training a {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers} "
         f"at batch {train_cfg.batch_size}",
-        f"the model alone does not fit: lower {task.size_flags}",
+        f"the model alone does not fit: lower {run.task.size_flags}",
     )
-    model = task.build_model(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    rng_note = None
-    if checkpoint is not None:
-        load_weights(model, checkpoint["model_state"], paths.checkpoint)
+
+
+def _build_or_restore(run: _Run, generator: torch.Generator, device: torch.device) -> _Fit:
+    """A fresh model and optimizer, or the checkpoint's, with its RNG states, history and epoch."""
+    model = run.task.build_model(run.model_cfg).to(device)
+    fit = _Fit(model, torch.optim.Adam(model.parameters(), lr=run.train_cfg.lr), generator, device)
+    checkpoint, path = run.checkpoint, run.paths.checkpoint
+    if checkpoint is None:
+        if run.flags.get("overwrite"):
+            run.paths.remove_files()  # only now: every check that could refuse the run has passed
+        return fit
+    load_weights(model, checkpoint["model_state"], path)
+    try:
+        fit.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        fit.rng_note = restore_rng(checkpoint["rng_state"], generator, device)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RnnMnistError(f"{path} does not match its own config ({reason})") from None
+    fit.history = list(checkpoint["history"])
+    fit.start_epoch = checkpoint["epoch"]
+    return fit
+
+
+class _Saver:
+    """Writes the checkpoint and the metrics after an epoch, and remembers the last epoch saved."""
+
+    def __init__(self, run: _Run, fit: _Fit) -> None:
+        self.run, self.fit = run, fit
+        self.saved_epoch = fit.start_epoch
+
+    def save(self, epoch: int) -> None:
+        """Save after ``epoch``; a failed write (a full disk) is one line saying what is still there."""
         try:
-            optimizer.load_state_dict(checkpoint["optimizer_state"])
-            rng_note = restore_rng(checkpoint["rng_state"], generator, device)
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RnnMnistError(f"{paths.checkpoint} does not match its own config ({reason})") from None
-        history = list(checkpoint["history"])
-        start_epoch = checkpoint["epoch"]
-    elif flags.get("overwrite"):
-        paths.remove_files()  # only now: every check that could refuse the run has passed
-
-    def save(epoch: int) -> None:
-        configs = {
-            "config": dict(flags),
-            "model_config": model_cfg.to_dict(),
-            "data_config": asdict(data_cfg),
-        }
-        save_checkpoint(
-            paths.checkpoint,
-            {
-                **configs,
-                "model_state": to_cpu(model.state_dict()),
-                "optimizer_state": to_cpu(optimizer.state_dict()),
-                "scheduler_state": {},  # the lr is a function of the batch index (lr_schedule.py)
-                "epoch": epoch,
-                "rng_state": capture_rng(generator, device),
-                "history": history,
-            },
-        )
-        save_metrics(paths, {**configs, "num_parameters": count_parameters(model), "history": history})
-
-    log = RunLog(paths.log, append=checkpoint is not None)
-    saved_epoch = start_epoch
-
-    def save_or_explain(epoch: int) -> None:
-        """``save``; a failed write (a full disk) is one line saying what is still there."""
-        try:
-            save(epoch)
+            self._write(epoch)
         except OSError as exc:
             kept = (
-                f"the checkpoint after epoch {saved_epoch} in {paths.root} is intact"
-                if checkpoint is not None or epoch > saved_epoch
+                f"the checkpoint after epoch {self.saved_epoch} in {self.run.paths.root} is intact"
+                if self.run.checkpoint is not None or epoch > self.saved_epoch
                 else "nothing was saved"
             )
             raise RnnMnistError(f"could not save epoch {epoch}: {describe_os_error(exc)}; {kept}") from None
+        self.saved_epoch = epoch
 
+    def _write(self, epoch: int) -> None:
+        run, fit = self.run, self.fit
+        configs = {
+            "config": dict(run.flags),
+            "model_config": run.model_cfg.to_dict(),
+            "data_config": asdict(run.data_cfg),
+        }
+        save_checkpoint(
+            run.paths.checkpoint,
+            {
+                **configs,
+                "model_state": to_cpu(fit.model.state_dict()),
+                "optimizer_state": to_cpu(fit.optimizer.state_dict()),
+                "scheduler_state": {},  # the lr is a function of the batch index (lr_schedule.py)
+                "epoch": epoch,
+                "rng_state": capture_rng(fit.generator, fit.device),
+                "history": fit.history,
+            },
+        )
+        save_metrics(
+            run.paths, {**configs, "num_parameters": count_parameters(fit.model), "history": fit.history}
+        )
+
+
+def _announce(run: _Run, fit: _Fit, data: BinarizedMNIST, log: RunLog, saver: _Saver) -> None:
+    """The run's first line in the log; a fresh run is saved first, so that even an interrupted
+    first epoch can be resumed."""
+    root, model_cfg = run.paths.root, run.model_cfg
+    if run.checkpoint is None:
+        saver.save(0)
+        log(
+            f"{root}: {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers}, "
+            f"{count_parameters(fit.model):,} parameters, {len(data.train_grey):,} train"
+            f" / {len(data.val):,} val / {len(data.test):,} test digits, "
+            f"{run.task.describe_inputs(run.data_cfg)}, task {run.task.name}, device {fit.device}"
+        )
+    elif fit.start_epoch >= run.train_cfg.epochs:
+        log(f"{root}: already trained {fit.start_epoch} epochs; raise --epochs to train more")
+    else:
+        log(f"{root}: resuming after epoch {fit.start_epoch} of {run.train_cfg.epochs}")
+        if fit.rng_note:
+            log(f"{root}: {fit.rng_note}")
+
+
+def _fit_epoch(
+    run: _Run,
+    fit: _Fit,
+    data: BinarizedMNIST,
+    epoch: int,
+    compute: dict[str, Any],
+    saver: _Saver,
+    log: RunLog,
+    show_progress: bool,
+) -> None:
+    """Train one epoch, add it to the history with the compute record, save, and log its line."""
     try:
-        if checkpoint is None:
-            save_or_explain(0)  # so that even an interrupted first epoch can be resumed
-            log(
-                f"{paths.root}: {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers}, "
-                f"{count_parameters(model):,} parameters, {len(data.train_grey):,} train"
-                f" / {len(data.val):,} val / {len(data.test):,} test digits, "
-                f"{task.describe_inputs(data_cfg)}, task {task.name}, device {device}"
-            )
-        elif start_epoch >= train_cfg.epochs:
-            log(f"{paths.root}: already trained {start_epoch} epochs; raise --epochs to train more")
-        else:
-            log(f"{paths.root}: resuming after epoch {start_epoch} of {train_cfg.epochs}")
-            if rng_note:
-                log(f"{paths.root}: {rng_note}")
-        for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
-            try:
-                batches_done = sum(len(h["batch_losses"]) for h in history)
-                entry = _train_one_epoch(
-                    model,
-                    optimizer,
-                    data,
-                    generator,
-                    train_cfg,
-                    device,
-                    epoch,
-                    batches_done,
-                    show_progress,
-                    task,
-                )
-            except NonFiniteLoss as exc:
-                raise NonFiniteLoss(
-                    f"{exc}; stopped, and kept the checkpoint after epoch {saved_epoch} in "
-                    f"{paths.root}. Try a lower --lr or a --clip."
-                ) from None
-            history.append({**entry, "compute": compute})
-            save_or_explain(epoch)
-            saved_epoch = epoch
-            log(task.format_epoch(entry) + task.epoch_pictures(model, data, paths.samples, epoch))
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(
-            f"interrupted; the checkpoint after epoch {saved_epoch} in {paths.root} is intact. "
-            f"Resume with: {resume_command(train_cfg.exp_dir, train_cfg.exp_name)}"
+        batches_done = sum(len(h["batch_losses"]) for h in fit.history)
+        entry = _train_one_epoch(
+            fit.model,
+            fit.optimizer,
+            data,
+            fit.generator,
+            run.train_cfg,
+            fit.device,
+            epoch,
+            batches_done,
+            show_progress,
+            run.task,
+        )
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(
+            f"{exc}; stopped, and kept the checkpoint after epoch {saver.saved_epoch} in "
+            f"{run.paths.root}. Try a lower --lr or a --clip."
         ) from None
-    finally:
-        log.close()
-    return history
+    fit.history.append({**entry, "compute": compute})
+    saver.save(epoch)
+    log(run.task.format_epoch(entry) + run.task.epoch_pictures(fit.model, data, run.paths.samples, epoch))
 
 
 def _train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    data,
+    data: BinarizedMNIST,
     generator: torch.Generator,
     cfg: TrainConfig,
     device: torch.device,
@@ -396,18 +412,13 @@ def _train_one_epoch(
     show_progress: bool,
     task: Task,
 ) -> dict[str, Any]:
-    """One pass over the training digits, then the task's validation and test metrics: the
-    epoch's history entry.
-
-    ``batches_done`` counts the mini-batches of earlier epochs (the lr schedule's and scheduled
-    sampling's batch index continues from it).
-    """
+    """One pass over the training digits, then the task's validation and test metrics: the epoch's
+    history entry. ``batches_done``: the mini-batches of earlier epochs (the schedules' clock)."""
     started = time.perf_counter()
     inputs = task.epoch_inputs(data, generator)
     order = torch.randperm(len(inputs), generator=generator)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     lr_at = cfg.lr_at(len(batches))
-    lr = lr_at(batches_done)
     batch_losses: list[float] = []
     extras: dict[str, list[float]] = {}  # per-batch numbers a task reports (eps of scheduled sampling)
     seen = 0
@@ -416,13 +427,11 @@ def _train_one_epoch(
     for batch_index, idx in enumerate(bar):
         batch = inputs[idx].to(device, non_blocking=True)
         labels = data.train_labels[idx].to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(batches_done + batch_index)
+        step = batches_done + batch_index
         try:
-            value, reported = task.loss(model, batch, labels, batches_done + batch_index, generator)
-            loss = optimize(model, optimizer, value, cfg.clip).item()
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(f"the training loss became {loss}")
+            loss, reported = _train_batch(
+                model, optimizer, task, batch, labels, step, lr_at, generator, cfg.clip
+            )
         except NonFiniteLoss as exc:
             bar.close()
             raise NonFiniteLoss(f"{exc} in epoch {epoch}, batch {batch_index + 1}") from None
@@ -430,29 +439,59 @@ def _train_one_epoch(
             extras.setdefault(key, []).append(number)
         batch_losses.append(loss)
         seen += len(idx)
-        bar.set_postfix(
-            loss=f"{loss:.4f}", seq_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False
-        )
+        rate = seen / (time.perf_counter() - started)
+        bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{rate:.0f}", refresh=False)
     bar.close()
     train_seconds = time.perf_counter() - started
-
-    # About a tenth of an epoch's time (23 s of 277 at GRU-128): it shows progress too.
-    def named(stage: str) -> str | None:
-        return f"epoch {epoch}/{cfg.epochs}: {stage}" if show_progress else None
-
     entry = {
         "epoch": epoch,
-        "lr": lr,
+        "lr": lr_at(batches_done),
         **{key: float(np.mean(values)) for key, values in extras.items()},
         "train_loss": float(np.mean(batch_losses)),
-        **task.evaluate(model, data, device, named),
+        **task.evaluate(model, data, device, _stage_names(epoch, cfg.epochs, show_progress)),
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - started,
         "train_sequences_per_second": seen / train_seconds,
         "batch_losses": batch_losses,
     }
-    # The step's own guard keeps the weights finite; this one keeps every number the epoch saves so.
+    _check_finite(entry, epoch)
+    return entry
+
+
+def _train_batch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    batch: torch.Tensor,
+    labels: torch.Tensor,
+    step: int,
+    lr_at: LrSchedule,
+    generator: torch.Generator,
+    clip: float | None,
+) -> tuple[float, dict[str, float]]:
+    """One update on a mini-batch at the lr of ``step``, the batch index since the start of
+    training (the schedules' clock); returns its loss and the numbers the task reports for it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step)
+    value, reported = task.loss(model, batch, labels, step, generator)
+    loss = optimize(model, optimizer, value, clip).item()
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"the training loss became {loss}")
+    return loss, reported
+
+
+def _stage_names(epoch: int, epochs: int, show_progress: bool) -> Callable[[str], str | None]:
+    """How the task's evaluation names its progress bars (None: no bar). It takes about a tenth of
+    an epoch's time (23 s of 277 at GRU-128): it shows progress too."""
+
+    def named(stage: str) -> str | None:
+        return f"epoch {epoch}/{epochs}: {stage}" if show_progress else None
+
+    return named
+
+
+def _check_finite(entry: dict[str, Any], epoch: int) -> None:
+    """The step's own guard keeps the weights finite; this one keeps every number the epoch saves so."""
     for key, value in entry.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise NonFiniteLoss(f"the {key.replace('_', ' ')} became {value} in epoch {epoch}")
-    return entry

@@ -10,7 +10,7 @@ from conftest import run_main, tiny_train_args
 
 import evaluate
 import train
-from rnn_mnist import evaluation, memory, tasks, training
+from rnn_mnist import evaluation, memory, tasks
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.memory import (
     MemoryNeed,
@@ -27,7 +27,7 @@ FAST = ModelConfig(context=True, context_rows=3, context_width=7, position=True)
 
 
 def train_bytes(config: ModelConfig, batch_size: int) -> int:
-    need = training_need(config, batch_size, 55_000, 10_000, CPU, training.EVAL_BATCH_SIZE)
+    need = training_need(config, batch_size, 55_000, 10_000, CPU, tasks.EVAL_BATCH_SIZE)
     return need.by_device()["cpu"]
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnn_mnist.compute import autocast
 from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.runtime import autocast
 
 OLD_MODEL = Path(__file__).parent / "data" / "pre-fast-gru-model.pt"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from rnn_mnist import native
-from rnn_mnist.compute import autocast
 from rnn_mnist.masks import parse_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import complete
+from rnn_mnist.runtime import autocast
 
 CONFIGS = {
     "plain": ModelConfig(hidden_size=16),

@@ -14,7 +14,7 @@ from conftest import REPO, folder_files, tiny_train_args
 from conftest import run_main as run_script_main
 
 import train
-from rnn_mnist import training
+from rnn_mnist import runtime, training
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.cli import typed_flags
 from rnn_mnist.resume import resume_command
@@ -123,17 +123,17 @@ def test_a_run_saved_with_more_gpus_resumes_with_the_states_of_those_present(mon
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    state = training.capture_rng(generator, torch.device("cpu"))
+    state = runtime.capture_rng(generator, torch.device("cpu"))
     state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]  # saved on 3 GPUs
     restored = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda value, index: restored.append((index, value)))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda values: pytest.fail("would raise IndexError"))
-    note = training.restore_rng(state, generator, torch.device("cuda"))
+    note = runtime.restore_rng(state, generator, torch.device("cuda"))
     assert [index for index, _ in restored] == [0, 1]
     assert all(torch.equal(value, state["cuda"][index]) for index, value in restored)
     assert note is not None and "3 GPUs" in note and "2" in note
     restored.clear()
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # more GPUs than saved: all restored
-    assert training.restore_rng(state, generator, torch.device("cuda")) is None
+    assert runtime.restore_rng(state, generator, torch.device("cuda")) is None
     assert [index for index, _ in restored] == [0, 1, 2]

@@ -11,7 +11,7 @@ from conftest import tiny_train_args
 
 import evaluate
 import train
-from rnn_mnist import compute, training
+from rnn_mnist import runtime, training
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.lr_schedule import LrSchedule
 
@@ -38,13 +38,13 @@ def test_cosine_warms_up_then_falls_to_its_floor():
 
 def test_unknown_precision_and_schedule_are_refused():
     with pytest.raises(ValueError):
-        compute.autocast(torch.device("cpu"), "fp8")
+        runtime.autocast(torch.device("cpu"), "fp8")
     with pytest.raises(ValueError):
         LrSchedule("linear", lr=1.0, epochs=1, batches_per_epoch=1)
 
 
 def test_cpu_settings_keep_fp32_gemms_at_fp32_accuracy():
-    settings = compute.configure_cpu_math()
+    settings = runtime.configure_cpu_math()
     assert settings["float32_matmul_precision"] in ("highest", "medium")
     assert torch.get_float32_matmul_precision() == settings["float32_matmul_precision"]
     a, b = torch.randn(64, 256), torch.randn(256, 384)

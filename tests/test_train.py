@@ -18,7 +18,7 @@ from conftest import REPO, tiny_train_args
 from conftest import run_main as run_script_main
 
 import train
-from rnn_mnist import training
+from rnn_mnist import tasks, training
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.data import DataConfig, load_binarized_mnist
 from rnn_mnist.models import ModelConfig, NextPixelModel
@@ -90,7 +90,7 @@ def test_cli_end_to_end_writes_pkl_and_checkpoint(tmp_path, mnist_dir):
     model = NextPixelModel(ModelConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model_state"])
     data = load_binarized_mnist(DataConfig(**checkpoint["data_config"]))
-    nll = training.evaluate_nll(model, data.test, "bce", torch.device("cpu"))["nll_nats"]
+    nll = tasks.evaluate_nll(model, data.test, "bce", torch.device("cpu"))["nll_nats"]
     assert nll == pytest.approx(history[-1]["test_nll_nats"], rel=1e-5)
 
 

@@ -1,6 +1,10 @@
-"""How the arithmetic runs: precision, where fp32 GEMMs go, and the allocator. Decided here, once,
-and recorded with every epoch, because each of these can change speed and some change numbers.
+"""Where and how a run computes: the device, the seeds and RNG states, and the arithmetic settings.
+Decided here, once, for training, evaluation, reading and the judge, and recorded with every epoch,
+because each of these can change speed and some change numbers.
 
+    device = resolve_device("auto")                  # CUDA, then MPS, then the CPU
+    set_seed(0)                                      # Python, NumPy and torch
+    state = capture_rng(generator, device)           # into a checkpoint; restore_rng(state, ...) on resume
     settings = configure_cpu_math()                  # at start-up: allocator and fp32 GEMM routing
     with autocast(device, "bf16"):                   # --precision bf16: a training step's forward
         logits = model.teacher_forced_logits(pixels)
@@ -15,6 +19,8 @@ and recorded with every epoch, because each of these can change speed and some c
 - The allocator: a training step allocates a few hundred MB of activations and frees them again.
   glibc returns blocks over 32 MB to the kernel at once, so every step page-faults them back in
   (measured: a quarter of a GRU-128 step). Raising its mmap and trim thresholds keeps them.
+- RNG states are saved as plain values and CPU tensors, so that a checkpoint holding them loads with
+  ``weights_only=True`` on any machine, GPUs or none.
 """
 
 from __future__ import annotations
@@ -22,13 +28,68 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import random
 from typing import Any
 
+import numpy as np
 import torch
 
+from rnn_mnist.errors import RnnMnistError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _settings: dict[str, Any] | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable explicit choice is an error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise RnnMnistError(f"--device {name} was asked for, but this machine has no {name.upper()}")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator the toolkit touches: Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every RNG state a resumed run needs, as plain values and CPU tensors."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss),
+        "torch": torch.get_rng_state(),
+        "shuffle": generator.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> str | None:
+    """Put back what ``capture_rng`` saved. Returns a line for the log when the run was saved with
+    more GPUs than this machine has: the states of the GPUs present are restored, the rest dropped
+    (``torch.cuda.set_rng_state_all`` would raise an IndexError instead)."""
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if device.type != "cuda" or "cuda" not in state:
+        return None
+    saved, present = len(state["cuda"]), torch.cuda.device_count()
+    for index, gpu_state in enumerate(state["cuda"][:present]):
+        torch.cuda.set_rng_state(gpu_state, index)
+    if saved <= present:
+        return None
+    return f"saved with {saved} GPUs, resumed on {present}: RNG states of GPUs {present}..{saved - 1} dropped"
 
 
 def _keep_freed_memory() -> str:
@@ -77,6 +138,14 @@ def configure_cpu_math() -> dict[str, Any]:
             "allocator": _keep_freed_memory(),
         }
     return dict(_settings)
+
+
+def compute_record(device: torch.device, precision: str) -> dict[str, Any]:
+    """Check that ``precision`` runs on ``device``, apply the CPU math settings, and return what a
+    training run records with every epoch: those settings, the precision and the device."""
+    if precision == "bf16" and device.type == "mps":
+        raise RnnMnistError("--precision bf16 runs on the CPU and CUDA; use fp32 on MPS")
+    return {**configure_cpu_math(), "precision": precision, "device": str(device)}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
