@@ -270,8 +270,56 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
+@dataclass
+class _Prepared:
+    """An evaluation ready to roll out, every refusal behind it: the model, the chosen test digits
+    (N, 784) and their labels, the hidden pixels (784,) bool, where the outputs go."""
+
+    paths: ExperimentPaths
+    out_dir: Path
+    device: torch.device
+    compute: dict[str, Any]
+    model: NextPixelModel
+    checkpoint: dict[str, Any]
+    judge: DigitJudge | None
+    judge_info: dict[str, Any] | None
+    data_config: DataConfig
+    mask_spec: str
+    hidden: torch.Tensor
+    chosen: torch.Tensor
+    targets: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model is told each digit's class."""
+        return self.model.config.num_classes > 0
+
+
+@dataclass
+class _Rollout:
+    """The completions (N, K, 784) and what the rollout measured of itself."""
+
+    completed: torch.Tensor
+    seconds: float
+    ess_sum: float  # in-painting: effective sample size, digit-weighted
+    resamples: int  # in-painting: resampling events
+
+
 def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """Complete the chosen test digits, write the pictures and arrays, return the metrics."""
+    prepared = _prepare(options)
+    batching = _Batching.of(options)
+    _check_memory(prepared, options, batching)
+    rollout = _roll_out(prepared, options, batching, show_progress)
+    metrics = _measure(prepared, options, rollout, show_progress)
+    _write_outputs(prepared, options, rollout.completed, metrics, show_progress)
+    metrics["out_dir"] = str(prepared.out_dir)
+    return metrics
+
+
+def _prepare(options: EvalOptions) -> _Prepared:
+    """Check the options, load the model, the judge and the test digits to complete."""
     if not 1 <= options.mask_pixels <= NUM_PIXELS:
         raise RnnMnistError(f"--mask-pixels must be in 1..{NUM_PIXELS}, not {options.mask_pixels}")
     mask_spec = options.mask or f"suffix:{options.mask_pixels}"
@@ -296,8 +344,27 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     chosen = choose_indices(
         test_labels, options.indices, options.num_digits, options.digit, options.seed, options.per_class
     )
-    targets, labels = test_pixels[chosen], test_labels[chosen]
-    conditioned = model.config.num_classes > 0  # then the model is told each digit's class
+    prepared = _Prepared(
+        paths=paths,
+        out_dir=out_dir,
+        device=device,
+        compute=compute,
+        model=model,
+        checkpoint=checkpoint,
+        judge=judge,
+        judge_info=judge_info,
+        data_config=data_config,
+        mask_spec=mask_spec,
+        hidden=hidden,
+        chosen=chosen,
+        targets=test_pixels[chosen],
+        labels=test_labels[chosen],
+    )
+    _check_best_by(options, prepared.conditioned)
+    return prepared
+
+
+def _check_best_by(options: EvalOptions, conditioned: bool) -> None:
     if options.best_by not in BEST_BY:
         raise RnnMnistError(f"--best-by must be one of {', '.join(BEST_BY)}, not {options.best_by!r}")
     if options.best_by == "label-posterior" and not conditioned:
@@ -306,64 +373,82 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             "without --condition label"
         )
 
-    smc = options.inpaint != "blind"
-    draws = options.particles if smc else options.best_of or options.samples
-    # SMC steps K particles per digit: batch_size / K digits at a time keeps a batch's rows (and
-    # its arrays, which must stay in cache to step fast) the size of a blind batch.
-    digits_per_batch = max(1, options.batch_size // options.particles) if smc else options.batch_size
+
+@dataclass(frozen=True)
+class _Batching:
+    """How the rollout is cut: in-painting by SMC or blind, draws per digit, digits per batch."""
+
+    smc: bool
+    draws: int
+    digits_per_batch: int
+
+    @classmethod
+    def of(cls, options: EvalOptions) -> _Batching:
+        smc = options.inpaint != "blind"
+        draws = options.particles if smc else options.best_of or options.samples
+        # SMC steps K particles per digit: batch_size / K digits at a time keeps a batch's rows (and
+        # its arrays, which must stay in cache to step fast) the size of a blind batch.
+        digits_per_batch = max(1, options.batch_size // options.particles) if smc else options.batch_size
+        return cls(smc, draws, digits_per_batch)
+
+    @property
+    def piece(self) -> int:
+        """Reading the label back costs ten teacher-forced passes per draw: pieces of at most 500 draws."""
+        return max(1, LABEL_POSTERIOR_ROWS // self.draws)
+
+    def starts(self, digits: int) -> range:
+        return range(0, digits, self.digits_per_batch)
+
+
+def _check_memory(prepared: _Prepared, options: EvalOptions, batching: _Batching) -> None:
+    """Refuse a rollout that would not fit, before it starts: an allocation that does not fit wakes
+    the OOM killer."""
+    draws = batching.draws
 
     def need_at(batch_size: int) -> MemoryNeed:
         return evaluation_need(
-            model.config,
-            digits=len(chosen),
+            prepared.model.config,
+            digits=len(prepared.chosen),
             draws=draws,
-            kept=1 if smc else options.samples,
+            kept=1 if batching.smc else options.samples,
             batch_size=batch_size,
-            mask_pixels=int(hidden.sum()),
-            device=device,
+            mask_pixels=int(prepared.hidden.sum()),
+            device=prepared.device,
             judge=options.judge,
             gifs=options.gifs,
             label_posterior=options.best_by == "label-posterior",
         )
 
-    check_fits(  # before the rollout: an allocation that does not fit wakes the OOM killer
+    check_fits(
         need_at,
-        digits_per_batch,
-        f"completing {len(chosen):,} digits x {draws:,} {'draws' if options.best_of else 'samples'}",
+        batching.digits_per_batch,
+        f"completing {len(prepared.chosen):,} digits x {draws:,} {'draws' if options.best_of else 'samples'}",
         "ask for fewer completions (--num-digits, --per-class, --samples or --best-of)",
     )
-    generator = torch.Generator(device=device).manual_seed(options.seed)
-    starts = range(0, len(chosen), digits_per_batch)
+
+
+def _roll_out(
+    prepared: _Prepared, options: EvalOptions, batching: _Batching, show_progress: bool
+) -> _Rollout:
+    """Complete the chosen digits batch by batch (keeping one draw of each when --best-of asks)."""
+    model, targets, labels, hidden = prepared.model, prepared.targets, prepared.labels, prepared.hidden
+    generator = torch.Generator(device=prepared.device).manual_seed(options.seed)
     by_label = options.best_of is not None and options.best_by == "label-posterior"
-    # Progress per pixel step, not per batch: one batch of 1,000 digits x 8 draws takes minutes.
-    stepping = progress(
-        total=len(starts) * int(hidden.sum()),
-        desc=f"completing {len(chosen):,} digits x {draws}",
-        unit="px",
-        enabled=show_progress,
-    )
-    # Reading the label back costs ten teacher-forced passes per draw: pieces of at most 500 draws.
-    piece = max(1, LABEL_POSTERIOR_ROWS // draws)
-    scoring = progress(
-        total=sum(-(-min(digits_per_batch, len(chosen) - start) // piece) for start in starts),
-        desc="reading the labels back",
-        unit="batch",
-        enabled=show_progress and by_label,
-    )
+    stepping, scoring = _rollout_bars(prepared, batching, by_label, show_progress)
     chunks = []
-    ess_sum, resamples = 0.0, 0  # in-painting: effective sample size (digit-weighted), resamplings
+    ess_sum, resamples = 0.0, 0
     started = time.perf_counter()
     with stepping, scoring:
-        for start in starts:
-            batch = slice(start, start + digits_per_batch)
+        for start in batching.starts(len(prepared.chosen)):
+            batch = slice(start, start + batching.digits_per_batch)
             result = complete(
                 model,
                 targets[batch],
                 sampling=options.sampling,
-                samples=draws,
+                samples=batching.draws,
                 temperature=options.temperature,
                 generator=generator,
-                labels=labels[batch] if conditioned else None,
+                labels=labels[batch] if prepared.conditioned else None,
                 precision=options.precision,
                 hidden=hidden,
                 inpaint=options.inpaint,
@@ -372,32 +457,75 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
             ess_sum += result.mean_ess * len(result.completed)
             resamples += result.resamples
             if by_label:
-                result = _most_recognisable_in_pieces(model, result, labels[batch], piece, scoring.update)
+                result = _most_recognisable_in_pieces(
+                    model, result, labels[batch], batching.piece, scoring.update
+                )
             elif options.best_of:
                 result = most_likely(result)
             chunks.append(result.completed)
-    if device.type == "cuda":
+    if prepared.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    completed = torch.cat(chunks)  # (N, K, 784)
+    return _Rollout(torch.cat(chunks), seconds, ess_sum, resamples)
 
-    # Teacher-forced NLL of each digit's hidden pixels given all its earlier true pixels, at most
-    # TEACHER_FORCED_BATCH digits a pass whatever --batch-size (12 GB at 10,000 on torch ops).
+
+def _rollout_bars(
+    prepared: _Prepared, batching: _Batching, by_label: bool, show_progress: bool
+) -> tuple[Any, Any]:
+    """The rollout's progress bars: pixel steps, and (--best-by label-posterior) label read-backs."""
+    digits, draws, piece = len(prepared.chosen), batching.draws, batching.piece
+    starts = batching.starts(digits)
+    # Progress per pixel step, not per batch: one batch of 1,000 digits x 8 draws takes minutes.
+    stepping = progress(
+        total=len(starts) * int(prepared.hidden.sum()),
+        desc=f"completing {digits:,} digits x {draws}",
+        unit="px",
+        enabled=show_progress,
+    )
+    scoring = progress(
+        total=sum(-(-min(batching.digits_per_batch, digits - start) // piece) for start in starts),
+        desc="reading the labels back",
+        unit="batch",
+        enabled=show_progress and by_label,
+    )
+    return stepping, scoring
+
+
+def _masked_nll(prepared: _Prepared, options: EvalOptions, show_progress: bool) -> torch.Tensor:
+    """Teacher-forced NLL (N,) of each digit's hidden pixels given all its earlier true pixels, at
+    most TEACHER_FORCED_BATCH digits a pass whatever --batch-size (12 GB at 10,000 on torch ops)."""
     size = min(options.batch_size, TEACHER_FORCED_BATCH)
-    nll = torch.cat(
+    targets, labels = prepared.targets, prepared.labels
+    return torch.cat(
         [
             teacher_forced_nll(
-                model, targets[i : i + size], labels[i : i + size] if conditioned else None, hidden, size
+                prepared.model,
+                targets[i : i + size],
+                labels[i : i + size] if prepared.conditioned else None,
+                prepared.hidden,
+                size,
             )
-            for i in progress(range(0, len(chosen), size), "masked NLL", unit="batch", enabled=show_progress)
+            for i in progress(
+                range(0, len(prepared.chosen), size), "masked NLL", unit="batch", enabled=show_progress
+            )
         ]
     )
+
+
+def _measure(
+    prepared: _Prepared, options: EvalOptions, rollout: _Rollout, show_progress: bool
+) -> dict[str, Any]:
+    """The evaluation's metrics: what was asked, the masked NLL and accuracy, the rollout's speed,
+    and the judge's class agreement."""
+    nll = _masked_nll(prepared, options, show_progress)
+    checkpoint, hidden, digits = prepared.checkpoint, prepared.hidden, len(prepared.chosen)
+    seconds = rollout.seconds
     metrics = {
         "experiment": options.exp_name,
         "checkpoint_epoch": checkpoint["epoch"],
         # Which weights these numbers describe: compare shows them only beside the same checkpoint.
         "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
-        "mask": mask_spec,
+        "mask": prepared.mask_spec,
         "mask_pixels": int(hidden.sum()),
         "inpaint": options.inpaint,
         "particles": options.particles,
@@ -407,41 +535,58 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "best_of": options.best_of,
         "best_by": options.best_by if options.best_of else None,
         "seed": options.seed,
-        "num_digits": len(chosen),
-        "conditioned_on_label": conditioned,
-        **completion_metrics(completed, targets, labels, nll, hidden),
+        "num_digits": digits,
+        "conditioned_on_label": prepared.conditioned,
+        **completion_metrics(rollout.completed, prepared.targets, prepared.labels, nll, hidden),
         # In-painting: the mean effective sample size when particles were weighed (K when nothing
         # visible follows the hole), and how many times a digit's particles were resampled.
         **(
-            {"mean_effective_sample_size": ess_sum / len(chosen), "resampling_events": resamples}
-            if smc
+            {"mean_effective_sample_size": rollout.ess_sum / digits, "resampling_events": rollout.resamples}
+            if options.inpaint != "blind"
             else {}
         ),
         "rollout_seconds": seconds,
-        "digits_per_second": len(chosen) / seconds,
-        "completions_per_second": len(chosen) * options.samples / seconds,
-        "device": str(device),
+        "digits_per_second": digits / seconds,
+        "completions_per_second": digits * options.samples / seconds,
+        "device": str(prepared.device),
         "precision": options.precision,
-        "rollout_step": native.describe_step(model, device),
-        "compute": compute,
+        "rollout_step": native.describe_step(prepared.model, prepared.device),
+        "compute": prepared.compute,
+    }
+    if prepared.judge is not None:
+        _add_judgement(metrics, prepared, rollout.completed)
+    return metrics
+
+
+def _add_judgement(metrics: dict[str, Any], prepared: _Prepared, completed: torch.Tensor) -> None:
+    """The judge's class agreement, overall and per class, and which judge gave it."""
+    judged = judge_completions(prepared.judge, completed, prepared.targets, prepared.labels, prepared.hidden)
+    for digit, values in judged.pop("per_class").items():
+        metrics["per_class"][digit].update(values)
+    metrics.update(judged)
+    if prepared.conditioned and prepared.hidden.all():  # drawn from nothing but the label
+        metrics["target_accuracy"] = metrics["class_agreement"]
+    # Measured once when the judge was made, on the 10,000 test digits binarised this way.
+    data_config, judge_info = prepared.data_config, prepared.judge_info
+    binarization = binarization_name(data_config.binarize, data_config.threshold)
+    metrics["judge_test_accuracy"] = judge_info["test_accuracy"].get(binarization)
+    metrics["judge"] = {
+        "path": judge_info["path"],
+        "sha256": judge_info["sha256"],
+        "test_accuracy": judge_info["test_accuracy"],
     }
 
-    if judge is not None:
-        judged = judge_completions(judge, completed, targets, labels, hidden)
-        for digit, values in judged.pop("per_class").items():
-            metrics["per_class"][digit].update(values)
-        metrics.update(judged)
-        if conditioned and hidden.all():  # drawn from nothing but the label
-            metrics["target_accuracy"] = metrics["class_agreement"]
-        # Measured once when the judge was made, on the 10,000 test digits binarised this way.
-        binarization = binarization_name(data_config.binarize, data_config.threshold)
-        metrics["judge_test_accuracy"] = judge_info["test_accuracy"].get(binarization)
-        metrics["judge"] = {
-            "path": judge_info["path"],
-            "sha256": judge_info["sha256"],
-            "test_accuracy": judge_info["test_accuracy"],
-        }
 
+def _write_outputs(
+    prepared: _Prepared,
+    options: EvalOptions,
+    completed: torch.Tensor,
+    metrics: dict[str, Any],
+    show_progress: bool,
+) -> None:
+    """completions.npz and .png, a GIF per completion (unless --no-gifs), and metrics.json last."""
+    out_dir, targets, labels, chosen = prepared.out_dir, prepared.targets, prepared.labels, prepared.chosen
+    hidden = prepared.hidden
     out_dir.mkdir(parents=True, exist_ok=True)
     n, k = completed.shape[:2]
     side = (IMAGE_SIDE, IMAGE_SIDE)
@@ -464,8 +609,6 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
                 )
                 visualise.save_gif(out_dir / name, frames)
     atomic_write(out_dir / "metrics.json", lambda f: f.write(json_bytes(metrics)))
-    metrics["out_dir"] = str(out_dir)
-    return metrics
 
 
 def summary(metrics: dict[str, Any]) -> str:
