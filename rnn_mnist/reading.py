@@ -19,6 +19,7 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -228,74 +229,35 @@ def _classifier_curve(options: EvalOptions, name: str, device: torch.device, sho
     return model, checkpoint, images, labels, final, every, inputs
 
 
+@dataclass
+class _Reading:
+    """What reading the test digits gave: the metrics so far, the accuracy curves to draw (the
+    model's own first), the images (N, 784) floats, their labels (N,) and the predictions (N,)."""
+
+    metrics: dict[str, Any]
+    curves: dict[str, list[float]]
+    images: torch.Tensor
+    labels: torch.Tensor
+    final: torch.Tensor
+
+
 def read_digits(options: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """evaluate.py on a classify experiment, or with ``--classify`` on a label-conditioned one."""
     path = _checkpoint_path(options.exp_dir, options.exp_name)
-    classifier = is_classifier_experiment(options.exp_dir, options.exp_name)
-    if classifier and options.classify:
-        raise RnnMnistError(
-            f"{options.exp_name} is a classifier already (--task classify): drop --classify, which reads a "
-            "label-conditioned next-pixel model as one"
-        )
-    if not classifier and not options.classify:
-        raise RnnMnistError(
-            f"{options.exp_name} is a next-pixel model: pass --classify to read it as a classifier"
-        )
-    if options.against is not None and not options.classify:
-        raise RnnMnistError("--against adds a classifier's curve to --classify's: give --classify too")
+    classifier = _check_reading(options)
     out_dir = output_folder(options)
     device = resolve_device(options.device)
     compute = configure_cpu_math()
     started = time.perf_counter()
     if classifier:
-        model, checkpoint, images, labels, final, every, inputs = _classifier_curve(
-            options, options.exp_name, device, show_progress
-        )
-        metrics: dict[str, Any] = {**_describe(checkpoint, options.exp_name), "evaluation": "classifier"}
-        metrics["inputs"] = inputs
-        metrics["permuted"] = model.config.permutation_seed is not None
-        metrics["readout"] = model.config.readout
-        curves = {f"{options.exp_name} (classifier, its reading order)": accuracy_by_pixels(labels, every)}
+        reading = _read_as_classifier(options, device, show_progress)
     else:
-        model, checkpoint = load_model(path, device)
-        if model.config.num_classes == 0:
-            raise RnnMnistError(
-                f"--classify reads p(class | image) from a label-conditioned model; {options.exp_name} was "
-                "trained without --condition label"
-            )
-        # Checked before the ten passes, not after them.
-        if options.against is not None and not is_classifier_experiment(options.exp_dir, options.against):
-            raise RnnMnistError(
-                f"--against {options.against} is not a classify experiment (train.py --task classify)"
-            )
-        pixels, labels = load_test_digits(_data_config(checkpoint, options.data_dir))
-        pixels, labels = pixels[: options.test_digits], labels[: options.test_digits]
-        log_posterior, every = generative_reading(model, pixels, options.batch_size, show_progress)
-        final = log_posterior.argmax(dim=1)
-        images = pixels.float()
-        metrics = {**_describe(checkpoint, options.exp_name), "evaluation": "generative classifier"}
-        metrics["inputs"] = "binarised pixels, as in training"
-        metrics["mean_log_posterior_of_true_class"] = float(log_posterior.gather(1, labels[:, None]).mean())
-        curves = {f"{options.exp_name} (generative, Bayes' rule)": accuracy_by_pixels(labels, every)}
-        if options.against is not None:
-            _, other, _, other_labels, other_final, other_every, _ = _classifier_curve(
-                options, options.against, device, show_progress
-            )
-            if not torch.equal(other_labels, labels):
-                raise RnnMnistError(
-                    f"--against {options.against} reads other test digits than {options.exp_name}"
-                )
-            against = {
-                **_describe(other, options.against),
-                "test_accuracy": float((other_final == labels).double().mean()),
-                **_curve_summary(accuracy_by_pixels(labels, other_every)),
-            }
-            curves[f"{options.against} (classifier, its reading order)"] = against["accuracy_by_pixels_read"]
-            metrics["against"] = against
+        reading = _read_generatively(options, path, device, show_progress)
     seconds = time.perf_counter() - started
+    labels, final, metrics = reading.labels, reading.final, reading.metrics
     matrix = confusion_matrix(labels, final)
     wrong = torch.nonzero(final != labels).flatten()
-    own_curve = next(iter(curves.values()))
+    own_curve = next(iter(reading.curves.values()))
     metrics.update(
         {
             "num_digits": len(labels),
@@ -311,12 +273,88 @@ def read_digits(options: EvalOptions, show_progress: bool = True) -> dict[str, A
     title = f"{options.exp_name}: accuracy {metrics['test_accuracy']:.4f} on {len(labels):,} test digits"
     files = {
         "confusion.png": confusion_png(matrix, title),
-        "misread.png": misread_png(images[wrong], labels[wrong], final[wrong], wrong),
-        "accuracy-by-pixels.png": curves_png(curves),
+        "misread.png": misread_png(reading.images[wrong], labels[wrong], final[wrong], wrong),
+        "accuracy-by-pixels.png": curves_png(reading.curves),
     }
     _write(out_dir, files, metrics)
     metrics["out_dir"] = str(out_dir)
     return metrics
+
+
+def _check_reading(options: EvalOptions) -> bool:
+    """Refuse --classify and --against where they mean nothing; return whether the experiment is a
+    classifier (``--task classify``)."""
+    classifier = is_classifier_experiment(options.exp_dir, options.exp_name)
+    if classifier and options.classify:
+        raise RnnMnistError(
+            f"{options.exp_name} is a classifier already (--task classify): drop --classify, which reads a "
+            "label-conditioned next-pixel model as one"
+        )
+    if not classifier and not options.classify:
+        raise RnnMnistError(
+            f"{options.exp_name} is a next-pixel model: pass --classify to read it as a classifier"
+        )
+    if options.against is not None and not options.classify:
+        raise RnnMnistError("--against adds a classifier's curve to --classify's: give --classify too")
+    return classifier
+
+
+def _read_as_classifier(options: EvalOptions, device: torch.device, show_progress: bool) -> _Reading:
+    """A classify experiment read on its own test digits, in its own reading order."""
+    model, checkpoint, images, labels, final, every, inputs = _classifier_curve(
+        options, options.exp_name, device, show_progress
+    )
+    metrics: dict[str, Any] = {**_describe(checkpoint, options.exp_name), "evaluation": "classifier"}
+    metrics["inputs"] = inputs
+    metrics["permuted"] = model.config.permutation_seed is not None
+    metrics["readout"] = model.config.readout
+    curves = {f"{options.exp_name} (classifier, its reading order)": accuracy_by_pixels(labels, every)}
+    return _Reading(metrics, curves, images, labels, final)
+
+
+def _read_generatively(
+    options: EvalOptions, path: Path, device: torch.device, show_progress: bool
+) -> _Reading:
+    """A label-conditioned next-pixel model read by Bayes' rule (and --against's classifier beside it)."""
+    model, checkpoint = load_model(path, device)
+    if model.config.num_classes == 0:
+        raise RnnMnistError(
+            f"--classify reads p(class | image) from a label-conditioned model; {options.exp_name} was "
+            "trained without --condition label"
+        )
+    # Checked before the ten passes, not after them.
+    if options.against is not None and not is_classifier_experiment(options.exp_dir, options.against):
+        raise RnnMnistError(
+            f"--against {options.against} is not a classify experiment (train.py --task classify)"
+        )
+    pixels, labels = load_test_digits(_data_config(checkpoint, options.data_dir))
+    pixels, labels = pixels[: options.test_digits], labels[: options.test_digits]
+    log_posterior, every = generative_reading(model, pixels, options.batch_size, show_progress)
+    metrics = {**_describe(checkpoint, options.exp_name), "evaluation": "generative classifier"}
+    metrics["inputs"] = "binarised pixels, as in training"
+    metrics["mean_log_posterior_of_true_class"] = float(log_posterior.gather(1, labels[:, None]).mean())
+    curves = {f"{options.exp_name} (generative, Bayes' rule)": accuracy_by_pixels(labels, every)}
+    if options.against is not None:
+        against = _against(options, labels, device, show_progress)
+        curves[f"{options.against} (classifier, its reading order)"] = against["accuracy_by_pixels_read"]
+        metrics["against"] = against
+    return _Reading(metrics, curves, pixels.float(), labels, log_posterior.argmax(dim=1))
+
+
+def _against(
+    options: EvalOptions, labels: torch.Tensor, device: torch.device, show_progress: bool
+) -> dict[str, Any]:
+    """--against's classify experiment read on the same test digits: its accuracy and its curve."""
+    _, other, _, other_labels, other_final, other_every, _ = _classifier_curve(
+        options, options.against, device, show_progress
+    )
+    if not torch.equal(other_labels, labels):
+        raise RnnMnistError(f"--against {options.against} reads other test digits than {options.exp_name}")
+    return {
+        **_describe(other, options.against),
+        "test_accuracy": float((other_final == labels).double().mean()),
+        **_curve_summary(accuracy_by_pixels(labels, other_every)),
+    }
 
 
 def reading_summary(metrics: dict[str, Any]) -> str:
