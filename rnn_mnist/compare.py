@@ -274,13 +274,27 @@ def draw(experiments: list[dict[str, Any]], labels: list[str], warning: str | No
     test NLL by epoch and by cumulative training time."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     classify = all(is_classify(e) for e in experiments)
-    metric, metric_name = ("test_accuracy", "test accuracy") if classify else ("test_nll_nats", "test NLL")
     figure = Figure(figsize=(15, 4.4))
     FigureCanvasAgg(figure)
-    by_digits, by_epoch, by_time = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 1]})
+    panels = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 1]})
+    loss_range, last_epoch, last_minute = _plot_runs(panels, experiments, labels, classify)
+    _label_panels(panels, classify, loss_range, last_epoch, last_minute, warning)
+    handles, names = panels[0].get_legend_handles_labels()
+    columns = min(len(names), 3)
+    figure.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.04 + 0.045 * math.ceil(len(names) / columns), 1, 1))
+    return figure
+
+
+def _plot_runs(
+    panels: Any, experiments: list[dict[str, Any]], labels: list[str], classify: bool
+) -> tuple[list[float], float, float]:
+    """Each run's curves on the three panels, the last values in words; returns the smoothed losses
+    after the first steep 5% of the longest run, and the last epoch and minute of any run."""
+    by_digits, by_epoch, by_time = panels
+    metric = "test_accuracy" if classify else "test_nll_nats"
     last_epoch = last_minute = 0.0
     curves = [batch_curve(experiment) for experiment in experiments]
     longest = max((seen[-1] for seen, _ in curves if seen), default=0)
@@ -304,6 +318,22 @@ def draw(experiments: list[dict[str, Any]], labels: list[str], warning: str | No
                     fontsize=8, color=colour,
                 )  # fmt: skip
             last_epoch, last_minute = max(last_epoch, epochs[-1]), max(last_minute, minutes[-1])
+    return loss_range, last_epoch, last_minute
+
+
+def _label_panels(
+    panels: Any,
+    classify: bool,
+    loss_range: list[float],
+    last_epoch: float,
+    last_minute: float,
+    warning: str | None,
+) -> None:
+    """Titles, axis labels and ranges of the three panels."""
+    from matplotlib.ticker import MaxNLocator
+
+    by_digits, by_epoch, by_time = panels
+    metric_name = "test accuracy" if classify else "test NLL"
     by_digits.set(
         xlabel="training digits seen (thousands)",
         ylabel="training cross-entropy (smoothed)" if classify else "training loss per pixel (smoothed)",
@@ -327,11 +357,6 @@ def draw(experiments: list[dict[str, Any]], labels: list[str], warning: str | No
     if warning:
         for axes in (by_epoch, by_time):
             axes.set_title(axes.get_title() + "\n(binarisations differ: not comparable)", color="firebrick")
-    handles, names = by_digits.get_legend_handles_labels()
-    columns = min(len(names), 3)
-    figure.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.04 + 0.045 * math.ceil(len(names) / columns), 1, 1))
-    return figure
 
 
 def plot(experiments: list[dict[str, Any]], labels: list[str], warning: str | None = None) -> bytes:
