@@ -18,8 +18,9 @@ import train
 from rnn_mnist import evaluation, judge, visualise
 from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.evaluation import choose_indices, completion_metrics
+from rnn_mnist.evaluation import choose_indices
 from rnn_mnist.masks import suffix_mask
+from rnn_mnist.scoring import completion_metrics
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from rnn_mnist import compare, judge
 from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
 from rnn_mnist.data import BINARIZATIONS, binarization_name
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.evaluation import agreement_metrics
+from rnn_mnist.scoring import agreement_metrics
 
 
 def test_judge_gives_ten_class_logits_and_learns():
