@@ -208,7 +208,7 @@ def _train_locked(
     device = resolve_device(run.train_cfg.device)
     compute = compute_record(device, run.train_cfg.precision)
     set_seed(run.train_cfg.seed)
-    generator = torch.Generator().manual_seed(run.train_cfg.seed)
+    generator = torch.Generator().manual_seed(run.train_cfg.seed)  # shuffling and dynamic binarisation
     data = load_binarized_mnist(run.data_cfg)
     _check_memory(run, data, device)
     fit = _build_or_restore(run, generator, device)
