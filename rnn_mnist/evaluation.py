@@ -195,7 +195,6 @@ class _Prepared:
     """An evaluation ready to roll out, every refusal behind it: the model, the chosen test digits
     (N, 784) and their labels, the hidden pixels (784,) bool, where the outputs go."""
 
-    paths: ExperimentPaths
     out_dir: Path
     device: torch.device
     compute: dict[str, Any]
@@ -265,21 +264,9 @@ def _prepare(options: EvalOptions) -> _Prepared:
         test_labels, options.indices, options.num_digits, options.digit, options.seed, options.per_class
     )
     prepared = _Prepared(
-        paths=paths,
-        out_dir=out_dir,
-        device=device,
-        compute=compute,
-        model=model,
-        checkpoint=checkpoint,
-        judge=judge,
-        judge_info=judge_info,
-        data_config=data_config,
-        mask_spec=mask_spec,
-        hidden=hidden,
-        chosen=chosen,
-        targets=test_pixels[chosen],
-        labels=test_labels[chosen],
-    )
+        out_dir, device, compute, model, checkpoint, judge, judge_info, data_config,
+        mask_spec, hidden, chosen, test_pixels[chosen], test_labels[chosen],
+    )  # fmt: skip
     _check_best_by(options, prepared.conditioned)
     return prepared
 
