@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnn_mnist import native, visualise
+from rnn_mnist import steps, visualise
 from rnn_mnist.checkpoint import (
     ExperimentPaths,
     atomic_write,
@@ -423,7 +423,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         "completions_per_second": len(chosen) * options.samples / seconds,
         "device": str(device),
         "precision": options.precision,
-        "rollout_step": native.describe_step(model, device),
+        "rollout_step": steps.describe_step(model, device),
         "compute": compute,
     }
 
