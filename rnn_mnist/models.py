@@ -184,17 +184,16 @@ class NextPixelModel(nn.Module):
     def step_weights(self) -> StepWeights:
         """A GRU's weights as plain tensors (views of its parameters), split as the fast and fused
         steps read them: W_ih's columns for the pixel inputs, the position and the label apart."""
-        weight, num_pixel_inputs = self.rnn.weight_ih_l0, self.pixel_index.shape[1]  # (3H, F)
-        position_end = num_pixel_inputs + 2 * IMAGE_SIDE * self.config.position  # columns as in features()
+        config, weight, num_pixel_inputs = self.config, self.rnn.weight_ih_l0, self.pixel_index.shape[1]
+        position_end = num_pixel_inputs + 2 * IMAGE_SIDE * config.position  # W_ih's columns as in features()
+        labels_end = position_end + config.num_classes
         linears = [self.head] if isinstance(self.head, nn.Linear) else [self.head[0], self.head[2]]
         return StepWeights(
             pixel_index=self.pixel_index,
             pixel_exists=self.pixel_exists,
             input_columns=weight[:, :num_pixel_inputs],
-            position_columns=weight[:, num_pixel_inputs:position_end] if self.config.position else None,
-            label_columns=weight[:, position_end : position_end + self.config.num_classes]
-            if self.config.num_classes
-            else None,
+            position_columns=weight[:, num_pixel_inputs:position_end] if config.position else None,
+            label_columns=weight[:, position_end:labels_end] if config.num_classes else None,
             start_pixel=self.start_pixel,
             layers=gru_layers_of(self.rnn),
             head=tuple((linear.weight, linear.bias) for linear in linears),
