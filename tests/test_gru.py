@@ -10,38 +10,28 @@ from torch import nn
 from rnn_mnist.kernels.gru import GRULayer, gru_layers, gru_recurrence
 from rnn_mnist.models import ModelConfig, NextPixelModel, gru_layers_of
 
-LABELS = torch.tensor([3, 0, 9])
+GRU_CONFIGS = {
+    "gru-1": ModelConfig(hidden_size=16),
+    "gru-1-context-3x7": ModelConfig(hidden_size=16, context=True, context_rows=3, context_width=7),
+    "gru-1-context-position-label": ModelConfig(hidden_size=16, context=True, position=True, num_classes=10),
+    "gru-2-dropout-context-position": ModelConfig(
+        hidden_size=16, num_layers=2, dropout=0.2, context=True, position=True
+    ),
+}
 
 
-def _id(config: ModelConfig) -> str:
-    extras = [name for name in ("context", "position") if getattr(config, name)]
-    extras += [f"{config.context_rows}x{config.context_width}"] if config.context else []
-    extras += ["label"] if config.num_classes else []
-    return "-".join([config.cell, str(config.num_layers), *extras])
-
-
-def _model(config: ModelConfig) -> NextPixelModel:
+def _model(name: str) -> tuple[NextPixelModel, torch.Tensor | None]:
+    """The model of GRU_CONFIGS[name] (seeded, in eval mode) and labels for 3 digits if it needs them."""
+    config = GRU_CONFIGS[name]
     torch.manual_seed(0)
-    return NextPixelModel(config).eval()
+    return NextPixelModel(config).eval(), torch.tensor([3, 0, 9]) if config.num_classes else None
 
 
-def _labels(config: ModelConfig, n: int = 3) -> torch.Tensor | None:
-    return LABELS[:n] if config.num_classes else None
-
-
-GRU_CONFIGS = [
-    ModelConfig(hidden_size=16),
-    ModelConfig(hidden_size=16, context=True, context_rows=3, context_width=7),
-    ModelConfig(hidden_size=16, context=True, position=True, num_classes=10),
-    ModelConfig(hidden_size=16, num_layers=2, dropout=0.2, context=True, position=True),
-]
-
-
-@pytest.mark.parametrize("config", GRU_CONFIGS, ids=_id)
-def test_the_fast_cpu_gru_equals_nn_gru_in_logits_and_gradients(config):
+@pytest.mark.parametrize("name", GRU_CONFIGS)
+def test_the_fast_cpu_gru_equals_nn_gru_in_logits_and_gradients(name):
     """The fast step (table lookups for position and label, hand-written backward) against nn.GRU
     reading the one-hot features, on the same weights."""
-    model, labels = _model(config), _labels(config)
+    model, labels = _model(name)
     pixels = torch.bernoulli(torch.full((3, 784), 0.3), generator=torch.Generator().manual_seed(4))
     results = []
     for fast in (False, True):
@@ -57,9 +47,9 @@ def test_the_fast_cpu_gru_equals_nn_gru_in_logits_and_gradients(config):
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-4 * scale, msg=name)
 
 
-@pytest.mark.parametrize("config", GRU_CONFIGS[:2], ids=_id)
-def test_bf16_autocast_gives_finite_logits_close_to_fp32_on_both_paths(config):
-    model, labels = _model(config), _labels(config)
+@pytest.mark.parametrize("name", list(GRU_CONFIGS)[:2])
+def test_bf16_autocast_gives_finite_logits_close_to_fp32_on_both_paths(name):
+    model, labels = _model(name)
     pixels = torch.bernoulli(torch.full((3, 784), 0.3), generator=torch.Generator().manual_seed(5))
     for fast in (True, False):
         model.fast_gru = fast
