@@ -6,9 +6,10 @@ Usage:
 
 Every row completes the last --mask-pixels pixels of the same --digits test digits greedily with the
 toolkit's one rollout routine (rnn_mnist.rollout.complete), in a fresh process (the CPU settings of
-rnn_mnist/compute.py are process-wide), rounds interleaved, median reported. "before" is the
+rnn_mnist/runtime.py are process-wide), rounds interleaved, median reported. "before" is the
 toolkit as it ran before: nn.GRU, fp32, default settings, 1,000 digits a batch, as evaluate.py does.
-"torch-op step" is rnn_mnist/gru.py's cell in torch ops; "fused C step" is rnn_mnist/native.py.
+"torch-op step" is the fast step in torch ops (rnn_mnist/kernels/fast_step.py, gru.py); "fused C
+step" is rnn_mnist/kernels/native.py.
 Each row's completions are compared with the before row's: the fraction of generated pixels that
 agree. A last check re-runs the whole prefix for every generated pixel (the naive way) on a few
 digits and compares. A second table times in-painting (rnn_mnist/masks.py, --inpaint-digits
@@ -31,10 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rnn_mnist import native  # noqa: E402
 from rnn_mnist.checkpoint import ExperimentPaths  # noqa: E402
 from rnn_mnist.data import NUM_PIXELS, DataConfig, load_test_digits  # noqa: E402
 from rnn_mnist.evaluation import load_model  # noqa: E402
+from rnn_mnist.kernels import native  # noqa: E402
 from rnn_mnist.masks import parse_mask  # noqa: E402
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.rollout import complete  # noqa: E402
@@ -142,7 +143,7 @@ def naive_complete(model: NextPixelModel, pixels: torch.Tensor, mask_pixels: int
     return canvas
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -160,15 +161,11 @@ def main() -> None:
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args)
+    return parser.parse_args()
 
-    model, digits, labels, what = load(args)
-    n, mask = len(digits), args.mask_pixels
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, {mask} generated")
-    print(f"the fused step: {native.kernel_status()}\n")
-    rows = list(ROWS) + (list(INPAINT_ROWS) if args.inpaint_digits else [])
+
+def run_rows(args: argparse.Namespace, n: int, rows: list[str]) -> tuple[dict, dict]:
+    """Each row's times (one per round) and its last completions, each run in a fresh worker."""
     times: dict[str, list[float]] = {row: [] for row in rows}
     completions: dict[str, torch.Tensor] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,13 +173,19 @@ def main() -> None:
             for i, row in enumerate(rows):
                 out = str(Path(tmp) / f"{i}.pt")
                 command = [sys.executable, __file__, "--worker", row, "--out", out, "--digits", str(n)]
-                command += ["--mask-pixels", str(mask), "--exp-dir", args.exp_dir]
+                command += ["--mask-pixels", str(args.mask_pixels), "--exp-dir", args.exp_dir]
                 command += ["--inpaint-digits", str(args.inpaint_digits)]
                 command += ["--exp-name", args.exp_name] if args.exp_name else []
                 command += ["--data-dir", args.data_dir] if args.data_dir else []
                 result = subprocess.run(command, check=True, capture_output=True, text=True)
                 times[row].append(json.loads(result.stdout)["seconds"])
                 completions[row] = torch.load(out, weights_only=True)
+    return times, completions
+
+
+def print_tables(args: argparse.Namespace, n: int, times: dict, completions: dict) -> None:
+    """The completion table (against the before row) and, when timed, the in-painting table."""
+    mask = args.mask_pixels
     before = next(iter(ROWS))
     reference = statistics.median(times[before])
     print(f"| cpu: completing {n:,} digits, greedy | seconds | digits/s | vs before | pixels as before |")
@@ -191,7 +194,6 @@ def main() -> None:
         median = statistics.median(times[row])
         agree = (completions[row][:, -mask:] == completions[before][:, -mask:]).float().mean().item()
         print(f"| {row} | {median:.2f} | {n / median:,.0f} | {reference / median:.2f} | {agree:.4%} |")
-
     if args.inpaint_digits:
         count = min(args.inpaint_digits, n)
         blind = statistics.median(times[next(iter(INPAINT_ROWS))])
@@ -201,6 +203,19 @@ def main() -> None:
         for row in INPAINT_ROWS:
             median = statistics.median(times[row])
             print(f"| {row} | {median:.2f} | {count / median:,.0f} | {blind / median:.2f} |")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        return worker(args)
+    model, digits, labels, what = load(args)
+    n, mask = len(digits), args.mask_pixels
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, {mask} generated")
+    print(f"the fused step: {native.kernel_status()}\n")
+    rows = list(ROWS) + (list(INPAINT_ROWS) if args.inpaint_digits else [])
+    times, completions = run_rows(args, n, rows)
+    print_tables(args, n, times, completions)
 
     configure_cpu_math()
     few = digits[: args.naive_digits]

@@ -6,7 +6,7 @@ Usage:
 
 Prints two tables. First, sequences/s of one teacher-forced training step, one row per way of
 running it: the bare fp32 loop a from-scratch script would write (the reference), the toolkit on
-nn.GRU as it ran before rnn_mnist/gru.py, and the toolkit with each precision and CPU setting of
+nn.GRU as it ran before rnn_mnist/kernels/gru.py, and the toolkit with each precision and CPU setting of
 rnn_mnist/runtime.py. Every row runs in a fresh process, because the allocator and GEMM-routing
 settings are process-wide; rounds are interleaved so that machine noise hits all rows alike, and the
 median is reported. Each row also gives the step's FLOPs (the GEMMs: forward, and twice that

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnn_mnist import native, visualise
+from rnn_mnist import steps, visualise
 from rnn_mnist.checkpoint import (
     ExperimentPaths,
     atomic_write,
@@ -85,7 +85,7 @@ class EvalOptions:
     judge: bool = True  # judge the completions with the digit classifier
     judge_path: str | None = None  # None: the shipped judge (rnn_mnist/weights/judge.pt)
     batch_size: int = 1000  # digits per rollout batch (times --samples)
-    precision: str = "fp32"  # fp32 | bf16: the rollout's GEMMs (rnn_mnist/compute.py)
+    precision: str = "fp32"  # fp32 | bf16: the rollout's GEMMs (rnn_mnist/runtime.py)
     # Reading digits (rnn_mnist/reading.py): a classify experiment, or --classify on a label-conditioned one.
     classify: bool = False  # read a label-conditioned next-pixel model as a classifier (Bayes' rule)
     against: str | None = None  # with classify: a classify experiment whose curve is drawn beside
@@ -457,7 +457,7 @@ def _measure(
         "completions_per_second": digits * options.samples / seconds,
         "device": str(prepared.device),
         "precision": options.precision,
-        "rollout_step": native.describe_step(prepared.model, prepared.device),
+        "rollout_step": steps.describe_step(prepared.model, prepared.device),
         "compute": prepared.compute,
     }
     if prepared.judge is not None:

@@ -8,7 +8,7 @@ An allocation that does not fit does not fail politely: the kernel's OOM killer 
 add up the large arrays a run will hold (parameters with their gradients and Adam's moments, the
 activations a step keeps for every pixel, the completions and pictures evaluate keeps) and refuse
 what exceeds the free memory, saying how much it needs and what to lower. The counts follow the
-code (rnn_mnist/gru.py's buffers, rollout.py's canvas) with constants measured on the CPU (peak
+code (rnn_mnist/kernels/gru.py's buffers, rollout.py's canvas) with constants measured on the CPU (peak
 RSS, which they match from 10% below to 40% above; GPU kernels keep other buffers): enough to tell
 a run that fits from one that needs ten times the machine, not a plan to the last megabyte.
 """
@@ -30,7 +30,7 @@ from rnn_mnist.rollout import TEACHER_FORCED_BATCH
 FLOAT = 4  # bytes: activations, parameters and probabilities are fp32
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # gate blocks of H per layer
 # Floats per hidden unit that one sequence holds per pixel: how the peak RSS of training steps grew
-# with the batch (32 to 512, GRU-128 on rnn_mnist/gru.py: gates_x, rz, gh_n, n, states forward,
+# with the batch (32 to 512, GRU-128 on rnn_mnist/kernels/gru.py: gates_x, rz, gh_n, n, states forward,
 # d_gates_x, d_gh and the states' gradients backward; LSTM and RNN on nn.LSTM / nn.RNN), and that
 # of teacher-forced passes (100 to 1,000 digits), measured on the CPU and rounded up.
 TRAINING_FLOATS = {"gru": 16, "lstm": 19, "rnn": 6}
@@ -163,7 +163,7 @@ def training_need(
 def rollout_floats_per_row(config: ModelConfig, mask_pixels: int, device: torch.device) -> int:
     """Floats one completion (a digit's sample) holds while it is drawn (rnn_mnist/rollout.py):
     its canvas, visible prefix and probabilities, and the state and gates of a step; on the CPU
-    also the fused step's two pixel-major copies of the canvas (rnn_mnist/native.py). Reading the
+    also the fused step's two pixel-major copies of the canvas (rnn_mnist/kernels/native.py). Reading the
     prefix runs in chunks of pixels on the CPU and all at once elsewhere."""
     visible = NUM_PIXELS - mask_pixels
     read_steps = CPU_READ_CHUNK if device.type == "cpu" else visible

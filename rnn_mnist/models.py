@@ -13,24 +13,21 @@ exact NLL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-from rnn_mnist import native
+from rnn_mnist import steps
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
-from rnn_mnist.gru import gru_cell, gru_recurrence, matmul_dtype
+from rnn_mnist.kernels import fast_step
+from rnn_mnist.kernels.gru import GRULayer, gru_layers
+from rnn_mnist.kernels.weights import StepWeights, gather_pixels
+from rnn_mnist.steps import State, Stepper
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 # Pixels per chunk when only the final state is wanted on the CPU (see NextPixelModel.read).
 CPU_READ_CHUNK = 8
-
-# GRU/RNN carry a tensor (layers, B, H); LSTM carries a pair (h, c) of them.
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-# step(canvas, t, state) -> (logit (B,), state), for a fixed batch and labels (NextPixelModel.stepper)
-Stepper = Callable[[torch.Tensor, int, "State | None"], tuple[torch.Tensor, State]]
 
 
 @dataclass
@@ -120,20 +117,17 @@ class NextPixelModel(nn.Module):
         one_hot = nn.functional.one_hot
         rows_cols = torch.cat([one_hot(row, IMAGE_SIDE), one_hot(col, IMAGE_SIDE)], dim=1)
         self.register_buffer("position_one_hot", rows_cols.float(), persistent=False)  # (784, 56)
-        # Runtime switches, not part of the config: False runs GRUs on nn.GRU on the CPU too (the
-        # reference the fast path is tested and benchmarked against); and False keeps passes without
-        # a gradient (rollouts, reads, evaluation NLLs) on torch ops rather than the fused C step
-        # (rnn_mnist/native.py).
+        # Runtime switches, not part of the config (rnn_mnist/steps.py reads them): False runs GRUs
+        # on nn.GRU on the CPU too (the reference the fast path is tested and benchmarked against);
+        # and False keeps passes without a gradient (rollouts, reads, evaluation NLLs) on torch ops
+        # rather than the fused C step (rnn_mnist/kernels/native.py).
         self.fast_gru = True
         self.fused_step = True
 
     def pixel_inputs(self, canvas: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """The pixels (B, end - start, 1 + C) that predict pixels start..end-1: the previous one
         (0 before pixel 0) and the C context pixels above. Reads ``canvas`` only before each."""
-        index = self.pixel_index[start:end]  # (T, 1 + C)
-        # index_select, not canvas[:, index]: advanced indexing measured 3.5x slower on the CPU.
-        pixels = canvas.index_select(1, index.reshape(-1)).view(len(canvas), *index.shape)
-        return pixels * self.pixel_exists[start:end]
+        return gather_pixels(self.pixel_index, self.pixel_exists, canvas, start, end)
 
     def features(
         self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None = None
@@ -158,14 +152,6 @@ class NextPixelModel(nn.Module):
             parts.append(one_hot.to(canvas.dtype)[:, None, :].expand(-1, end - start, -1))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
-    def _fused_step(self, labels: torch.Tensor | None) -> native.FusedGRUStep:
-        """The fused C step for this model and labels; its GEMM in bf16 under bf16 autocast."""
-        return native.FusedGRUStep(self, labels, matmul_dtype(self.start_pixel))
-
-    def uses_fast_gru(self, device: torch.device) -> bool:
-        """The hand-written GRU (rnn_mnist/gru.py) runs GRUs on the CPU; everything else ``nn.RNNBase``."""
-        return self.fast_gru and self.config.cell == "gru" and device.type == "cpu"
-
     def forward(
         self,
         canvas: torch.Tensor,
@@ -178,14 +164,16 @@ class NextPixelModel(nn.Module):
         """Logits (B, end - start) for pixels start..end-1 of ``canvas`` and the state after them.
 
         ``state`` is the state after pixel start-1 (None at the start of an image). With
-        ``logits=False`` only the state is computed.
+        ``logits=False`` only the state is computed. Which backend runs it is rnn_mnist/steps.py's call.
         """
-        if native.supports(self, canvas.device):  # no gradient wanted: the fused C step
-            fused_logits, state = self._fused_step(labels).forward(canvas, start, end, state)
+        backend = steps.choose(self, canvas.device)
+        if backend == steps.FUSED:  # no gradient wanted: the fused C step
+            fused_logits, state = steps.fused_step(self, labels).forward(canvas, start, end, state)
             return (fused_logits if logits else None), state
-        if self.uses_fast_gru(canvas.device):
-            out, state = self._fast_gru(canvas, start, end, labels, state)  # (T, B, H)
-            out = out.transpose(0, 1)
+        if backend == steps.FAST:
+            weights, dropout, training = self.step_weights(), self.rnn.dropout, self.training
+            out, state = fast_step.sequence(weights, canvas, start, end, labels, state, dropout, training)
+            out = out.transpose(0, 1)  # (B, T, H)
         else:
             out, state = self.rnn(self.features(canvas, start, end, labels), state)  # (B, T, H)
         if not logits:
@@ -193,75 +181,37 @@ class NextPixelModel(nn.Module):
         with torch.autocast(canvas.device.type, enabled=False):  # the head stays fp32
             return self.head(self.dropout(out.float())).squeeze(-1), state
 
-    def _fast_gru(
-        self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None, state: State | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Outputs (T, B, H) of the top layer and the state (layers, B, H), on rnn_mnist.gru."""
-        x = self._gates_x(canvas, start, end, labels)  # (T, B, 3H)
-        return fast_gru_layers(self.rnn, x, state, self.training)
-
-    def _gates_x(
-        self, canvas: torch.Tensor, start: int, end: int, labels: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Layer 0's input projection (T, B, 3H) plus biases, from the same weights as ``features``.
-
-        The one-hot row, column and label columns of W_ih are gathered (a table lookup) instead of
-        multiplied, and the learned start value enters as a bias at pixel 0, so no gradient flows
-        into the (T, B, F) inputs.
-        """
-        config, rnn = self.config, self.rnn
-        weight = rnn.weight_ih_l0  # (3H, F), columns as in features()
-        x = self.pixel_inputs(canvas, start, end).transpose(0, 1)  # (T, B, 1 + C)
-        num_pixel_inputs = x.shape[2]
-        columns = weight[:, :num_pixel_inputs]
-        bias = self._static_gates(start, end)
-        if config.num_classes:
-            if labels is None:
-                raise ValueError("this model is conditioned on the digit's label: pass labels")
-            one_hot = nn.functional.one_hot(labels.to(canvas.device).long(), config.num_classes)
-            x = torch.cat([x, one_hot.to(x.dtype).expand(end - start, -1, -1)], dim=2)
-            columns = torch.cat([columns, self._label_columns()], dim=1)
-        # (T, B, K) @ (K, 3H) + (T, 1, 3H): one pass over the output
-        return torch.baddbmm(bias.unsqueeze(1), x, columns.t().expand(end - start, -1, -1)).float()
-
-    def _label_columns(self) -> torch.Tensor:
-        """The columns (3H, classes) of W_ih that the label's one-hot input multiplies."""
-        first = self.pixel_index.shape[1] + 2 * IMAGE_SIDE * self.config.position
-        return self.rnn.weight_ih_l0[:, first : first + self.config.num_classes]
-
-    def _input_bias(self, layer: int) -> torch.Tensor:
-        return gru_input_bias(self.rnn, layer)
-
-    def _static_gates(self, start: int, end: int) -> torch.Tensor:
-        """What layer 0's input gates (T, 3H) hold whatever the pixels: b_ih, the r and z parts of
-        b_hh, the row and column columns of W_ih (``--position``), and the start value at pixel 0."""
-        weight, num_pixel_inputs = self.rnn.weight_ih_l0, self.pixel_index.shape[1]
-        bias = self._input_bias(0).expand(end - start, -1)
-        if self.config.position:
-            t = torch.arange(start, end, device=weight.device)
-            rows, cols = t // IMAGE_SIDE, t % IMAGE_SIDE
-            bias = (
-                bias
-                + weight[:, num_pixel_inputs + rows].t()
-                + weight[:, num_pixel_inputs + IMAGE_SIDE + cols].t()
-            )
-        if start == 0:  # pixel 0 reads the learned start value
-            bias = torch.cat([bias[:1] + self.start_pixel * weight[:, 0], bias[1:]])
-        return bias
+    def step_weights(self) -> StepWeights:
+        """A GRU's weights as plain tensors (views of its parameters), split as the fast and fused
+        steps read them: W_ih's columns for the pixel inputs, the position and the label apart."""
+        config, weight, num_pixel_inputs = self.config, self.rnn.weight_ih_l0, self.pixel_index.shape[1]
+        position_end = num_pixel_inputs + 2 * IMAGE_SIDE * config.position  # W_ih's columns as in features()
+        labels_end = position_end + config.num_classes
+        linears = [self.head] if isinstance(self.head, nn.Linear) else [self.head[0], self.head[2]]
+        return StepWeights(
+            pixel_index=self.pixel_index,
+            pixel_exists=self.pixel_exists,
+            input_columns=weight[:, :num_pixel_inputs],
+            position_columns=weight[:, num_pixel_inputs:position_end] if config.position else None,
+            label_columns=weight[:, position_end:labels_end] if config.num_classes else None,
+            start_pixel=self.start_pixel,
+            layers=gru_layers_of(self.rnn),
+            head=tuple((linear.weight, linear.bias) for linear in linears),
+        )
 
     def read(
         self, canvas: torch.Tensor, end: int, labels: torch.Tensor | None = None, state: State | None = None
     ) -> State:
         """Feed pixels 0..end-1 of ``canvas`` and return only the final state, computing no logits.
 
-        On the fused C step (rnn_mnist/native.py) the digits share their blank starts pixel by
+        On the fused C step (rnn_mnist/kernels/native.py) the digits share their blank starts pixel by
         pixel. Otherwise, on the CPU, the sequence goes in chunks of a few pixels: one long pass
         writes (B, T, H) outputs that fall out of cache, and chunks measured about 2x faster for a
         500-pixel prefix at batch 1000 (bench/rollout_speed.py). On a GPU the fused whole-sequence
         kernel wins.
         """
-        if state is None and end > 0 and native.supports(self, canvas.device):
-            return self._fused_step(labels).read(canvas, end)
+        if state is None and end > 0 and steps.choose(self, canvas.device) == steps.FUSED:
+            return steps.fused_step(self, labels).read(canvas, end)
         chunk = self.read_chunk(canvas.device, end)
         if state is None and end > chunk and len(canvas) > 1:
             return self._read_from_blank(canvas, end, labels, chunk)
@@ -314,7 +264,7 @@ class NextPixelModel(nn.Module):
     def read_chunk(self, device: torch.device, length: int = NUM_PIXELS) -> int:
         """How many pixels a batched pass over known pixels should take at a time: a few on the
         CPU's torch-op path (see ``read``), all of them on the fused step and on a GPU."""
-        if device.type == "cpu" and not native.supports(self, device):
+        if device.type == "cpu" and steps.choose(self, device) != steps.FUSED:
             return CPU_READ_CHUNK
         return max(length, 1)
 
@@ -330,60 +280,9 @@ class NextPixelModel(nn.Module):
         logits, state = self(canvas, t, t + 1, labels, state)
         return logits.squeeze(1), state
 
-    @torch.no_grad()
     def stepper(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> Stepper:
-        """``step`` for a rollout: what does not change from pixel to pixel is prepared once.
-
-        A one-layer GRU with a linear head runs on the fused C step (rnn_mnist/native.py) where it
-        can be built. Otherwise, on the fast-GRU path, the biases, the position table and the label
-        columns are folded into one (784, 3H) table and a (B, K) input buffer, so a step is one
-        gather, one addmm, the GRU cell and the head. Elsewhere it is ``step`` itself.
-        """
-        if native.supports(self, device):
-            return self._fused_step(labels)
-        if not self.uses_fast_gru(device):
-            return lambda canvas, t, state: self.step(canvas, t, state, labels)
-        config, rnn, hidden = self.config, self.rnn, self.config.hidden_size
-        weight = rnn.weight_ih_l0
-        num_pixel_inputs = self.pixel_index.shape[1]
-        static = self._static_gates(0, NUM_PIXELS)  # (784, 3H)
-        dtype = matmul_dtype(static)  # of the recurrent GEMM: bf16 under --precision bf16
-        columns = [weight[:, :num_pixel_inputs]]
-        inputs = torch.zeros(batch, num_pixel_inputs + config.num_classes, device=device)  # (B, K)
-        if config.num_classes:  # the label's one-hot columns: filled once, multiplied every step
-            columns.append(self._label_columns())
-            inputs[:, num_pixel_inputs:] = nn.functional.one_hot(labels.to(device).long(), config.num_classes)
-        columns_t = torch.cat(columns, dim=1).t().contiguous()  # (K, 3H)
-        layers = [  # (W_ih.T, input bias) of the layers above the first, W_hh.T and b_hn of each
-            (
-                getattr(rnn, f"weight_ih_l{layer}").t() if layer else None,
-                self._input_bias(layer) if layer else None,
-                getattr(rnn, f"weight_hh_l{layer}").t().to(dtype),
-                getattr(rnn, f"bias_hh_l{layer}")[2 * hidden :],
-            )
-            for layer in range(config.num_layers)
-        ]
-
-        def step(canvas: torch.Tensor, t: int, state: State | None) -> tuple[torch.Tensor, State]:
-            with torch.autocast(device.type, enabled=False):
-                torch.mul(
-                    canvas.index_select(1, self.pixel_index[t]),
-                    self.pixel_exists[t],
-                    out=inputs[:, :num_pixel_inputs],
-                )
-                x = torch.addmm(static[t], inputs, columns_t)  # (B, 3H): layer 0's input gates
-                if state is None:
-                    state = canvas.new_zeros(config.num_layers, len(canvas), hidden)
-                finals = []
-                for layer, (w_ih_t, b_ih, w_hh_t, b_hn) in enumerate(layers):
-                    if layer > 0:
-                        x = torch.addmm(b_ih, finals[-1], w_ih_t)
-                    h = state[layer]
-                    finals.append(gru_cell(x, h, h.to(dtype), w_hh_t, b_hn))
-                logit = self.head(finals[-1]).squeeze(1)
-            return logit, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
-
-        return step
+        """``step`` for a rollout of ``batch`` digits, prepared once (rnn_mnist/steps.py chooses it)."""
+        return steps.stepper(self, labels, batch, device)
 
 
 def gru_input_bias(rnn: nn.GRU, layer: int) -> torch.Tensor:
@@ -395,26 +294,18 @@ def gru_input_bias(rnn: nn.GRU, layer: int) -> torch.Tensor:
     )
 
 
-def fast_gru_layers(
-    rnn: nn.GRU, x: torch.Tensor, state: torch.Tensor | None, training: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``rnn``'s layers on rnn_mnist.gru, given layer 0's input gates ``x`` (T, B, 3H) with
-    ``gru_input_bias(rnn, 0)`` already added. Returns the top layer's outputs (T, B, H) and the
-    final state (layers, B, H): what ``rnn`` itself would return, on the same weights."""
-    hidden, num_layers = rnn.hidden_size, rnn.num_layers
-    if state is None:
-        state = x.new_zeros(num_layers, x.shape[1], hidden)
-    finals = []
-    for layer in range(num_layers):
-        b_hh = getattr(rnn, f"bias_hh_l{layer}")
-        if layer > 0:  # nn.GRU's dropout between layers, then this layer's input projection
-            x = nn.functional.dropout(x, rnn.dropout, training)
-            x = nn.functional.linear(
-                x, getattr(rnn, f"weight_ih_l{layer}"), gru_input_bias(rnn, layer)
-            ).float()
-        x, final = gru_recurrence(x, state[layer], getattr(rnn, f"weight_hh_l{layer}"), b_hh[2 * hidden :])
-        finals.append(final)
-    return x, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
+def gru_layers_of(rnn: nn.GRU) -> tuple[GRULayer, ...]:
+    """``rnn``'s layers as plain tensors (views of its parameters) for rnn_mnist/kernels/gru.py."""
+    hidden = rnn.hidden_size
+    return tuple(
+        GRULayer(
+            w_ih=getattr(rnn, f"weight_ih_l{layer}"),
+            input_bias=gru_input_bias(rnn, layer),
+            w_hh=getattr(rnn, f"weight_hh_l{layer}"),
+            b_hn=getattr(rnn, f"bias_hh_l{layer}")[2 * hidden :],
+        )
+        for layer in range(rnn.num_layers)
+    )
 
 
 READOUTS = ("last", "mean")
@@ -495,8 +386,9 @@ class SequenceClassifier(nn.Module):
         x = images[:, self.reading_order]  # (B, T)
         if self.fast_gru and self.config.cell == "gru" and images.device.type == "cpu":
             # Layer 0's input gates: one scalar input per step, so a broadcast multiply, no GEMM.
-            gates = gru_input_bias(self.rnn, 0) + x.t().unsqueeze(2) * self.rnn.weight_ih_l0[:, 0]
-            out, _ = fast_gru_layers(self.rnn, gates.float(), None, self.training)  # (T, B, H)
+            layers = gru_layers_of(self.rnn)
+            gates = layers[0].input_bias + x.t().unsqueeze(2) * self.rnn.weight_ih_l0[:, 0]
+            out, _ = gru_layers(layers, gates.float(), None, self.rnn.dropout, self.training)  # (T, B, H)
             return out.transpose(0, 1)
         out, _ = self.rnn(x.unsqueeze(2))
         return out

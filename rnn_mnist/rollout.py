@@ -20,16 +20,18 @@ mask nothing visible follows the hole, so the weights stay equal and all three a
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.masks import runs, suffix_mask
-from rnn_mnist.models import NextPixelModel, State, select_state
+from rnn_mnist.models import NextPixelModel, select_state
+from rnn_mnist.steps import State, Stepper
 from rnn_mnist.runtime import autocast
 
 SAMPLINGS = ("greedy", "bernoulli", "mean")
@@ -83,6 +85,58 @@ def _log_prob(logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     return -F.binary_cross_entropy_with_logits(logits, pixels, reduction="none").sum(dim=1)
 
 
+@dataclass
+class _Walk:
+    """A rollout in progress: N digits times K particles (rows) walking over the pixels together."""
+
+    step: Stepper  # the model's step for these rows (rnn_mnist/steps.py)
+    choose: Chooser
+    temperature: float
+    weigh: bool
+    generator: torch.Generator | None
+    on_step: Callable[[], object] | None
+    canvas: torch.Tensor  # (N * K, 784) float: the visible pixels and the filled holes
+    state: State | None  # after the pixels walked so far
+    probs: torch.Tensor  # (N * K, M) float: p(pixel = 1) at each hidden pixel, at temperature 1
+    log_weight: torch.Tensor  # (N, K): log p(visible after the holes | fill), since resampling
+    log_joint: torch.Tensor  # (N * K,): travels with its particle through resampling
+    ess: list[float] = field(default_factory=list)  # the mean effective sample size at each weighing
+    resamples: int = 0  # how many times a digit's particles were resampled, summed over digits
+    done: int = 0  # hidden pixels drawn so far
+
+    def draw(self, start: int, end: int) -> None:
+        """Draw the hidden pixels start..end-1 from the model, one at a time, feeding each back."""
+        n, k = self.log_weight.shape
+        for t in range(start, end):
+            logit, self.state = self.step(self.canvas, t, self.state)
+            self.probs[:, self.done] = p = torch.sigmoid(logit)
+            q = p if self.temperature == 1 else torch.sigmoid(logit / self.temperature)
+            self.canvas[:, t] = self.choose(q, t)
+            self.done += 1
+            if self.on_step is not None:
+                self.on_step()
+            if self.weigh:
+                drawn, logit = self.canvas[:, t : t + 1], logit[:, None]
+                log_p = _log_prob(logit, drawn)
+                self.log_joint += log_p
+                if self.temperature != 1:  # drawn from q: weighed towards the model's p
+                    self.log_weight += (log_p - _log_prob(logit / self.temperature, drawn)).view(n, k)
+
+    def weigh_visible(self, logits: torch.Tensor, start: int, end: int) -> None:
+        """Weigh each particle by the likelihood of the visible pixels start..end-1 (their
+        ``logits`` (N * K, end - start)), then resample the digits whose weights degenerated."""
+        n, k = self.log_weight.shape
+        evidence = _log_prob(logits.float(), self.canvas[:, start:end])
+        self.log_weight += evidence.view(n, k)
+        self.log_joint += evidence
+        index, self.log_weight, count = _resample(self.log_weight, self.ess, self.generator)
+        if count:  # each particle's canvas, probabilities and state go with it
+            self.canvas, self.probs = self.canvas[index], self.probs[index]
+            self.log_joint = self.log_joint[index]
+            self.state = select_state(self.state, index)
+            self.resamples += count
+
+
 @torch.no_grad()
 def rollout(
     model: NextPixelModel,
@@ -101,7 +155,7 @@ def rollout(
 
     ``choose`` sees the probabilities with the logits divided by ``temperature``; ``labels`` (N,)
     are for label-conditioned models; ``precision`` bf16 runs the GEMMs in bf16
-    (rnn_mnist/compute.py). With ``weigh``, the visible pixels after the first hole weigh the
+    (rnn_mnist/runtime.py). With ``weigh``, the visible pixels after the first hole weigh the
     particles (with the importance correction for a tempered draw) and a digit's particles are
     resampled with ``generator`` whenever their effective sample size falls below half of them.
     Without it, nothing after the last hole is read. ``on_step`` is called after every hidden
@@ -111,56 +165,38 @@ def rollout(
     canvas = canvas.masked_fill(hidden.to(device), 0)  # the hidden pixels are never read
     first_hole = int(hidden.float().argmax())
     last_hole = NUM_PIXELS - int(hidden.flip(0).float().argmax())
-    log_weight = canvas.new_zeros(n, k)
-    log_joint = canvas.new_zeros(n * k)  # travels with its particle through resampling
-    probs = canvas.new_empty(n * k, int(hidden.sum()))
-    ess: list[float] = []
-    resamples, done = 0, 0  # digits resampled; hidden pixels drawn so far
     chunk = model.read_chunk(device)
     with autocast(device, precision):
         # The pixels before the first hole, read once for all particles of a digit.
         state: State | None = model.read(canvas, first_hole, labels) if first_hole else None
         rows = torch.arange(n, device=device).repeat_interleave(k)  # particle -> digit
-        canvas = canvas[rows]
         labels = None if labels is None else labels.to(device)[rows]
-        state = None if state is None else select_state(state, rows)
-        step_model = model.stepper(labels, n * k, device)
+        walk = _Walk(
+            model.stepper(labels, n * k, device), choose, temperature, weigh, generator, on_step,
+            canvas=canvas[rows],
+            state=None if state is None else select_state(state, rows),
+            probs=canvas.new_empty(n * k, int(hidden.sum())),
+            log_weight=canvas.new_zeros(n, k),
+            log_joint=canvas.new_zeros(n * k),
+        )  # fmt: skip
         for start, end, is_hidden in runs(hidden):
             if end <= first_hole or (start >= last_hole and not weigh):
                 continue
             if is_hidden:
-                for t in range(start, end):
-                    logit, state = step_model(canvas, t, state)
-                    probs[:, done] = p = torch.sigmoid(logit)
-                    q = p if temperature == 1 else torch.sigmoid(logit / temperature)
-                    canvas[:, t] = choose(q, t)
-                    done += 1
-                    if on_step is not None:
-                        on_step()
-                    if weigh:
-                        drawn, logit = canvas[:, t : t + 1], logit[:, None]
-                        log_p = _log_prob(logit, drawn)
-                        log_joint += log_p
-                        if temperature != 1:  # drawn from q: weighed towards the model's p
-                            log_weight += (log_p - _log_prob(logit / temperature, drawn)).view(n, k)
+                walk.draw(start, end)
                 continue
             # A visible run, fed as it is; with ``weigh``, its likelihood weighs each particle.
-            logits, state = _feed(model, step_model, canvas, start, end, labels, state, chunk)
+            logits, walk.state = _feed(model, walk.step, walk.canvas, start, end, labels, walk.state, chunk)
             if weigh:
-                evidence = _log_prob(logits.float(), canvas[:, start:end])
-                log_weight += evidence.view(n, k)
-                log_joint += evidence
-                index, log_weight, count = _resample(log_weight, ess, generator)
-                if count:  # each particle's canvas, probabilities and state go with it
-                    canvas, probs, log_joint = canvas[index], probs[index], log_joint[index]
-                    state = select_state(state, index)
-                    resamples += count
-    return Particles(canvas, probs, log_weight, log_joint.view(n, k), ess, resamples)
+                walk.weigh_visible(logits, start, end)
+    return Particles(
+        walk.canvas, walk.probs, walk.log_weight, walk.log_joint.view(n, k), walk.ess, walk.resamples
+    )
 
 
 def _feed(
     model: NextPixelModel,
-    step_model: Callable,
+    step_model: Stepper,
     canvas: torch.Tensor,
     start: int,
     end: int,
@@ -209,6 +245,35 @@ def _resample(
     return (torch.arange(n, device=device)[:, None] * k + chosen).view(-1), log_weight, count
 
 
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _check_request(
+    hidden: torch.Tensor | None, mask_pixels: int | None, sampling: str, samples: int, inpaint: str
+) -> torch.Tensor:
+    """The mask (784,) bool on the CPU: ``hidden``, else the last ``mask_pixels``; a ValueError for
+    a request ``complete`` cannot serve."""
+    if hidden is None:
+        if mask_pixels is None or not 1 <= mask_pixels <= NUM_PIXELS:
+            raise ValueError(f"mask_pixels must be in 1..{NUM_PIXELS}, not {mask_pixels}")
+        hidden = suffix_mask(mask_pixels)
+    if not hidden.any():
+        raise ValueError("the mask hides no pixel")
+    if inpaint not in INPAINTS:
+        raise ValueError(f"inpaint must be one of {INPAINTS}, not {inpaint!r}")
+    if inpaint != "blind" and samples > 1 and sampling != "bernoulli":
+        raise ValueError(f"in-painting with {samples} particles needs bernoulli sampling, not {sampling}")
+    return hidden.cpu()
+
+
 def complete(
     model: NextPixelModel,
     pixels: torch.Tensor,
@@ -231,22 +296,10 @@ def complete(
     ``labels`` (N,) tell a label-conditioned model which digit to draw; ``on_step`` is called
     after every hidden pixel drawn (progress).
     """
-    if hidden is None:
-        if mask_pixels is None or not 1 <= mask_pixels <= NUM_PIXELS:
-            raise ValueError(f"mask_pixels must be in 1..{NUM_PIXELS}, not {mask_pixels}")
-        hidden = suffix_mask(mask_pixels)
-    if not hidden.any():
-        raise ValueError("the mask hides no pixel")
-    if inpaint not in INPAINTS:
-        raise ValueError(f"inpaint must be one of {INPAINTS}, not {inpaint!r}")
+    hidden = _check_request(hidden, mask_pixels, sampling, samples, inpaint)
     weigh = inpaint != "blind"
-    if weigh and samples > 1 and sampling != "bernoulli":
-        raise ValueError(f"in-painting with {samples} particles needs bernoulli sampling, not {sampling}")
     device = next(model.parameters()).device
-    hidden = hidden.cpu()
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         filled = rollout(
             model,
             pixels.to(device).float(),
@@ -260,25 +313,27 @@ def complete(
             generator=generator,
             on_step=on_step,
         )
-    finally:
-        model.train(was_training)
-    canvas, probs = filled.canvas.cpu(), filled.probs.cpu()
-    if sampling == "mean":  # mean feedback feeds p itself; the completed image shows p > 0.5
-        canvas[:, hidden] = (probs > 0.5).to(canvas.dtype)
-    n = len(pixels)
-    result = Completion(
-        completed=canvas.to(torch.uint8).reshape(n, samples, NUM_PIXELS),
-        probs=probs.reshape(n, samples, -1),
-        hidden=hidden,
-        mean_ess=sum(filled.ess) / len(filled.ess) if filled.ess else float(samples),
-        resamples=filled.resamples,
-    )
+    result = _completion(filled, len(pixels), hidden, sampling, samples)
     if not weigh or samples == 1:
         return result
     if inpaint == "best":  # the fill the model finds most likely, evidence included
         return keep_best(result, filled.log_joint.cpu())
     pick = torch.multinomial(torch.softmax(filled.log_weight.cpu(), dim=1), 1, generator=generator)
     return keep_best(result, F.one_hot(pick.squeeze(1), samples).float())
+
+
+def _completion(filled: Particles, n: int, hidden: torch.Tensor, sampling: str, samples: int) -> Completion:
+    """The ``samples`` completions of each of the ``n`` digits that ``filled`` holds, on the CPU."""
+    canvas, probs = filled.canvas.cpu(), filled.probs.cpu()
+    if sampling == "mean":  # mean feedback feeds p itself; the completed image shows p > 0.5
+        canvas[:, hidden] = (probs > 0.5).to(canvas.dtype)
+    return Completion(
+        completed=canvas.to(torch.uint8).reshape(n, samples, NUM_PIXELS),
+        probs=probs.reshape(n, samples, -1),
+        hidden=hidden,
+        mean_ess=sum(filled.ess) / len(filled.ess) if filled.ess else float(samples),
+        resamples=filled.resamples,
+    )
 
 
 def keep_best(result: Completion, score: torch.Tensor) -> Completion:
@@ -317,17 +372,13 @@ def teacher_forced_log_probs(
     """log p(x_t | x_<t) (N, 784) of every pixel of each image (N, 784), each given all the true
     pixels before it: one teacher-forced pass. ``labels`` (N,) are for label-conditioned models."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with _eval_mode(model):
         for start in range(0, len(pixels), batch_size):
             x = pixels[start : start + batch_size].to(device).float()
             batch_labels = None if labels is None else labels[start : start + batch_size]
             logits = model.teacher_forced_logits(x, batch_labels)
             out.append(-F.binary_cross_entropy_with_logits(logits, x, reduction="none").cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 

@@ -57,7 +57,7 @@ class TrainConfig:
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     warmup_batches: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (rnn_mnist/compute.py)
+    precision: str = "fp32"  # fp32 | bf16 (rnn_mnist/runtime.py)
     clip: float | None = 1.0
     loss: str = "bce"
     seed: int = 0

@@ -1,11 +1,12 @@
-"""The fused C rollout step (rnn_mnist/native.py, gru_step.c) against the torch-op step it replaces."""
+"""The fused C rollout step (rnn_mnist/kernels/native.py, gru_step.c) against the torch-op step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rnn_mnist import native
+from rnn_mnist import steps
+from rnn_mnist.kernels import native
 from rnn_mnist.masks import parse_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import complete
@@ -85,7 +86,7 @@ def test_a_teacher_forced_pass_without_gradient_equals_the_torch_pass(name, star
     labels = LABELS if config.num_classes else None
     with torch.no_grad():
         state = model.read(canvas, start, labels) if start else None
-        assert native.supports(model, canvas.device)
+        assert steps.uses_fused_step(model, canvas.device)
         fused_logits, fused_state = model(canvas, start, end, labels, state)
     logits, final = model(canvas, start, end, labels, state)  # with a gradient: the torch ops
     assert logits.requires_grad
@@ -96,8 +97,8 @@ def test_a_teacher_forced_pass_without_gradient_equals_the_torch_pass(name, star
 def test_a_model_with_dropout_in_training_mode_keeps_the_torch_ops():
     model = _model(ModelConfig(hidden_size=16, dropout=0.5)).train()
     with torch.no_grad():
-        assert not native.supports(model, torch.device("cpu"))
-        assert native.supports(model.eval(), torch.device("cpu")) == (native.load_kernel() is not None)
+        assert not steps.uses_fused_step(model, torch.device("cpu"))
+        assert steps.uses_fused_step(model.eval(), torch.device("cpu")) == (native.load_kernel() is not None)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -180,7 +181,7 @@ def test_without_the_kernel_the_rollout_keeps_the_torch_step(environment, reason
     assert native.load_kernel() is None
     assert reason in native.kernel_status()
     model = _model(CONFIGS["context-position"])
-    assert reason in native.describe_step(model, torch.device("cpu"))
+    assert reason in steps.describe_step(model, torch.device("cpu"))
     _, step = _steps(model, _canvas(), None, 700)
     assert not isinstance(step, native.FusedGRUStep)
     completed = complete(model, _canvas(3).to(torch.uint8), 10).completed
@@ -196,7 +197,7 @@ def test_models_the_kernel_does_not_cover_keep_the_torch_step():
         ModelConfig(hidden_size=16, context=True, context_rows=10, context_width=27),  # 271 inputs
     ):
         model = _model(config)
-        assert "torch ops" in native.describe_step(model, torch.device("cpu"))
+        assert "torch ops" in steps.describe_step(model, torch.device("cpu"))
         with torch.no_grad():
             assert not isinstance(model.stepper(None, 2, torch.device("cpu")), native.FusedGRUStep)
 
@@ -215,7 +216,7 @@ def test_bad_inputs_are_refused_before_the_c_step_reads_them():
         with pytest.raises(ValueError, match="labels must be in"):
             labelled.stepper(torch.tensor([1, 2, 3, 10]), 4, canvas.device)
         with pytest.raises(ValueError, match="pixels"):
-            native.FusedGRUStep(model, None, torch.float32).read(canvas[:, :100], 200)
+            native.FusedGRUStep(model.step_weights(), None, torch.float32).read(canvas[:, :100], 200)
 
 
 @pytest.mark.parametrize("batch", [0, 1])

@@ -13,12 +13,27 @@ either; tests check both against each other.
 Numerics: the state, gates and gradients are fp32. The recurrent matmul runs in bf16 (fp32
 accumulation inside the kernel) when bf16 autocast is on for the CPU, which is how
 ``--precision bf16`` reaches it; otherwise in fp32. tanh is computed as 2 sigmoid(2a) - 1: the
-same function, and about 5x faster than torch's CPU tanh at these sizes.
+same function, and about 5x faster than torch's CPU tanh at these sizes. The backward pass is
+derived step by step in gru_backward.md, beside this file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GRULayer:
+    """One GRU layer's weights in ``nn.GRU``'s layout (gates r, z, n), as the recurrence reads them."""
+
+    w_ih: torch.Tensor  # (3H, F): the input projection (layers above the first; layer 0 gathers)
+    input_bias: torch.Tensor  # (3H,): b_ih plus the r and z parts of b_hh
+    w_hh: torch.Tensor  # (3H, H)
+    b_hn: torch.Tensor  # (H,): the n part of b_hh, which the GRU scales by r
 
 
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:
@@ -150,3 +165,22 @@ def gru_recurrence(
         return h.unsqueeze(0), h
     (hs,) = _run(gates_x, h0, w_hh, b_hn, keep=False)  # inference: no buffers kept
     return hs[1:], hs[steps]
+
+
+def gru_layers(
+    layers: Sequence[GRULayer], x: torch.Tensor, state: torch.Tensor | None, dropout: float, training: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a stack of GRU layers, given layer 0's input gates ``x`` (T, B, 3H) with its
+    ``input_bias`` already added. Returns the top layer's outputs (T, B, H) and the final state
+    (layers, B, H): what ``nn.GRU`` returns on the same weights, with its ``dropout`` between layers."""
+    hidden = layers[0].w_hh.shape[1]
+    if state is None:
+        state = x.new_zeros(len(layers), x.shape[1], hidden)
+    finals = []
+    for index, layer in enumerate(layers):
+        if index > 0:  # nn.GRU's dropout between layers, then this layer's input projection
+            x = nn.functional.dropout(x, dropout, training)
+            x = nn.functional.linear(x, layer.w_ih, layer.input_bias).float()
+        x, final = gru_recurrence(x, state[index], layer.w_hh, layer.b_hn)
+        finals.append(final)
+    return x, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)

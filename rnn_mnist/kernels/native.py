@@ -1,10 +1,13 @@
-"""The rollout's fused GRU step (rnn_mnist/gru_step.c): built with the system C compiler on first use.
+"""The rollout's fused GRU step (gru_step.c, beside this file): built with the system C compiler on first use.
 
     kernel = load_kernel()          # None, with the reason in kernel_status(), if it cannot be built
-    step = FusedGRUStep(model, labels, matmul_dtype=torch.bfloat16)
+    step = FusedGRUStep(model.step_weights(), labels, matmul_dtype=torch.bfloat16)
     logit, state = step(canvas, t, state)            # what NextPixelModel.stepper's step returns
     state = step.read(canvas, end)                   # NextPixelModel.read, sharing blank starts
     logits, state = step.forward(canvas, 0, 784, None)   # NextPixelModel.forward without a gradient
+
+It takes the model's weights as plain tensors (rnn_mnist/kernels/weights.py), never the model;
+rnn_mnist/steps.py decides when it runs.
 
 Why C: a rollout step of a one-layer GRU-128 over 10,000 digits is one (10000, 128) x (128, 384)
 GEMM and then a dozen elementwise torch ops, each streaming a (10000, 384) tensor through memory;
@@ -18,7 +21,7 @@ The library is built into ~/.cache/rnn_mnist (or $RNN_MNIST_CACHE) with ``cc -O3
 -fopenmp`` (``$CC`` if set), keyed by the source, the compiler and its flags and the CPU, and then
 reused. Its OpenMP is normally the libgomp torch has already loaded, and it runs on torch's thread
 count either way. Where no compiler works, or ``RNN_MNIST_NATIVE=0``, the model keeps its torch-op
-step; the two are tested against each other.
+step; the two are tested against each other (tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import torch
 
 from rnn_mnist.data import NUM_PIXELS
+from rnn_mnist.kernels.weights import StepWeights
 
 SOURCE = Path(__file__).with_name("gru_step.c")
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
@@ -118,33 +122,18 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return library, f"fused C step ({target})"
 
 
-def describe_step(model: torch.nn.Module, device: torch.device) -> str:
-    """Which step a rollout of ``model`` on ``device`` runs, in a line for metrics and logs."""
-    with torch.no_grad():
-        if supports(model, device):
-            return kernel_status()
-    if device.type == "cpu" and load_kernel() is None:
-        return kernel_status()  # says why it could not be built
-    return "torch ops (the fused step is for a one-layer GRU with a linear head on the CPU)"
-
-
 def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
 
 
-def supports(model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether the fused step can run ``model``: a one-layer GRU with a linear head, on the CPU,
-    with no gradient wanted (it has no backward pass) and no dropout to apply (it has none)."""
-    config = model.config
+def supports(num_layers: int, hidden_size: int, num_pixel_inputs: int, head_layers: int) -> bool:
+    """Whether the fused step can run a GRU of these sizes: one layer, at most MAX_HIDDEN units and
+    MAX_INPUTS pixel inputs, a linear head (one layer), and the library built."""
     return (
-        not torch.is_grad_enabled()
-        and not (model.training and config.dropout > 0)
-        and model.uses_fast_gru(device)
-        and getattr(model, "fused_step", True)
-        and config.num_layers == 1
-        and not config.head_hidden
-        and config.hidden_size <= MAX_HIDDEN
-        and model.pixel_index.shape[1] <= MAX_INPUTS
+        num_layers == 1
+        and head_layers == 1
+        and hidden_size <= MAX_HIDDEN
+        and num_pixel_inputs <= MAX_INPUTS
         and load_kernel() is not None
     )
 
@@ -157,34 +146,31 @@ class FusedGRUStep:
     W_hh.T in the matmul dtype and the head. Only the recurrent GEMM runs in torch.
     """
 
-    def __init__(self, model, labels: torch.Tensor | None, matmul_dtype: torch.dtype) -> None:
-        config, rnn = model.config, model.rnn
+    def __init__(self, weights: StepWeights, labels: torch.Tensor | None, matmul_dtype: torch.dtype) -> None:
         if matmul_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the fused step's GEMM runs in fp32 or bf16, not {matmul_dtype}")
+        (layer,), ((head_weight, head_bias),) = weights.layers, weights.head  # one layer, linear head
         self.library = load_kernel()
-        self.hidden = config.hidden_size
+        self.hidden = weights.hidden_size
         self.dtype = matmul_dtype
-        num_pixel_inputs = model.pixel_index.shape[1]
         detach = lambda t: t.detach().float().contiguous()  # noqa: E731
-        self.static = detach(model._static_gates(0, NUM_PIXELS))  # (784, 3H)
-        self.columns = detach(rnn.weight_ih_l0[:, :num_pixel_inputs].t())  # (C + 1, 3H)
-        self.pixel_index = model.pixel_index.contiguous()  # (784, C + 1) int64
-        self.pixel_exists = model.pixel_exists.contiguous()  # (784, C + 1)
-        self.w_hh_t = rnn.weight_hh_l0.detach().t().to(matmul_dtype).contiguous()  # (H, 3H)
-        self.b_hn = detach(rnn.bias_hh_l0[2 * self.hidden :])
-        self.head_weight = detach(model.head.weight.view(-1))
-        self.head_bias = float(model.head.bias.detach())
+        self.static = detach(weights.static_gates(0, NUM_PIXELS))  # (784, 3H)
+        self.columns = detach(weights.input_columns.t())  # (C + 1, 3H)
+        self.pixel_index = weights.pixel_index.contiguous()  # (784, C + 1) int64
+        self.pixel_exists = weights.pixel_exists.contiguous()  # (784, C + 1)
+        self.w_hh_t = layer.w_hh.detach().t().to(matmul_dtype).contiguous()  # (H, 3H)
+        self.b_hn = detach(layer.b_hn)
+        self.head_weight = detach(head_weight.view(-1))
+        self.head_bias = float(head_bias.detach())
         self.label_gates = self.labels = None
-        if config.num_classes:
+        if weights.label_columns is not None:
             if labels is None:
                 raise ValueError("this model is conditioned on the digit's label: pass labels")
-            self.label_gates = detach(model._label_columns().t())  # (classes, 3H)
+            self.label_gates = detach(weights.label_columns.t())  # (classes, 3H)
             self.labels = labels.to("cpu").long().contiguous()
-            if (
-                len(self.labels)
-                and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < config.num_classes
-            ):
-                raise ValueError(f"labels must be in 0..{config.num_classes - 1}")
+            classes = weights.num_classes
+            if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < classes:
+                raise ValueError(f"labels must be in 0..{classes - 1}")
         # The rollout's canvas, pixel-major: pixels [0, synced) copied so far (see __call__).
         self.mirror: torch.Tensor | None = None
         self.mirror_of: torch.Tensor | None = None
