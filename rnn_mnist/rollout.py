@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.masks import runs, suffix_mask
 from rnn_mnist.models import NextPixelModel, select_state
-from rnn_mnist.steps import State, Stepper
 from rnn_mnist.runtime import autocast
+from rnn_mnist.steps import State, Stepper
 
 SAMPLINGS = ("greedy", "bernoulli", "mean")
 # How --best-of K picks one of K samples: the model's likelihood of it, or (label-conditioned
