@@ -23,6 +23,7 @@ from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
 from rnn_mnist.kernels import fast_step
 from rnn_mnist.kernels.gru import GRULayer, gru_layers
 from rnn_mnist.kernels.weights import StepWeights, gather_pixels
+from rnn_mnist.runtime import recurrent_autocast
 from rnn_mnist.steps import State, Stepper
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
@@ -175,7 +176,8 @@ class NextPixelModel(nn.Module):
             out, state = fast_step.sequence(weights, canvas, start, end, labels, state, dropout, training)
             out = out.transpose(0, 1)  # (B, T, H)
         else:
-            out, state = self.rnn(self.features(canvas, start, end, labels), state)  # (B, T, H)
+            with recurrent_autocast(canvas.device):
+                out, state = self.rnn(self.features(canvas, start, end, labels).float(), state)  # (B, T, H)
         if not logits:
             return None, state
         with torch.autocast(canvas.device.type, enabled=False):  # the head stays fp32
@@ -390,7 +392,8 @@ class SequenceClassifier(nn.Module):
             gates = layers[0].input_bias + x.t().unsqueeze(2) * self.rnn.weight_ih_l0[:, 0]
             out, _ = gru_layers(layers, gates.float(), None, self.rnn.dropout, self.training)  # (T, B, H)
             return out.transpose(0, 1)
-        out, _ = self.rnn(x.unsqueeze(2))
+        with recurrent_autocast(images.device):
+            out, _ = self.rnn(x.unsqueeze(2).float())
         return out
 
     def _head(self, states: torch.Tensor) -> torch.Tensor:
