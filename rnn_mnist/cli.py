@@ -86,6 +86,22 @@ def milestones(text: str) -> tuple[int, ...]:
     return values
 
 
+def index_list(text: str) -> tuple[int, ...]:
+    """Comma-separated test-set indices, each 0 or more and given once."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated test indices, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one index")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"test indices are 0 or more, got {text!r}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # each would be completed and counted in every metric more than once
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} given more than once")
+    return values
+
+
 _NOT_TYPED = object()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
@@ -29,15 +29,14 @@ from rnn_mnist.checkpoint import (
     to_cpu,
 )
 from rnn_mnist.compute import autocast, configure_cpu_math
+from rnn_mnist.config import TrainConfig
 from rnn_mnist.data import DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted, describe_os_error
 from rnn_mnist.experiment_lock import ExperimentLock
-from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.memory import MemoryNeed, check_fits, training_need
 from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
 from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
-from rnn_mnist.scheduled_sampling import Schedule
 from rnn_mnist.tasks import (  # noqa: F401 (evaluate_nll, pixel_loss: used through this module too)
     EVAL_BATCH_SIZE,
     Task,
@@ -46,49 +45,6 @@ from rnn_mnist.tasks import (  # noqa: F401 (evaluate_nll, pixel_loss: used thro
     make_task,
     pixel_loss,
 )
-
-LOSSES = ("bce", "mse")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass
-class TrainConfig:
-    """The optimisation side of an experiment (model and data have their own configs)."""
-
-    exp_name: str
-    exp_dir: str = "experiments"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-3
-    lr_schedule: str = "step"  # step | cosine (rnn_mnist/lr_schedule.py)
-    lr_milestones: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    warmup_batches: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (rnn_mnist/compute.py)
-    clip: float | None = 1.0
-    loss: str = "bce"
-    seed: int = 0
-    device: str = "auto"
-    scheduled_sampling: str = "none"  # none | linear | exponential | inverse-sigmoid
-    ss_k: float | None = None  # schedule parameter k; None: the schedule's default
-    ss_c: float = 1e-4  # linear: decay per batch
-    ss_min: float = 0.5  # linear: floor
-    ss_mode: str = "auto"  # auto | parallel (Duckworth et al. 2019) | sequential (exact)
-    ss_passes: int = 1  # parallel: prediction passes before the trained one
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.scheduled_sampling, self.ss_k, self.ss_c, self.ss_min)
-
-    def lr_at(self, batches_per_epoch: int) -> LrSchedule:
-        return LrSchedule(
-            self.lr_schedule,
-            self.lr,
-            self.epochs,
-            batches_per_epoch,
-            self.lr_milestones,
-            self.lr_gamma,
-            self.warmup_batches,
-        )
 
 
 def config_from_flags(cls: type, flags: dict[str, Any]) -> Any:
@@ -344,6 +300,8 @@ def _train_locked(
                 f" / {len(data.val):,} val / {len(data.test):,} test digits, "
                 f"{task.describe_inputs(data_cfg)}, task {task.name}, device {device}"
             )
+            if note := train_cfg.warmup_note(math.ceil(len(data.train_grey) / train_cfg.batch_size)):
+                log(f"{paths.root}: {note}")
         elif start_epoch >= train_cfg.epochs:
             log(f"{paths.root}: already trained {start_epoch} epochs; raise --epochs to train more")
         else:
