@@ -1,7 +1,9 @@
 """What train.py and evaluate.py share: flag types, one-line errors, and clean exits.
 
-Every numeric flag's range is declared here, once, as an argparse type built by ``bounded``:
-a value outside it (or NaN, inf, text) is a one-line ``error:`` before any work starts.
+The ranges of numeric flags are argparse types built by ``bounded`` (``positive_int``,
+``learning_rate``, ...), named by the options declared on the config fields (rnn_mnist/options.py):
+a value outside its range (or NaN, inf, text) is a one-line ``error:`` before any work starts, on
+the command line and in a recipe file alike.
 """
 
 from __future__ import annotations
