@@ -1,7 +1,9 @@
 """What train.py and evaluate.py share: flag types, one-line errors, and clean exits.
 
-Every numeric flag's range is declared here, once, as an argparse type built by ``bounded``:
-a value outside it (or NaN, inf, text) is a one-line ``error:`` before any work starts.
+The ranges of numeric flags are argparse types built by ``bounded`` (``positive_int``,
+``learning_rate``, ...), named by the options declared on the config fields (rnn_mnist/options.py):
+a value outside its range (or NaN, inf, text) is a one-line ``error:`` before any work starts, on
+the command line and in a recipe file alike.
 """
 
 from __future__ import annotations
@@ -83,6 +85,22 @@ def milestones(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
     if any(v < 1 for v in values) or list(values) != sorted(set(values)):
         raise argparse.ArgumentTypeError(f"epochs must be increasing and at least 1, got {text!r}")
+    return values
+
+
+def index_list(text: str) -> tuple[int, ...]:
+    """Comma-separated test-set indices, each 0 or more and given once."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated test indices, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one index")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"test indices are 0 or more, got {text!r}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # each would be completed and counted in every metric more than once
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} given more than once")
     return values
 
 

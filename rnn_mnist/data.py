@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from rnn_mnist.cli import fraction, non_negative_int, positive_int, rng_seed
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.options import option
 
 NUM_PIXELS = 784
 IMAGE_SIDE = 28
@@ -42,13 +44,31 @@ _TRAIN_STREAM, _TEST_STREAM = 0, 1
 class DataConfig:
     """How the digits are read, split and binarised; saved in every checkpoint."""
 
-    data_dir: str | None = None  # None: $RNN_MNIST_DATA, else ./data
-    binarize: str = "threshold"  # threshold | dynamic | static
-    threshold: float = 0.1  # pixel = grey/255 > threshold (binarize=threshold only)
-    val_size: int = 5000  # digits held out of the 60k training digits
-    train_subset: int | None = None  # use only the first N training digits (after the val split)
-    test_subset: int | None = None  # use only the first N test digits
-    data_seed: int = 0  # fixes the validation split and the static/evaluation binarisation
+    data_dir: str | None = option(  # None: $RNN_MNIST_DATA, else ./data
+        None, "--data-dir", group="data", on_resume="may change",
+        help=f"folder holding MNIST/raw; unset: ${DATA_ENV_VAR}, else ./data (downloaded if missing)",
+    )  # fmt: skip
+    binarize: str = option(
+        "threshold", "--binarize", choices=BINARIZATIONS, group="data",
+        help="threshold: grey > --threshold; dynamic: Bernoulli(grey) redrawn every epoch; "
+        "static: one Bernoulli draw per digit fixed by --data-seed",
+    )  # fmt: skip
+    threshold: float = option(  # pixel = grey/255 > threshold (binarize=threshold only)
+        0.1, "--threshold", kind=fraction, help="grey level for --binarize threshold", group="data"
+    )
+    val_size: int = option(  # digits held out of the 60k training digits
+        5000, "--val-size", kind=non_negative_int, help="validation digits held out of the 60k", group="data"
+    )
+    train_subset: int | None = option(  # use only the first N training digits (after the val split)
+        None, "--train-subset", kind=positive_int, help="train on the first N digits only", group="data"
+    )
+    test_subset: int | None = option(  # use only the first N test digits
+        None, "--test-subset", kind=positive_int, help="test on the first N test digits only", group="data"
+    )
+    data_seed: int = option(  # fixes the validation split and the static/evaluation binarisation
+        0, "--data-seed", kind=rng_seed, help="fixes the validation split and Bernoulli binarisations",
+        group="data",
+    )  # fmt: skip
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:

@@ -29,6 +29,7 @@ from rnn_mnist.checkpoint import (
     rebuild_model,
     weights_sha256,
 )
+from rnn_mnist.config import EvalOptions
 from rnn_mnist.data import (
     DATA_ENV_VAR,
     IMAGE_SIDE,
@@ -58,38 +59,6 @@ from rnn_mnist.scoring import completion_metrics, judge_completions
 
 # Draws scored together when reading the label back (rollout.label_log_posterior's batch).
 LABEL_POSTERIOR_ROWS = 500
-
-
-@dataclass
-class EvalOptions:
-    exp_name: str
-    exp_dir: str = "experiments"
-    out_dir: str | None = None  # None: plots/<exp_name>
-    mask_pixels: int = 284
-    mask: str | None = None  # a mask spec (rnn_mnist/masks.py); None: the last mask_pixels pixels
-    inpaint: str = "blind"  # blind | sample | best (rnn_mnist/rollout.py)
-    particles: int = 1  # sequential Monte Carlo particles per digit (--inpaint sample / best)
-    sampling: str = "greedy"
-    temperature: float = 1.0
-    samples: int = 1
-    best_of: int | None = None  # draw this many per digit and keep one of them, chosen by best_by
-    best_by: str = "likelihood"  # likelihood | label-posterior (see rollout.BEST_BY)
-    seed: int = 0
-    indices: tuple[int, ...] | None = None
-    num_digits: int = 16
-    digit: int | None = None
-    per_class: int | None = None  # N digits of every class, one grid row per class
-    device: str = "auto"
-    data_dir: str | None = None
-    gifs: bool = True
-    judge: bool = True  # judge the completions with the digit classifier
-    judge_path: str | None = None  # None: the shipped judge (rnn_mnist/weights/judge.pt)
-    batch_size: int = 1000  # digits per rollout batch (times --samples)
-    precision: str = "fp32"  # fp32 | bf16: the rollout's GEMMs (rnn_mnist/runtime.py)
-    # Reading digits (rnn_mnist/reading.py): a classify experiment, or --classify on a label-conditioned one.
-    classify: bool = False  # read a label-conditioned next-pixel model as a classifier (Bayes' rule)
-    against: str | None = None  # with classify: a classify experiment whose curve is drawn beside
-    test_digits: int | None = None  # read only the first N test digits (None: all)
 
 
 def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[str, Any]]:

@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from rnn_mnist import steps
+from rnn_mnist.cli import fraction, non_negative_int, positive_int
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
 from rnn_mnist.kernels import fast_step
 from rnn_mnist.kernels.gru import GRULayer, gru_layers
 from rnn_mnist.kernels.weights import StepWeights, gather_pixels
+from rnn_mnist.options import option, when
 from rnn_mnist.runtime import recurrent_autocast
 from rnn_mnist.steps import State, Stepper
 
@@ -35,16 +37,35 @@ CPU_READ_CHUNK = 8
 class ModelConfig:
     """Everything needed to rebuild a model; stored in the checkpoint as a plain dict."""
 
-    cell: str = "gru"
-    hidden_size: int = 128
-    num_layers: int = 1
-    dropout: float = 0.0
-    context: bool = False  # also read pixels of the rows above pixel t (a causal 2-D context)
-    context_rows: int = 1  # how many rows above
-    context_width: int = 3  # how many pixels of each, centred on t's column (odd); 1 x 3 by default
-    position: bool = False  # also read pixel t's row and column (one-hot)
-    num_classes: int = 0  # > 0: condition on the digit's label (one-hot at every step)
-    head_hidden: int = 0  # > 0: the output is an MLP with one hidden ReLU layer this wide, not linear
+    cell: str = option("gru", "--cell", choices=sorted(CELLS), help="recurrent cell", group="model")
+    hidden_size: int = option(
+        128, "--hidden", "--hidden-size", kind=positive_int, help="hidden units per layer", group="model"
+    )
+    num_layers: int = option(1, "--layers", kind=positive_int, help="stacked recurrent layers", group="model")
+    dropout: float = option(
+        0.0, "--dropout", kind=fraction, help="dropout between layers and before the output", group="model"
+    )
+    context: bool = option(  # also read pixels of the rows above pixel t (a causal 2-D context)
+        False, "--context", group="model", task="next-pixel",
+        help="also feed pixels of the rows above the next one (causal 2-D context)",
+    )  # fmt: skip
+    context_rows: int = option(  # how many rows above
+        1, "--context-rows", kind=positive_int, help="with --context: how many rows above", group="model",
+        only=when("context"),
+    )  # fmt: skip
+    context_width: int = option(  # how many pixels of each, centred on t's column (odd); 1 x 3 by default
+        3, "--context-width", kind=positive_int, group="model", only=when("context"),
+        help="with --context: how many pixels of each row, centred on the next pixel's column (odd)",
+    )  # fmt: skip
+    position: bool = option(  # also read pixel t's row and column (one-hot)
+        False, "--position", help="also feed the next pixel's row and column", group="model",
+        task="next-pixel",
+    )  # fmt: skip
+    num_classes: int = 0  # > 0: condition on the digit's label (one-hot at every step); --condition label
+    head_hidden: int = option(  # > 0: the output is an MLP with one hidden ReLU layer this wide, not linear
+        0, "--head-hidden", kind=non_negative_int, group="model", task="next-pixel",
+        help="width of a hidden ReLU layer between the recurrent state and the logit (0: linear)",
+    )  # fmt: skip
 
     @property
     def num_context(self) -> int:
@@ -321,12 +342,15 @@ class ClassifierConfig:
     from a next-pixel model's config."""
 
     kind: str = CLASSIFIER_KIND
-    cell: str = "gru"
-    hidden_size: int = 128
-    num_layers: int = 1
-    dropout: float = 0.0
+    cell: str = ModelConfig.cell  # the recurrent core's flags are the next-pixel model's
+    hidden_size: int = ModelConfig.hidden_size
+    num_layers: int = ModelConfig.num_layers
+    dropout: float = ModelConfig.dropout
     num_classes: int = 10
-    readout: str = "last"  # last: the head reads the final state; mean: the mean of the states
+    readout: str = option(  # last: the head reads the final state; mean: the mean of the states
+        "last", "--readout", choices=READOUTS, group="classify", task="classify",
+        help="the linear head reads the final state (last) or the mean of the 784 states (mean)",
+    )  # fmt: skip
     permutation_seed: int | None = None  # None: raster order; else one fixed permutation from this seed
 
     def __post_init__(self) -> None:

@@ -19,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.config import train_options
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.options import on_resume
 
-# Where the experiment's folder is now: taken from the command, never compared with the saved one.
-LOCATION_FLAGS = frozenset({"exp_dir", "exp_name"})
-# What may change on resume when typed: how far to train, where to run, where the data is.
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "data_dir"})
-RUN_MODE_FLAGS = frozenset({"resume", "overwrite"})
+# What --resume does with each flag is declared on the flag (on_resume=, rnn_mnist/config.py):
+# where the experiment's folder is now is taken from the command, never compared with the saved one;
+# how far to train, where to run and where the data is may change when typed; --resume and
+# --overwrite are the run's mode. Every other flag keeps the experiment's saved value.
+LOCATION_FLAGS = on_resume(train_options(), "location")
+RESUMABLE_CHANGES = on_resume(train_options(), "may change")
+RUN_MODE_FLAGS = on_resume(train_options(), "mode")
 # What a train.py checkpoint holds beyond what every rnn-mnist checkpoint holds.
 TRAINING_KEYS = ("config", "data_config", "history", "rng_state")
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnn_mnist.config import TASKS, train_options
 from rnn_mnist.data import NUM_PIXELS, BinarizedMNIST, DataConfig, binarization_name
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.models import (
@@ -35,24 +36,17 @@ from rnn_mnist.models import (
     NextPixelModel,
     SequenceClassifier,
 )
+from rnn_mnist.options import task_only
 from rnn_mnist.progress import progress
 from rnn_mnist.runtime import autocast
 from rnn_mnist.samples import write_epoch_samples
 from rnn_mnist.scheduled_sampling import parallel_mixture, resolve_mode, sequential_logits
 
-TASKS = ("next-pixel", "classify")
 EVAL_BATCH_SIZE = 500
-# Flags that only the classifier reads, with their defaults: refused on the next-pixel task.
-CLASSIFY_ONLY = {"permute": False, "readout": "last", "binarized_input": False}
-# Next-pixel flags that mean nothing to a classifier, with their defaults: refused with --task classify.
-NEXT_PIXEL_ONLY = {
-    "context": False,
-    "position": False,
-    "head_hidden": 0,
-    "condition": "none",
-    "scheduled_sampling": "none",
-    "loss": "bce",
-}
+# The flags of one task, with their defaults (declared with task= on their fields): a value other
+# than the default is refused on the other task.
+CLASSIFY_ONLY = task_only(train_options(), "classify")
+NEXT_PIXEL_ONLY = task_only(train_options(), "next-pixel")
 
 
 def pixel_loss(logits: torch.Tensor, pixels: torch.Tensor, loss: str) -> torch.Tensor:

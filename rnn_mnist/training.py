@@ -29,6 +29,7 @@ from rnn_mnist.checkpoint import (
     save_metrics,
     to_cpu,
 )
+from rnn_mnist.config import TrainConfig
 from rnn_mnist.data import BinarizedMNIST, DataConfig, load_binarized_mnist
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted, describe_os_error
 from rnn_mnist.experiment_lock import ExperimentLock
@@ -38,50 +39,7 @@ from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
 from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
 from rnn_mnist.runtime import autocast, capture_rng, compute_record, resolve_device, restore_rng, set_seed
-from rnn_mnist.scheduled_sampling import Schedule
 from rnn_mnist.tasks import EVAL_BATCH_SIZE, Task, check_task_flags, make_task, pixel_loss
-
-LOSSES = ("bce", "mse")
-
-
-@dataclass
-class TrainConfig:
-    """The optimisation side of an experiment (model and data have their own configs)."""
-
-    exp_name: str
-    exp_dir: str = "experiments"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-3
-    lr_schedule: str = "step"  # step | cosine (rnn_mnist/lr_schedule.py)
-    lr_milestones: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    warmup_batches: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (rnn_mnist/runtime.py)
-    clip: float | None = 1.0
-    loss: str = "bce"
-    seed: int = 0
-    device: str = "auto"
-    scheduled_sampling: str = "none"  # none | linear | exponential | inverse-sigmoid
-    ss_k: float | None = None  # schedule parameter k; None: the schedule's default
-    ss_c: float = 1e-4  # linear: decay per batch
-    ss_min: float = 0.5  # linear: floor
-    ss_mode: str = "auto"  # auto | parallel (Duckworth et al. 2019) | sequential (exact)
-    ss_passes: int = 1  # parallel: prediction passes before the trained one
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.scheduled_sampling, self.ss_k, self.ss_c, self.ss_min)
-
-    def lr_at(self, batches_per_epoch: int) -> LrSchedule:
-        return LrSchedule(
-            self.lr_schedule,
-            self.lr,
-            self.epochs,
-            batches_per_epoch,
-            self.lr_milestones,
-            self.lr_gamma,
-            self.warmup_batches,
-        )
 
 
 def config_from_flags(cls: type, flags: dict[str, Any]) -> Any:
@@ -357,6 +315,9 @@ def _announce(run: _Run, fit: _Fit, data: BinarizedMNIST, log: RunLog, saver: _S
             f" / {len(data.val):,} val / {len(data.test):,} test digits, "
             f"{run.task.describe_inputs(run.data_cfg)}, task {run.task.name}, device {fit.device}"
         )
+        batches = math.ceil(len(data.train_grey) / run.train_cfg.batch_size)
+        if note := run.train_cfg.warmup_note(batches):
+            log(f"{root}: {note}")
     elif fit.start_epoch >= run.train_cfg.epochs:
         log(f"{root}: already trained {fit.start_epoch} epochs; raise --epochs to train more")
     else:

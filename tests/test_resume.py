@@ -17,6 +17,8 @@ import train
 from rnn_mnist import runtime, training
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.cli import typed_flags
+from rnn_mnist.config import train_options
+from rnn_mnist.options import read_recipe
 from rnn_mnist.resume import resume_command
 
 
@@ -103,7 +105,7 @@ def test_typed_flags_are_those_on_the_line_whatever_their_value():
     parser = train.build_parser()
     argv = ["--exp-name", "x", "--hidden", "128", "--preset", "fast", "--context", "--epochs", "10"]
     assert typed_flags(parser, argv) == {"exp_name", "hidden_size", "preset", "context", "epochs"}
-    parser.set_defaults(**train.PRESETS["fast"])  # what a preset does: defaults, not typed flags
+    parser.set_defaults(**read_recipe("fast", train_options()))  # what a recipe does: defaults, not typed
     assert typed_flags(parser, ["--exp-name", "x", "--hidden-size", "64"]) == {"exp_name", "hidden_size"}
 
 

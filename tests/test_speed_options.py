@@ -13,7 +13,9 @@ import evaluate
 import train
 from rnn_mnist import runtime, training
 from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.config import train_options
 from rnn_mnist.lr_schedule import LrSchedule
+from rnn_mnist.options import read_recipe
 
 
 def test_the_step_schedule_is_multisteplr_stepped_once_per_epoch():
@@ -116,8 +118,10 @@ def test_the_fast_preset_sets_its_recipe_and_typed_flags_override_it(tmp_path, m
     assert train.main(args) == 0
     checkpoint = load_checkpoint(tmp_path / "preset" / "checkpoint.ckpt")
     config, model = checkpoint["config"], checkpoint["model_config"]
-    for flag, value in train.PRESETS["fast"].items():
+    recipe = read_recipe("fast", train_options())
+    assert recipe["lr"] == 8e-3 and recipe["epochs"] == 6
+    for flag, value in recipe.items():
         if flag != "epochs":
             assert config[flag] == value, flag
-    assert config["epochs"] == 1 and len(checkpoint["history"]) == 1  # typed: overrides the preset's 7
+    assert config["epochs"] == 1 and len(checkpoint["history"]) == 1  # typed: overrides the recipe's 6
     assert model["context"] and (model["context_rows"], model["context_width"]) == (3, 7)

@@ -1,0 +1,89 @@
+"""train.py's and evaluate.py's parsers, built from the options declared on the config fields.
+
+    parser = train_parser("Train a recurrent model on MNIST.")
+    flags, typed = parse_train_flags(parser, ["--exp-name", "x", "--config", "fast"])
+    options = parse_eval_options(evaluate_parser("..."), ["--exp-name", "x"])
+
+Both refuse, in one line, a value out of its range, an option that its declared condition makes
+meaningless (``only=``), and the combinations listed in rnn_mnist/config.py. A recipe
+(``--config NAME|PATH``, rnn_mnist/options.py) sets the defaults; flags typed on the line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, refuse_contradictions, typed_flags
+from rnn_mnist.config import (
+    EVAL_GROUPS,
+    TRAIN_GROUPS,
+    EvalOptions,
+    eval_contradictions,
+    eval_options,
+    train_contradictions,
+    train_options,
+)
+from rnn_mnist.options import Option, add_options, read_recipe, recipe_path, refusals
+
+
+def train_parser(description: str) -> argparse.ArgumentParser:
+    """train.py's parser: every option of train_options(), grouped as TRAIN_GROUPS."""
+    parser = ShortErrorParser(description=description, formatter_class=DefaultsHelpFormatter)
+    add_options(parser, train_options(), TRAIN_GROUPS)
+    return parser
+
+
+def evaluate_parser(description: str) -> argparse.ArgumentParser:
+    """evaluate.py's parser: every option of EvalOptions, grouped as EVAL_GROUPS."""
+    parser = ShortErrorParser(description=description, formatter_class=DefaultsHelpFormatter)
+    add_options(parser, eval_options(), EVAL_GROUPS)
+    return parser
+
+
+def parse_train_flags(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> tuple[dict[str, Any], set[str]]:
+    """train.py's flags (the dict a checkpoint saves as "config") and the destinations typed.
+
+    What was typed, whatever its value, is what --resume compares with the experiment; a recipe's
+    values become the parser's defaults, so they count as not typed (as a default does).
+    """
+    options = train_options()
+    args = parser.parse_args(argv)
+    typed = typed_flags(parser, argv)
+    if args.preset:
+        parser.set_defaults(**_recipe(parser, args.preset, options))
+        args = parser.parse_args(argv)
+    flags = vars(args)
+    _refuse(parser, train_contradictions(flags))
+    if not args.resume:  # a resume runs on the experiment's saved flags; clashes are refused there
+        _refuse(parser, refusals(options, flags, typed))
+    return flags, typed
+
+
+def _recipe(parser: argparse.ArgumentParser, name: str, options: list[Option]) -> dict[str, Any]:
+    """A recipe's values; a bad key or value, or keys the recipe's own values make meaningless,
+    are one line naming the file."""
+    try:
+        values = read_recipe(name, options)
+    except ValueError as exc:
+        parser.error(str(exc))
+    flags = {**{o.dest: o.default for o in options}, **values}
+    problems = refusals(options, flags, set(values)) + train_contradictions(flags)
+    _refuse(parser, [f"{recipe_path(name)}: {problem}" for problem in problems])
+    return values
+
+
+def parse_eval_options(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> EvalOptions:
+    """evaluate.py's options, once none of them contradicts another."""
+    args = parser.parse_args(argv)
+    flags, typed = vars(args), typed_flags(parser, argv)
+    _refuse(parser, refusals(eval_options(), flags, typed))
+    refuse_contradictions(parser, eval_contradictions(flags, typed))
+    return EvalOptions(**flags)
+
+
+def _refuse(parser: argparse.ArgumentParser, messages: list[str]) -> None:
+    if messages:
+        parser.error(messages[0])
