@@ -197,7 +197,7 @@ class NextPixelModel(nn.Module):
             out, state = fast_step.sequence(weights, canvas, start, end, labels, state, dropout, training)
             out = out.transpose(0, 1)  # (B, T, H)
         else:
-            with recurrent_autocast(canvas.device):
+            with recurrent_autocast(canvas.device, self.rnn):
                 out, state = self.rnn(self.features(canvas, start, end, labels).float(), state)  # (B, T, H)
         if not logits:
             return None, state
@@ -416,7 +416,7 @@ class SequenceClassifier(nn.Module):
             gates = layers[0].input_bias + x.t().unsqueeze(2) * self.rnn.weight_ih_l0[:, 0]
             out, _ = gru_layers(layers, gates.float(), None, self.rnn.dropout, self.training)  # (T, B, H)
             return out.transpose(0, 1)
-        with recurrent_autocast(images.device):
+        with recurrent_autocast(images.device, self.rnn):
             out, _ = self.rnn(x.unsqueeze(2).float())
         return out
 

@@ -19,9 +19,10 @@ because each of these can change speed and some change numbers.
 - The allocator: a training step allocates a few hundred MB of activations and frees them again.
   glibc returns blocks over 32 MB to the kernel at once, so every step page-faults them back in
   (measured: a quarter of a GRU-128 step). Raising its mmap and trim thresholds keeps them.
-- torch's own RNN layers (LSTM, plain RNN, and GRU where the fast path is off) under bf16 autocast on
-  the CPU need oneDNN's bf16 RNN primitive, which CPUs without native bf16 lack ("could not create a
-  primitive descriptor"): there ``recurrent_autocast`` runs those layers in fp32 (a probe decides).
+- torch's own RNN layers under bf16 autocast on the CPU need a oneDNN bf16 primitive, which some CPUs
+  without native bf16 lack for some layer types (measured: ``nn.LSTM`` on an AMD EPYC without
+  AVX512-BF16, "could not create a primitive descriptor"): there ``recurrent_autocast`` runs that
+  layer in fp32 (a probe per layer type decides).
 - RNG states are saved as plain values and CPU tensors, so that a checkpoint holding them loads with
   ``weights_only=True`` on any machine, GPUs or none.
 """
@@ -162,21 +163,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 @functools.cache
-def cpu_bf16_rnn_supported() -> bool:
-    """Whether this CPU runs torch's RNN layers under bf16 autocast (a one-step LSTM probe)."""
-    probe = torch.nn.LSTM(1, 1)
+def cpu_bf16_rnn_supported(layer: type[torch.nn.RNNBase]) -> bool:
+    """Whether this CPU runs torch's RNN layer of this type under bf16 autocast (a one-step probe)."""
+    probe = layer(1, 1)
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             probe(torch.zeros(1, 1, 1))
-    except RuntimeError:  # oneDNN has no bf16 RNN primitive for this CPU
+    except RuntimeError:  # oneDNN has no bf16 primitive for this layer on this CPU
         return False
     return True
 
 
-def recurrent_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """The context for a call of torch's own RNN layer: as it stands, except under CPU bf16 autocast
-    on a CPU that cannot run it (``cpu_bf16_rnn_supported``), where the layer runs in fp32 instead
-    of failing. Inputs must then be fp32: callers pass ``x.float()``."""
-    if device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_bf16_rnn_supported():
+def recurrent_autocast(device: torch.device, layer: torch.nn.RNNBase) -> contextlib.AbstractContextManager:
+    """The context for a call of torch's own RNN ``layer``: as it stands, except under CPU bf16
+    autocast on a CPU that cannot run that layer type (``cpu_bf16_rnn_supported``), where it runs
+    in fp32 instead of failing. Inputs must then be fp32: callers pass ``x.float()``."""
+    if device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_bf16_rnn_supported(type(layer)):
         return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()
