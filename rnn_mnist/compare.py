@@ -15,6 +15,7 @@ their curves are drawn only when every experiment compared is one (the losses do
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -402,7 +403,7 @@ def compare(folders: list[Path], name: str, out_dir: Path, eval_dir: Path = Path
     return markdown
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = ShortErrorParser(
         prog="python -m rnn_mnist.compare",
         description="Compare experiments: training and NLL curves and a Markdown table.",
@@ -414,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-dir", type=Path, default=Path("plots"), help="where evaluate.py wrote <exp-name>/metrics.json"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def run() -> None:
         print(compare(args.exp_dirs, args.name, args.out_dir, args.eval_dir))
