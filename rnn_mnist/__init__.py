@@ -1,6 +1,9 @@
 """rnn-mnist: recurrent next-pixel models on binarised MNIST.
 
-One module per concern: ``data`` (digits as tensors), ``models`` (config + model), ``training``
-(the loop), ``checkpoint`` (files), ``rollout`` (completion), ``evaluation`` and ``visualise``
-(metrics and pictures), ``cli`` (what the scripts share).
+One module per concern: ``config`` (every option, once) with ``options`` and ``parsers`` (the
+flags derived from it), ``data`` (digits as tensors), ``models`` (the models), ``steps`` (which
+kernel runs them) over ``kernels/`` (arrays in, arrays out), ``runtime`` (device, seeds, compute
+settings), ``training`` and ``tasks`` (the loop), ``checkpoint`` and ``resume`` (files),
+``rollout`` (completion), ``evaluation``, ``scoring`` and ``reading`` (metrics), ``visualise``
+(pictures), ``cli`` (what the scripts share).
 """

@@ -1,7 +1,7 @@
 """Ship a trained experiment: its checkpoint without what only a resume needs, and its records.
 
     python -m rnn_mnist.pretrained experiments/fast-f pretrained/fast \\
-        --command "python train.py --exp-name fast --preset fast --data-dir ../shared/mnist"
+        --command "python train.py --exp-name fast --config configs/fast.toml --data-dir ../shared/mnist"
 
 The shipped folder is an experiment folder that evaluate.py reads like any other
 (``--exp-dir pretrained --exp-name fast``): ``checkpoint.ckpt`` (the weights, the model, data and
