@@ -44,14 +44,6 @@ def run_main(argv, capsys) -> tuple[int, str]:
     return run_script_main(evaluate.main, argv, capsys)
 
 
-def _another_judge(folder, mnist_dir):
-    """A judge made by the toolkit on the fixtures (one epoch, seconds)."""
-    path = folder / "other.pt"
-    if not path.exists():
-        assert judge.main(["--out", str(path), "--data-dir", str(mnist_dir), "--epochs", "1"]) == 0
-    return path
-
-
 def _bad_judges(folder, other):
     """Broken judge files, each with a word its error must contain."""
     cases = {}
@@ -239,6 +231,14 @@ def test_cuda_without_cuda(experiment, capsys):
     _, args = experiment
     code, err = run_main([*args, "--device", "cuda"], capsys)
     assert code == 2 and "no CUDA" in err
+
+
+def _another_judge(folder, mnist_dir):
+    """A judge made by the toolkit on the fixtures (one epoch, seconds)."""
+    path = folder / "other.pt"
+    if not path.exists():
+        assert judge.main(["--out", str(path), "--data-dir", str(mnist_dir), "--epochs", "1"]) == 0
+    return path
 
 
 def test_judge_flag_uses_another_judge(experiment, mnist_dir, capsys):
