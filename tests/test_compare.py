@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 
+import imageio.v3 as iio
 import pytest
 from conftest import run_main, tiny_train_args
 
 import evaluate
 import train
 from rnn_mnist import compare
+from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
+from rnn_mnist.errors import RnnMnistError
 
 TRAIN_DIGITS = 96 - 16  # the fixtures' training digits less --val-size 16
 
@@ -33,6 +37,17 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
         if line.startswith("|")
     ]
     return {row[0]: row for row in rows}
+
+
+def _metrics(exp_dir) -> dict:
+    with open(exp_dir / "h8" / "metrics.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def _without_seconds(exp_dir) -> dict:
+    metrics = _metrics(exp_dir)
+    del metrics["history"][0]["seconds"]
+    return metrics
 
 
 def test_training_curve_labels_and_one_epoch_axes(exp_dir, tmp_path):
@@ -122,17 +137,6 @@ def test_an_evaluation_is_shown_only_beside_the_checkpoint_it_describes(mnist_di
     assert shown("copy")["copy"][10:] == ["-", "-"]
 
 
-def _metrics(exp_dir) -> dict:
-    with open(exp_dir / "h8" / "metrics.pkl", "rb") as f:
-        return pickle.load(f)
-
-
-def _without_seconds(exp_dir) -> dict:
-    metrics = _metrics(exp_dir)
-    del metrics["history"][0]["seconds"]
-    return metrics
-
-
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -167,3 +171,61 @@ def test_bad_input_to_compare_is_one_line(exp_dir, tmp_path, capsys, case, messa
     assert code == 2 and err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert set(tmp_path.rglob("*")) == before  # nothing written, in --out-dir or outside it
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "metrics.pkl"
+    path.write_bytes(pickle.dumps({"config": {}, "history": [Exploit()]}))
+    with pytest.raises(RnnMnistError, match="refusing"):
+        compare.load_plain_pickle(path)
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps({"config": {"lr": 1e-3, "milestones": (2, 3)}, "history": [{"epoch": 1}]}))
+    assert compare.load_plain_pickle(path)["config"]["milestones"] == (2, 3)
+
+
+def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
+    exp_dir = tmp_path / "experiments"
+    for hidden in ("8", "12"):
+        assert train.main(tiny_train_args(exp_dir, mnist_dir, f"h{hidden}", "--hidden", hidden)) == 0
+    out, evaluations = tmp_path / "plots", tmp_path / "evaluations"
+    (evaluations / "h8").mkdir(parents=True)  # as if evaluate.py had run on h8's checkpoint only
+    checkpoint = load_checkpoint(exp_dir / "h8" / "checkpoint.ckpt")
+    evaluation = {
+        "checkpoint_epoch": checkpoint["epoch"],
+        "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
+        "masked_pixel_accuracy": 0.8123,
+        "class_agreement": 0.765,
+    }
+    (evaluations / "h8" / "metrics.json").write_text(json.dumps(evaluation))
+    # fmt: off
+    code = compare.main([str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "hidden", "--out-dir", str(out),
+                         "--eval-dir", str(evaluations)])
+    # fmt: on
+    assert code == 0
+    assert iio.imread(out / "compare-hidden.png").ndim == 3
+    markdown = (out / "compare-hidden.md").read_text()
+    assert markdown.strip() in capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in markdown.splitlines()[2:]]
+    for row, name in zip(rows, ("h8", "h12"), strict=True):
+        with open(exp_dir / name / "metrics.pkl", "rb") as f:
+            metrics = pickle.load(f)
+        last = metrics["history"][-1]
+        cells = [c.strip() for c in row]
+        assert cells[0] == name and cells[2] == str(metrics["model_config"]["hidden_size"])
+        assert cells[4] == f"{metrics['num_parameters']:,}" and cells[5] == str(len(metrics["history"]))
+        assert cells[7] == f"{min(h['val_nll_nats'] for h in metrics['history']):.2f}"
+        assert cells[8] == f"{last['test_nll_nats']:.2f}" and cells[9] == f"{last['test_bits_per_pixel']:.4f}"
+        assert cells[10:] == (["0.8123", "0.765"] if name == "h8" else ["-", "-"])
+    experiments = [compare.load_experiment(exp_dir / n, out) for n in ("h8", "h12")]
+    assert compare.differences(experiments) == ["hidden_size=8", "hidden_size=12"]
+
+
+def test_compare_refuses_a_folder_without_metrics(tmp_path, capsys):
+    code = compare.main([str(tmp_path), "--name", "x", "--out-dir", str(tmp_path / "plots")])
+    assert code == 2 and "no metrics" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import run_main, tiny_train_args
+from helpers import classify_args as _args
 
 import evaluate
 import train
@@ -19,10 +20,18 @@ from rnn_mnist.memory import (
     parameter_count,
     training_need,
 )
-from rnn_mnist.models import ModelConfig, NextPixelModel, count_parameters
+from rnn_mnist.models import (
+    ModelConfig,
+    NextPixelModel,
+    count_parameters,
+)
 
 CPU = torch.device("cpu")
+
+
 GIB = 2**30
+
+
 FAST = ModelConfig(context=True, context_rows=3, context_width=7, position=True)  # --preset fast
 
 
@@ -44,6 +53,32 @@ def free_memory(monkeypatch):
         monkeypatch.setattr(memory, "available_bytes", lambda device: n)
 
     return set_free
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("memory")
+    exp_dir = root / "experiments"
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "tiny", "--epochs", "1")) == 0
+    # fmt: off
+    return root, ["--exp-name", "tiny", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
+                  "--out-dir", str(root / "out"), "--no-judge", "--no-gifs"]
+    # fmt: on
+
+
+def test_a_classifier_too_large_is_refused_without_allocating_it(tmp_path, mnist_dir, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the classifier was built")
+
+    monkeypatch.setattr(tasks, "SequenceClassifier", never)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 2**30)
+    code, err = run_main(train.main, _args(tmp_path, mnist_dir, "huge", "--hidden", "40000"), capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "GiB of memory" in err and "lower --hidden or --layers" in err and "--head-hidden" not in err
+    # A batch that does not fit is told the batch size that would.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: memory.RUNTIME_BYTES + 8 * 2**20)
+    code, err = run_main(train.main, _args(tmp_path, mnist_dir, "squeezed"), capsys)
+    assert code == 2 and "needs about" in err and "lower --batch-size to" in err, err
 
 
 @pytest.mark.parametrize(
@@ -107,17 +142,6 @@ def test_a_model_too_large_is_refused_without_allocating_it(tmp_path, mnist_dir,
     args = tiny_train_args(tmp_path, mnist_dir, "huge", "--hidden", "40000")
     code, err = run_main(train.main, args, capsys)
     assert code == 2 and "GiB of memory" in err and "lower --hidden" in err
-
-
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory, mnist_dir):
-    root = tmp_path_factory.mktemp("memory")
-    exp_dir = root / "experiments"
-    assert train.main(tiny_train_args(exp_dir, mnist_dir, "tiny", "--epochs", "1")) == 0
-    # fmt: off
-    return root, ["--exp-name", "tiny", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
-                  "--out-dir", str(root / "out"), "--no-judge", "--no-gifs"]
-    # fmt: on
 
 
 def test_evaluation_that_cannot_fit_is_refused_before_the_rollout(experiment, capsys, free_memory):

@@ -1,4 +1,4 @@
-"""The model is a next-pixel model: causal, steppable, rebuilt from its config."""
+"""rnn_mnist/models.py: the next-pixel model (causal, steppable, rebuilt from its config), the classifier."""
 
 from __future__ import annotations
 
@@ -7,10 +7,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.models import (
+    ClassifierConfig,
+    ModelConfig,
+    NextPixelModel,
+    SequenceClassifier,
+    pixel_permutation,
+)
 from rnn_mnist.runtime import autocast
 
+
+def _classifier(
+    readout: str = "last", cell: str = "gru", permutation_seed: int | None = None, layers: int = 1
+):
+    torch.manual_seed(0)
+    config = ClassifierConfig(
+        cell=cell, hidden_size=8, num_layers=layers, readout=readout, permutation_seed=permutation_seed
+    )
+    return SequenceClassifier(config).eval()
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 784, generator=torch.Generator().manual_seed(seed))
+
+
 OLD_MODEL = Path(__file__).parent / "data" / "pre-fast-gru-model.pt"
+
 
 CONFIGS = [
     *(
@@ -23,6 +45,8 @@ CONFIGS = [
     ModelConfig(hidden_size=16, num_layers=2, context=True, position=True, num_classes=10),
     ModelConfig(hidden_size=16, context=True, context_rows=2, context_width=5, head_hidden=8),
 ]
+
+
 LABELS = torch.tensor([3, 0, 9])
 
 
@@ -40,6 +64,65 @@ def _model(config: ModelConfig) -> NextPixelModel:
 
 def _labels(config: ModelConfig, n: int = 3) -> torch.Tensor | None:
     return LABELS[:n] if config.num_classes else None
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("permutation_seed", [None, 3])
+def test_changing_the_pixel_read_last_changes_the_logits(cell, permutation_seed):
+    model = _classifier(cell=cell, permutation_seed=permutation_seed)
+    images = _images(2)
+    last = int(model.reading_order[-1])  # 783 in raster order
+    changed = images.clone()
+    changed[:, last] = 1 - changed[:, last]
+    with torch.no_grad():
+        assert not torch.allclose(model(images), model(changed))
+
+
+def test_the_logits_depend_on_every_pixel():
+    # With the mean readout every state reaches the head, so no gradient can vanish on the way:
+    # each of the 784 pixels must move the logits.
+    model = _classifier(readout="mean", permutation_seed=1)
+    images = _images(1).requires_grad_()
+    model(images).sum().backward()
+    assert (images.grad != 0).all()
+
+
+def test_the_logits_depend_on_nothing_but_the_image():
+    # Alone or among other digits, first or last in the batch, now or later: the same logits.
+    model = _classifier(layers=2)
+    images = _images(5)
+    with torch.no_grad():
+        together = model(images)
+        alone = torch.cat([model(images[i : i + 1]) for i in range(5)])
+        reversed_batch = model(images.flip(0)).flip(0)
+        again = model(images)
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reversed_batch, together, rtol=1e-5, atol=1e-6)
+    assert torch.equal(again, together)
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_fast_gru_path_equals_nn_gru_and_the_last_pixel_curve_is_the_output(readout):
+    model = _classifier(readout=readout, layers=2)
+    images = _images(3)
+    with torch.no_grad():
+        fast = model(images)
+        every = model.logits_after_each_pixel(images)
+        model.fast_gru = False
+        reference = model(images)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    assert every.shape == (3, 784, 10)
+    torch.testing.assert_close(every[:, -1], fast, rtol=1e-4, atol=1e-5)
+
+
+def test_permutation_reorders_the_reading():
+    images = _images(2)
+    plain, permuted = _classifier(), _classifier(permutation_seed=5)
+    permuted.load_state_dict({**plain.state_dict(), "reading_order": permuted.reading_order})
+    order = pixel_permutation(5)
+    assert torch.equal(permuted.reading_order, order) and not torch.equal(order, torch.arange(784))
+    with torch.no_grad():  # the permuted model on an image = the plain one on the permuted image
+        torch.testing.assert_close(permuted(images), plain(images[:, order]))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

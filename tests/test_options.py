@@ -15,22 +15,27 @@ from conftest import run_main as run_script_main
 
 import evaluate
 import train
-from rnn_mnist import resume, tasks
+from rnn_mnist import resume, tasks, training
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.cli import positive_int
 from rnn_mnist.config import TrainConfig, eval_options, train_options
+from rnn_mnist.data import DataConfig
 from rnn_mnist.models import ModelConfig
-from rnn_mnist.options import CONFIGS_DIR, add_options, option, options_of, refusals, when
+from rnn_mnist.options import CONFIGS_DIR, add_options, option, options_of, read_recipe, refusals, when
 from rnn_mnist.parsers import parse_train_flags
 
 FAST = (
     "--context --context-rows 3 --context-width 7 --position --precision fp32 --lr-schedule cosine "
     "--lr 8e-3 --warmup-batches 200 --epochs 6"
 )
+
+
 SMNIST = (
     "--task classify --hidden 128 --lr 2e-3 --lr-schedule cosine --warmup-batches 200 --clip 1 "
     "--batch-size 128 --epochs 20"
 )
+
+
 # Each recipe as the typed flags it stands for (the README's command lines before recipes were files).
 RECIPES = {
     "fast": FAST,
@@ -50,6 +55,19 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for needle in needles:
         assert needle in err, err
+
+
+BAD_RECIPES = [
+    ("hiden = 64\n", ["hiden", "not an option"]),
+    ("hidden_size = 64\n", ["hidden_size", "did you mean hidden-size"]),
+    ("lr = 2.0\n", ["lr", "(0, 1]"]),  # the flag's own range
+    ("epochs = 1.5\n", ["epochs", "integer"]),
+    ("context = 'yes'\n", ["context", "true or false"]),
+    ("lr-schedule = 'linear'\n", ["lr-schedule", "'linear'"]),
+    ("exp-name = 'x'\n", ["exp-name", "not an option a recipe can set"]),
+    ("lr = \n", ["not valid TOML"]),
+    ("lr-schedule = 'cosine'\nlr-milestones = [3]\n", ["--lr-milestones", "step only"]),  # contradicts itself
+]
 
 
 def test_every_recipe_in_configs_is_checked_here():
@@ -86,19 +104,6 @@ def test_a_recipe_by_bare_name_is_found_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here
     flags, _ = parse(["--config", "ctx-10ep"])
     assert flags["lr_milestones"] == (7, 9) and flags["lr_gamma"] == 0.3
-
-
-BAD_RECIPES = [
-    ("hiden = 64\n", ["hiden", "not an option"]),
-    ("hidden_size = 64\n", ["hidden_size", "did you mean hidden-size"]),
-    ("lr = 2.0\n", ["lr", "(0, 1]"]),  # the flag's own range
-    ("epochs = 1.5\n", ["epochs", "integer"]),
-    ("context = 'yes'\n", ["context", "true or false"]),
-    ("lr-schedule = 'linear'\n", ["lr-schedule", "'linear'"]),
-    ("exp-name = 'x'\n", ["exp-name", "not an option a recipe can set"]),
-    ("lr = \n", ["not valid TOML"]),
-    ("lr-schedule = 'cosine'\nlr-milestones = [3]\n", ["--lr-milestones", "step only"]),  # contradicts itself
-]
 
 
 @pytest.mark.parametrize("text, needles", BAD_RECIPES, ids=[text.strip() for text, _ in BAD_RECIPES])
@@ -220,3 +225,27 @@ def test_a_shipped_command_gives_the_flags_its_model_was_trained_with(folder):
     # The command it was trained with, as recorded, still parses to the same flags.
     recorded, _ = parse_train_flags(train.build_parser(), shlex.split(checkpoint["shipped"]["command"])[2:])
     assert {**recorded, "preset": None} == {**flags, "preset": None}
+
+
+def test_the_fast_preset_sets_its_recipe_and_typed_flags_override_it(tmp_path, mnist_dir):
+    args = tiny_train_args(tmp_path, mnist_dir, "preset", "--preset", "fast", "--epochs", "1")
+    assert train.main(args) == 0
+    checkpoint = load_checkpoint(tmp_path / "preset" / "checkpoint.ckpt")
+    config, model = checkpoint["config"], checkpoint["model_config"]
+    recipe = read_recipe("fast", train_options())
+    assert recipe["lr"] == 8e-3 and recipe["epochs"] == 6
+    for flag, value in recipe.items():
+        if flag != "epochs":
+            assert config[flag] == value, flag
+    assert config["epochs"] == 1 and len(checkpoint["history"]) == 1  # typed: overrides the recipe's 6
+    assert model["context"] and (model["context_rows"], model["context_width"]) == (3, 7)
+
+
+@pytest.mark.parametrize("config", [training.TrainConfig, ModelConfig, DataConfig])
+def test_flag_defaults_match_the_config_defaults(config):
+    # train.py's flags and the config dataclasses each state a default; they must agree, or a run
+    # from the shell and one from Python would train different things.
+    flags = vars(train.build_parser().parse_args(["--exp-name", "x"]))
+    for field in dataclasses.fields(config):
+        if field.name in flags and field.default is not dataclasses.MISSING:
+            assert flags[field.name] == field.default, field.name

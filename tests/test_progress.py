@@ -7,6 +7,7 @@ import io
 
 import pytest
 from conftest import tiny_train_args
+from helpers import classify_args as _args
 
 import evaluate
 import train
@@ -23,6 +24,26 @@ class Terminal(io.StringIO):
 def every_step(monkeypatch):
     """Log lines at every step instead of every LOG_INTERVAL seconds, so that tiny runs show them."""
     monkeypatch.setattr(progress_module, "LOG_INTERVAL", 0.0)
+
+
+@pytest.fixture(scope="module")
+def label_model(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("progress")
+    exp_dir = root / "experiments"
+    args = tiny_train_args(exp_dir, mnist_dir, "label", "--condition", "label", "--epochs", "1")
+    assert train.main(args) == 0
+    # fmt: off
+    return root, ["--exp-name", "label", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
+                  "--no-judge", "--no-gifs"]
+    # fmt: on
+
+
+def test_classify_shows_the_validation_and_test_passes(tmp_path, mnist_dir, capsys, monkeypatch):
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL", 0.0)
+    assert train.main(_args(tmp_path, mnist_dir, "shown", "--epochs", "1")) == 0
+    lines = capsys.readouterr().err.splitlines()
+    for stage in ("epoch 1/1: 3/3 batch", "epoch 1/1: validation: 1/1 batch", "epoch 1/1: test: 1/1 batch"):
+        assert any(line.startswith(stage) for line in lines), lines
 
 
 def test_a_log_gets_whole_plain_lines(every_step):
@@ -56,18 +77,6 @@ def test_training_shows_the_validation_and_test_passes(tmp_path, mnist_dir, caps
     lines = err.splitlines()
     for stage in ("epoch 1/1: 3/3 batch", "epoch 1/1: validation: 1/1 batch", "epoch 1/1: test: 1/1 batch"):
         assert any(line.startswith(stage) for line in lines), err
-
-
-@pytest.fixture(scope="module")
-def label_model(tmp_path_factory, mnist_dir):
-    root = tmp_path_factory.mktemp("progress")
-    exp_dir = root / "experiments"
-    args = tiny_train_args(exp_dir, mnist_dir, "label", "--condition", "label", "--epochs", "1")
-    assert train.main(args) == 0
-    # fmt: off
-    return root, ["--exp-name", "label", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
-                  "--no-judge", "--no-gifs"]
-    # fmt: on
 
 
 def test_evaluate_shows_every_stage_even_for_a_few_digits(label_model, capsys, every_step):

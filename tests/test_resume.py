@@ -8,10 +8,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, folder_files, tiny_train_args
-from conftest import run_main as run_script_main
+from helpers import run_train as run_main
+from helpers import tiny_args
 
 import train
 from rnn_mnist import runtime, training
@@ -20,10 +23,6 @@ from rnn_mnist.cli import typed_flags
 from rnn_mnist.config import train_options
 from rnn_mnist.options import read_recipe
 from rnn_mnist.resume import resume_command
-
-
-def run_main(argv, capsys) -> tuple[int, str]:
-    return run_script_main(train.main, argv, capsys)
 
 
 def interrupt_in_epoch(monkeypatch, interrupted_epoch: int) -> None:
@@ -36,6 +35,29 @@ def interrupt_in_epoch(monkeypatch, interrupted_epoch: int) -> None:
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(training, "_train_one_epoch", epoch_or_ctrl_c)
+
+
+TIMING_KEYS = {"seconds", "train_seconds", "train_sequences_per_second"}
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in history]
+
+
+def _corrupt(path: Path, how: str, marker: Path) -> None:
+    if how == "garbage":
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif how == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif how == "code":  # a pickle that would run a command if unpickled without restriction
+
+        class Exploit:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        torch.save({"model_state": Exploit()}, path)
 
 
 def test_the_printed_resume_command_works_pasted_as_is(tmp_path, mnist_dir, capsys, monkeypatch):
@@ -139,3 +161,73 @@ def test_a_run_saved_with_more_gpus_resumes_with_the_states_of_those_present(mon
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # more GPUs than saved: all restored
     assert runtime.restore_rng(state, generator, torch.device("cuda")) is None
     assert [index for index, _ in restored] == [0, 1, 2]
+
+
+def test_a_cosine_bf16_run_resumed_after_ctrl_c_equals_an_uninterrupted_one(tmp_path, mnist_dir, monkeypatch):
+    settings = ("--precision", "bf16", "--lr-schedule", "cosine", "--warmup-batches", "4", "--epochs", "3")
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "straight", *settings)) == 0
+
+    real_epoch = training._train_one_epoch
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        if args[6] == 2:  # epoch
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_one_epoch", interrupted_in_epoch_2)
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "resumed", *settings)) == 130
+    monkeypatch.setattr(training, "_train_one_epoch", real_epoch)
+    torch.manual_seed(999)
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "resumed", "--resume", "--epochs", "3")) == 0
+
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.ckpt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.ckpt")
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2, 3]
+    lrs = [e["lr"] for e in straight["history"]]
+    assert lrs[0] < lrs[1] > lrs[2]  # warm-up from a fraction of the peak, then the cosine
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert a["batch_losses"] == b["batch_losses"] and a["lr"] == b["lr"]
+    for key, value in straight["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][key]), key
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, mnist_dir, capsys):
+    # Dropout and dynamic binarisation make every RNG matter; the milestone tests the scheduler.
+    # fmt: off
+    settings = ("--binarize", "dynamic", "--dropout", "0.3", "--layers", "2", "--lr", "1e-3",
+                "--lr-milestones", "2", "--lr-gamma", "0.5")
+    # fmt: on
+    assert train.main(tiny_args(tmp_path, mnist_dir, "straight", *settings, "--epochs", "3")) == 0
+    assert train.main(tiny_args(tmp_path, mnist_dir, "resumed", *settings, "--epochs", "1")) == 0
+    torch.manual_seed(12345)  # scramble the global RNG: the resume must restore its own
+    assert train.main(tiny_args(tmp_path, mnist_dir, "resumed", "--resume", "--epochs", "3")) == 0
+
+    straight = load_checkpoint(tmp_path / "experiments" / "straight" / "checkpoint.ckpt")
+    resumed = load_checkpoint(tmp_path / "experiments" / "resumed" / "checkpoint.ckpt")
+    assert [e["lr"] for e in straight["history"]] == [1e-3, 1e-3, 5e-4]  # milestone 2: after epoch 2
+    assert without_timings(resumed["history"]) == without_timings(straight["history"])
+    for key, value in straight["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][key]), key
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "foreign", "code"])
+def test_corrupt_or_foreign_checkpoint_on_resume(tmp_path, mnist_dir, capsys, how):
+    assert train.main(tiny_args(tmp_path, mnist_dir, "hurt", "--epochs", "1")) == 0
+    marker = tmp_path / "pwned"
+    _corrupt(tmp_path / "experiments" / "hurt" / "checkpoint.ckpt", how, marker)
+    code, err = run_main(tiny_args(tmp_path, mnist_dir, "hurt", "--resume"), capsys)
+    assert code == 2 and "checkpoint" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path, mnist_dir, capsys):
+    code, err = run_main(tiny_args(tmp_path, mnist_dir, "never", "--resume"), capsys)
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_resume_refuses_flags_that_clash_with_the_experiment(tmp_path, mnist_dir, capsys):
+    assert train.main(tiny_args(tmp_path, mnist_dir, "fixed", "--epochs", "1")) == 0
+    code, err = run_main(tiny_args(tmp_path, mnist_dir, "fixed", "--resume", "--hidden", "16"), capsys)
+    assert code == 2 and "--hidden-size 16" in err
+    # Flags that may change on resume (how far to train) are accepted.
+    assert train.main(tiny_args(tmp_path, mnist_dir, "fixed", "--resume", "--epochs", "2")) == 0

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
+from conftest import tiny_train_args
 
-from rnn_mnist import runtime
+import evaluate
+import train
+from rnn_mnist import runtime, training
+from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.models import ModelConfig, NextPixelModel
 
 CPU = torch.device("cpu")
@@ -37,3 +42,43 @@ def test_recurrent_autocast_leaves_autocast_alone_where_bf16_rnns_run(monkeypatc
     with runtime.autocast(CPU, "bf16"), runtime.recurrent_autocast(CPU, LSTM):
         assert not torch.is_autocast_enabled("cpu")
     assert isinstance(runtime.recurrent_autocast(CPU, LSTM), contextlib.nullcontext)  # no autocast: as is
+
+
+def test_cpu_settings_keep_fp32_gemms_at_fp32_accuracy():
+    settings = runtime.configure_cpu_math()
+    assert settings["float32_matmul_precision"] in ("highest", "medium")
+    assert torch.get_float32_matmul_precision() == settings["float32_matmul_precision"]
+    a, b = torch.randn(64, 256), torch.randn(256, 384)
+    error = ((a @ b).double() - a.double() @ b.double()).abs().max() / (a.double() @ b.double()).abs().max()
+    assert error < 1e-5  # bf16 arithmetic would be ~1e-3
+
+
+def test_bf16_training_runs_records_its_settings_and_evaluates_in_fp32(tmp_path, mnist_dir):
+    args = tiny_train_args(tmp_path, mnist_dir, "bf16", "--precision", "bf16", "--context", "--position")
+    assert train.main(args) == 0
+    checkpoint = load_checkpoint(tmp_path / "bf16" / "checkpoint.ckpt")
+    for entry in checkpoint["history"]:
+        assert entry["compute"]["precision"] == "bf16"
+        assert math.isfinite(entry["test_nll_nats"]) and math.isfinite(entry["train_loss"])
+        assert set(entry["compute"]) >= {"float32_matmul_precision", "allocator", "torch", "device"}
+    assert all(v.dtype == torch.float32 for v in checkpoint["model_state"].values())  # fp32 master weights
+
+
+def test_evaluate_in_bf16_records_it_and_agrees_mostly_with_fp32(tmp_path, mnist_dir, capsys):
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "tiny", "--epochs", "1")) == 0
+    common = ["--exp-name", "tiny", "--exp-dir", str(tmp_path), "--data-dir", str(mnist_dir)]
+    common += ["--num-digits", "8", "--no-gifs", "--no-judge"]
+    results = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert evaluate.main([*common, "--precision", precision, "--out-dir", str(out)]) == 0
+        results[precision] = (out / "metrics.json").read_text()
+    assert '"precision": "bf16"' in results["bf16"] and '"precision": "fp32"' in results["fp32"]
+    # The masked NLL is always fp32 teacher forcing, whatever the rollout's precision.
+    nll = next(line for line in results["fp32"].splitlines() if "masked_nll" in line)
+    assert nll in results["bf16"]
+    capsys.readouterr()
+
+
+def test_fp32_is_the_default_precision():
+    assert training.TrainConfig(exp_name="x").precision == "fp32"

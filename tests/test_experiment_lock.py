@@ -1,5 +1,4 @@
-"""One writer per experiment folder, outputs checked before the work, no stale files
-(issue 11, findings 5, 8 and 9)."""
+"""rnn_mnist/experiment_lock.py: one writer per experiment folder."""
 
 from __future__ import annotations
 
@@ -9,18 +8,12 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, folder_files, tiny_train_args
-from conftest import run_main as run_script_main
+from conftest import REPO, tiny_train_args
+from helpers import run_train as run_main
 
-import train
-from rnn_mnist import training
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.experiment_lock import ExperimentLock
-
-
-def run_main(argv, capsys) -> tuple[int, str]:
-    return run_script_main(train.main, argv, capsys)
 
 
 def wait_for_first_epoch(folder, process, timeout: float = 120) -> None:
@@ -71,42 +64,3 @@ def test_the_lock_is_exclusive_and_leaves_nothing_behind(tmp_path):
     with ExperimentLock(folder):
         (folder / "kept").write_text("x")
     assert [p.name for p in folder.iterdir()] == ["kept"]
-
-
-def test_a_refused_new_run_leaves_no_folder(tmp_path, capsys):
-    code, err = run_main(tiny_train_args(tmp_path, tmp_path / "no-data", "nodata"), capsys)
-    assert code == 2 and "MNIST" in err
-    assert not (tmp_path / "nodata").exists()
-
-
-def test_resume_into_a_read_only_folder_fails_before_training(
-    tmp_path, mnist_dir, capsys, monkeypatch, make_read_only
-):
-    assert train.main(tiny_train_args(tmp_path, mnist_dir, "ro", "--epochs", "1")) == 0
-    folder = tmp_path / "ro"
-    before = folder_files(folder)
-    epochs_trained = []
-    real_epoch = training._train_one_epoch
-    monkeypatch.setattr(
-        training, "_train_one_epoch", lambda *a, **k: epochs_trained.append(a[6]) or real_epoch(*a, **k)
-    )
-    make_read_only(folder)
-    capsys.readouterr()
-    code, err = run_main(tiny_train_args(tmp_path, mnist_dir, "ro", "--resume", "--epochs", "2"), capsys)
-    assert code == 2 and str(folder) in err and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1
-    assert epochs_trained == []  # refused before the work, not at the first save
-    assert folder_files(folder) == before
-
-
-def test_stale_temp_files_of_a_killed_save_are_cleaned_at_start(tmp_path, mnist_dir, capsys):
-    assert train.main(tiny_train_args(tmp_path, mnist_dir, "stale", "--epochs", "1")) == 0
-    folder = tmp_path / "stale"
-    stale = [".checkpoint.ckpt.k1ll3d.tmp", ".metrics.pkl.abc123.tmp", ".metrics.json.x_y.tmp"]
-    for extra in (["--resume", "--epochs", "2"], ["--overwrite", "--epochs", "1"]):
-        for name in stale:
-            (folder / name).write_bytes(b"half a checkpoint")
-        (folder / "notes.txt").write_text("mine")
-        assert train.main(tiny_train_args(tmp_path, mnist_dir, "stale", *extra)) == 0
-        assert not list(folder.glob(".*.tmp")), extra
-        assert (folder / "notes.txt").read_text() == "mine"  # only our own temporary files go

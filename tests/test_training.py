@@ -1,21 +1,20 @@
-"""train.py end to end on the IDX fixtures: outputs, resume, refusals and bad input."""
+"""rnn_mnist/training.py through train.py on the fixtures: outputs, interruptions, bad input."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_train_args
+from conftest import REPO, PoisonedGradient, folder_files, tiny_train_args
 from conftest import run_main as run_script_main
+from helpers import run_train as run_main
+from helpers import strict_json, tiny_args
 
 import train
 from rnn_mnist import tasks, training
@@ -23,7 +22,6 @@ from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.data import DataConfig, load_binarized_mnist
 from rnn_mnist.models import ModelConfig, NextPixelModel
 
-TIMING_KEYS = {"seconds", "train_seconds", "train_sequences_per_second"}
 HISTORY_KEYS = {
     "epoch",
     "train_loss",
@@ -37,26 +35,78 @@ HISTORY_KEYS = {
 }
 
 
-def tiny_args(tmp_path: Path, mnist_dir: Path, name: str = "exp", *extra: str) -> list[str]:
-    return tiny_train_args(tmp_path / "experiments", mnist_dir, name, *extra)
+def test_a_refused_new_run_leaves_no_folder(tmp_path, capsys):
+    code, err = run_main(tiny_train_args(tmp_path, tmp_path / "no-data", "nodata"), capsys)
+    assert code == 2 and "MNIST" in err
+    assert not (tmp_path / "nodata").exists()
 
 
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    return run_script_main(train.main, argv, capsys)
+def test_resume_into_a_read_only_folder_fails_before_training(
+    tmp_path, mnist_dir, capsys, monkeypatch, make_read_only
+):
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "ro", "--epochs", "1")) == 0
+    folder = tmp_path / "ro"
+    before = folder_files(folder)
+    epochs_trained = []
+    real_epoch = training._train_one_epoch
+    monkeypatch.setattr(
+        training, "_train_one_epoch", lambda *a, **k: epochs_trained.append(a[6]) or real_epoch(*a, **k)
+    )
+    make_read_only(folder)
+    capsys.readouterr()
+    code, err = run_main(tiny_train_args(tmp_path, mnist_dir, "ro", "--resume", "--epochs", "2"), capsys)
+    assert code == 2 and str(folder) in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert epochs_trained == []  # refused before the work, not at the first save
+    assert folder_files(folder) == before
 
 
-def without_timings(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in history]
+def test_stale_temp_files_of_a_killed_save_are_cleaned_at_start(tmp_path, mnist_dir, capsys):
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "stale", "--epochs", "1")) == 0
+    folder = tmp_path / "stale"
+    stale = [".checkpoint.ckpt.k1ll3d.tmp", ".metrics.pkl.abc123.tmp", ".metrics.json.x_y.tmp"]
+    for extra in (["--resume", "--epochs", "2"], ["--overwrite", "--epochs", "1"]):
+        for name in stale:
+            (folder / name).write_bytes(b"half a checkpoint")
+        (folder / "notes.txt").write_text("mine")
+        assert train.main(tiny_train_args(tmp_path, mnist_dir, "stale", *extra)) == 0
+        assert not list(folder.glob(".*.tmp")), extra
+        assert (folder / "notes.txt").read_text() == "mine"  # only our own temporary files go
 
 
-@pytest.mark.parametrize("config", [training.TrainConfig, ModelConfig, DataConfig])
-def test_flag_defaults_match_the_config_defaults(config):
-    # train.py's flags and the config dataclasses each state a default; they must agree, or a run
-    # from the shell and one from Python would train different things.
-    flags = vars(train.build_parser().parse_args(["--exp-name", "x"]))
-    for field in dataclasses.fields(config):
-        if field.name in flags and field.default is not dataclasses.MISSING:
-            assert flags[field.name] == field.default, field.name
+def test_a_non_finite_gradient_never_reaches_the_weights(tmp_path, mnist_dir, capsys, monkeypatch):
+    # The loss of the last batch of epoch 1 (3 batches an epoch) is finite, its gradient NaN.
+    # Before, the step applied it: epoch 1 ended with NaN weights and a NaN test NLL, and saved them.
+    real_loss, calls = tasks.pixel_loss, {"n": 0}
+
+    def loss_with_poisoned_gradient(logits, pixels, loss):
+        value = real_loss(logits, pixels, loss)
+        if not value.requires_grad:  # evaluation
+            return value
+        calls["n"] += 1
+        return PoisonedGradient.apply(value) if calls["n"] == 3 else value
+
+    monkeypatch.setattr(tasks, "pixel_loss", loss_with_poisoned_gradient)
+    code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "poison"), capsys)
+    assert code == 3 and "gradient" in err and "epoch 1, batch 3" in err and "Traceback" not in err
+    folder = tmp_path / "poison"
+    checkpoint = load_checkpoint(folder / "checkpoint.ckpt")
+    assert checkpoint["epoch"] == 0  # the checkpoint before the poisoned step, kept
+    assert all(torch.isfinite(t).all() for t in checkpoint["model_state"].values())
+    strict_json((folder / "metrics.json").read_text())
+
+
+def test_a_non_finite_evaluation_is_not_saved(tmp_path, mnist_dir, capsys, monkeypatch):
+    real_nll = tasks.evaluate_nll
+
+    def nan_test_nll(model, pixels, *args):
+        result = real_nll(model, pixels, *args)
+        return {**result, "nll_nats": float("nan")} if len(pixels) == 40 else result  # the test split
+
+    monkeypatch.setattr(tasks, "evaluate_nll", nan_test_nll)
+    code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "nan-eval"), capsys)
+    assert code == 3 and "test nll" in err and "epoch 1" in err
+    assert load_checkpoint(tmp_path / "nan-eval" / "checkpoint.ckpt")["epoch"] == 0
 
 
 def test_cli_end_to_end_writes_pkl_and_checkpoint(tmp_path, mnist_dir):
@@ -92,25 +142,6 @@ def test_cli_end_to_end_writes_pkl_and_checkpoint(tmp_path, mnist_dir):
     data = load_binarized_mnist(DataConfig(**checkpoint["data_config"]))
     nll = tasks.evaluate_nll(model, data.test, "bce", torch.device("cpu"))["nll_nats"]
     assert nll == pytest.approx(history[-1]["test_nll_nats"], rel=1e-5)
-
-
-def test_resume_equals_uninterrupted_run(tmp_path, mnist_dir, capsys):
-    # Dropout and dynamic binarisation make every RNG matter; the milestone tests the scheduler.
-    # fmt: off
-    settings = ("--binarize", "dynamic", "--dropout", "0.3", "--layers", "2", "--lr", "1e-3",
-                "--lr-milestones", "2", "--lr-gamma", "0.5")
-    # fmt: on
-    assert train.main(tiny_args(tmp_path, mnist_dir, "straight", *settings, "--epochs", "3")) == 0
-    assert train.main(tiny_args(tmp_path, mnist_dir, "resumed", *settings, "--epochs", "1")) == 0
-    torch.manual_seed(12345)  # scramble the global RNG: the resume must restore its own
-    assert train.main(tiny_args(tmp_path, mnist_dir, "resumed", "--resume", "--epochs", "3")) == 0
-
-    straight = load_checkpoint(tmp_path / "experiments" / "straight" / "checkpoint.ckpt")
-    resumed = load_checkpoint(tmp_path / "experiments" / "resumed" / "checkpoint.ckpt")
-    assert [e["lr"] for e in straight["history"]] == [1e-3, 1e-3, 5e-4]  # milestone 2: after epoch 2
-    assert without_timings(resumed["history"]) == without_timings(straight["history"])
-    for key, value in straight["model_state"].items():
-        assert torch.equal(value, resumed["model_state"][key]), key
 
 
 def test_existing_experiment_is_refused_and_left_intact(tmp_path, mnist_dir, capsys):
@@ -165,45 +196,6 @@ def test_cuda_without_cuda_is_a_short_error(tmp_path, mnist_dir, capsys):
 def test_missing_dataset_offline_says_how_to_fix(tmp_path, capsys):
     code, err = run_main(tiny_args(tmp_path, tmp_path / "empty", "nodata"), capsys)
     assert code == 2 and "--data-dir" in err and "RNN_MNIST_DATA" in err and "Traceback" not in err
-
-
-def _corrupt(path: Path, how: str, marker: Path) -> None:
-    if how == "garbage":
-        path.write_bytes(b"\x00not a checkpoint" * 10)
-    elif how == "truncated":
-        path.write_bytes(path.read_bytes()[:1000])
-    elif how == "foreign":
-        torch.save({"weights": torch.zeros(3)}, path)
-    elif how == "code":  # a pickle that would run a command if unpickled without restriction
-
-        class Exploit:
-            def __reduce__(self):
-                return (os.system, (f"touch {marker}",))
-
-        torch.save({"model_state": Exploit()}, path)
-
-
-@pytest.mark.parametrize("how", ["garbage", "truncated", "foreign", "code"])
-def test_corrupt_or_foreign_checkpoint_on_resume(tmp_path, mnist_dir, capsys, how):
-    assert train.main(tiny_args(tmp_path, mnist_dir, "hurt", "--epochs", "1")) == 0
-    marker = tmp_path / "pwned"
-    _corrupt(tmp_path / "experiments" / "hurt" / "checkpoint.ckpt", how, marker)
-    code, err = run_main(tiny_args(tmp_path, mnist_dir, "hurt", "--resume"), capsys)
-    assert code == 2 and "checkpoint" in err and "Traceback" not in err
-    assert not marker.exists()
-
-
-def test_resume_without_checkpoint_is_refused(tmp_path, mnist_dir, capsys):
-    code, err = run_main(tiny_args(tmp_path, mnist_dir, "never", "--resume"), capsys)
-    assert code == 2 and "no checkpoint" in err
-
-
-def test_resume_refuses_flags_that_clash_with_the_experiment(tmp_path, mnist_dir, capsys):
-    assert train.main(tiny_args(tmp_path, mnist_dir, "fixed", "--epochs", "1")) == 0
-    code, err = run_main(tiny_args(tmp_path, mnist_dir, "fixed", "--resume", "--hidden", "16"), capsys)
-    assert code == 2 and "--hidden-size 16" in err
-    # Flags that may change on resume (how far to train) are accepted.
-    assert train.main(tiny_args(tmp_path, mnist_dir, "fixed", "--resume", "--epochs", "2")) == 0
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):

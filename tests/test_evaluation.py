@@ -1,4 +1,4 @@
-"""evaluate.py end to end on the fixtures: outputs, their contracts, and bad input."""
+"""rnn_mnist/evaluation.py through evaluate.py on the fixtures: outputs, contracts, bad input."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from rnn_mnist import evaluation, judge, visualise
 from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import choose_indices
-from rnn_mnist.masks import suffix_mask
-from rnn_mnist.scoring import completion_metrics
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +42,41 @@ def experiment(tmp_path_factory, mnist_dir):
 
 def run_main(argv, capsys) -> tuple[int, str]:
     return run_script_main(evaluate.main, argv, capsys)
+
+
+def _bad_judges(folder, other):
+    """Broken judge files, each with a word its error must contain."""
+    cases = {}
+    missing = folder / "missing.pt"
+    cases["missing"] = (missing, "no digit judge")
+    garbage = folder / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    garbage.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
+    cases["corrupt"] = (garbage, "not a readable digit judge")
+    truncated = folder / "truncated.pt"
+    truncated.write_bytes(other.read_bytes()[:5000])
+    truncated.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
+    cases["truncated"] = (truncated, "not a readable digit judge")
+    lonely = folder / "lonely.pt"
+    lonely.write_bytes(other.read_bytes())
+    cases["no json"] = (lonely, "lonely.json")
+    bad_json = folder / "badjson.pt"
+    bad_json.write_bytes(other.read_bytes())
+    bad_json.with_suffix(".json").write_text("{not json")
+    cases["corrupt json"] = (bad_json, "not readable JSON")
+    swapped = folder / "swapped.pt"  # the shipped weights beside another judge's description
+    swapped.write_bytes(judge.SHIPPED_JUDGE.read_bytes())
+    swapped.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
+    cases["hash mismatch"] = (swapped, "not of one judge")
+    wrong_shape = folder / "wrong-shape.pt"
+    state = {"features.0.weight": torch.zeros(3, 3, dtype=torch.float16)}
+    judge.save_judge(wrong_shape, state, {"test_accuracy": {}})
+    cases["wrong shapes"] = (wrong_shape, "not a digit judge of this version")
+    model_checkpoint = folder / "model.pt"  # a next-pixel checkpoint passed as a judge
+    model_checkpoint.write_bytes((folder / "experiments" / "tiny" / "checkpoint.ckpt").read_bytes())
+    model_checkpoint.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
+    cases["model checkpoint"] = (model_checkpoint, "not a state dict of tensors")
+    return cases
 
 
 def test_cli_end_to_end_outputs(experiment, test_device):
@@ -145,48 +178,6 @@ def test_generation_from_blank_canvas_for_one_class(experiment, capsys):
     assert sum(metrics["generated_class_histogram"]) == 2 and 0 < metrics["mean_judge_confidence"] <= 1
 
 
-def test_gif_frames_size_and_last_frame():
-    rng = np.random.default_rng(0)
-    target, completed = rng.integers(0, 2, 784), rng.integers(0, 2, 784)
-    completed[:500] = target[:500]
-    frames = visualise.triptych_frames(completed, target, label=8, mask=284)
-    assert 10 < len(frames) <= 100
-    width = frames[0].shape[1]
-    panel = 28 * visualise.SCALE
-    assert visualise.SCALE >= 4 and width == 3 * panel + 4 * visualise.GAP
-    # The last frame's middle panel is the whole completion, coloured by origin.
-    top, left = visualise.TITLE_HEIGHT, 2 * visualise.GAP + panel
-    middle = frames[-1][top : top + panel, left : left + panel]
-    expected = visualise.upscale(visualise.colour_pixels(completed, 284))
-    assert np.array_equal(middle, expected)
-    # The first frame has generated nothing yet.
-    assert not np.array_equal(frames[0][top : top + panel, left : left + panel], expected)
-
-
-def test_gif_file_decodes_loops_and_is_small(tmp_path):
-    frames = visualise.triptych_frames(np.ones(784, int), np.ones(784, int), label=1, mask=284)
-    path = tmp_path / "1-0.gif"
-    visualise.save_gif(path, frames)
-    decoded = iio.imread(path, index=None)
-    assert decoded.shape[0] == len(frames) and decoded.shape[1:3] == frames[0].shape[:2]
-    assert iio.immeta(path)["loop"] == 0
-    assert path.stat().st_size < 200_000
-
-
-def test_completion_metrics_by_hand():
-    targets = torch.zeros(2, 784, dtype=torch.uint8)
-    completed = torch.zeros(2, 1, 784, dtype=torch.uint8)
-    completed[0, 0, 780:] = 1  # digit 0: 4 of its 4 hidden pixels wrong
-    completed[1, 0, 782] = 1  # digit 1: 1 of 4 wrong
-    metrics = completion_metrics(
-        completed, targets, torch.tensor([7, 2]), torch.tensor([1.0, 3.0]), hidden=suffix_mask(4)
-    )
-    assert metrics["masked_pixel_accuracy"] == pytest.approx((0 / 4 + 3 / 4) / 2)
-    assert metrics["masked_nll_nats"] == pytest.approx(2.0)
-    assert metrics["per_class"]["7"]["masked_pixel_accuracy"] == 0.0
-    assert metrics["per_class"]["2"] == {"count": 1, "masked_pixel_accuracy": 0.75, "masked_nll_nats": 3.0}
-
-
 def test_choose_indices():
     labels = torch.tensor([1, 2, 1, 3, 1, 2])
     assert choose_indices(labels, (4, 0), 16, None, 0).tolist() == [4, 0]
@@ -264,41 +255,6 @@ def test_judge_flag_uses_another_judge(experiment, mnist_dir, capsys):
     assert described["sha256"][:12] in capsys.readouterr().out
     code, err = run_main([*args, "--judge", str(other), "--no-judge"], capsys)
     assert code == 2 and "--no-judge" in err
-
-
-def _bad_judges(folder, other):
-    """Broken judge files, each with a word its error must contain."""
-    cases = {}
-    missing = folder / "missing.pt"
-    cases["missing"] = (missing, "no digit judge")
-    garbage = folder / "garbage.pt"
-    garbage.write_bytes(b"not a torch file")
-    garbage.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
-    cases["corrupt"] = (garbage, "not a readable digit judge")
-    truncated = folder / "truncated.pt"
-    truncated.write_bytes(other.read_bytes()[:5000])
-    truncated.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
-    cases["truncated"] = (truncated, "not a readable digit judge")
-    lonely = folder / "lonely.pt"
-    lonely.write_bytes(other.read_bytes())
-    cases["no json"] = (lonely, "lonely.json")
-    bad_json = folder / "badjson.pt"
-    bad_json.write_bytes(other.read_bytes())
-    bad_json.with_suffix(".json").write_text("{not json")
-    cases["corrupt json"] = (bad_json, "not readable JSON")
-    swapped = folder / "swapped.pt"  # the shipped weights beside another judge's description
-    swapped.write_bytes(judge.SHIPPED_JUDGE.read_bytes())
-    swapped.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
-    cases["hash mismatch"] = (swapped, "not of one judge")
-    wrong_shape = folder / "wrong-shape.pt"
-    state = {"features.0.weight": torch.zeros(3, 3, dtype=torch.float16)}
-    judge.save_judge(wrong_shape, state, {"test_accuracy": {}})
-    cases["wrong shapes"] = (wrong_shape, "not a digit judge of this version")
-    model_checkpoint = folder / "model.pt"  # a next-pixel checkpoint passed as a judge
-    model_checkpoint.write_bytes((folder / "experiments" / "tiny" / "checkpoint.ckpt").read_bytes())
-    model_checkpoint.with_suffix(".json").write_text(other.with_suffix(".json").read_text())
-    cases["model checkpoint"] = (model_checkpoint, "not a state dict of tensors")
-    return cases
 
 
 def test_a_bad_judge_fails_in_one_line_before_any_rollout(experiment, mnist_dir, capsys, monkeypatch):

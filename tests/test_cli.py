@@ -1,0 +1,135 @@
+"""rnn_mnist/cli.py: flag ranges, one-line errors, typed flags, refusal of ignored flags."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_main as run_script_main
+from conftest import tiny_train_args
+
+import evaluate
+import train
+from rnn_mnist.cli import typed_flags
+from rnn_mnist.judge import main as judge_main
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "error" in err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, mnist_dir):
+    """A tiny trained experiment; returns the common evaluate.py arguments for it."""
+    root = tmp_path_factory.mktemp("flags")
+    exp_dir = root / "experiments"
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "tiny", "--epochs", "1")) == 0
+    return root, ["--exp-name", "tiny", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir)]
+
+
+TRAIN_IGNORED = [
+    (["--scheduled-sampling", "linear", "--ss-k", "2"], ["linear", "k <= 1"]),
+    (["--scheduled-sampling", "linear", "--ss-k", "1e308"], ["linear", "k <= 1"]),  # eps was inf
+    (["--ss-c", "0.1"], ["--ss-c", "without --scheduled-sampling"]),
+    (["--scheduled-sampling", "exponential", "--ss-min", "0.3"], ["--ss-min", "linear only"]),
+    (["--lr-schedule", "cosine", "--lr-milestones", "1"], ["--lr-milestones", "step only"]),
+    (["--context-rows", "2"], ["--context-rows", "without --context"]),
+]
+
+
+EVALUATE_IGNORED = [
+    (["--per-class", "2", "--digit", "3"], ["--per-class", "--digit"]),  # drew all ten classes
+    (["--temperature", "2"], ["--temperature", "greedy"]),  # recorded, but changed nothing
+    (["--best-of", "3"], ["--best-of", "greedy"]),  # three identical draws
+    (["--sampling", "mean", "--best-of", "3"], ["--best-of", "mean"]),
+    (["--samples", "2"], ["--samples", "identical"]),
+    (["--indices", "1,1,1"], ["--indices", "1 given more than once"]),  # counted three times
+    (["--indices", "1,2", "--num-digits", "5"], ["--num-digits"]),
+    (["--indices", "1,2", "--per-class", "1"], ["--indices", "--per-class"]),
+    (["--sampling", "bernoulli", "--best-by", "likelihood"], ["--best-by", "--best-of"]),
+    (["--against", "other"], ["--against", "give --classify too"]),
+    # --classify reads whole digits: completion flags would be ignored (even those a later rule refuses)
+    (["--classify", "--mask", "center:14", "--particles", "4"], ["--mask", "--particles", "only change"]),
+    (["--classify", "--inpaint", "best", "--samples", "2"], ["--inpaint", "--samples", "only change"]),
+    (["--classify", "--no-gifs"], ["--no-gifs", "--classify reads whole test digits"]),
+]
+
+
+# Finding 10: every seed is bounded to 0..2**32-1 (numpy's range), with a one-line error.
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--seed", "-1"],  # numpy: "Seed must be between 0 and 2**32 - 1" (a traceback before)
+        ["--seed", "4294967296"],
+        ["--data-seed", "100000000000000000000000"],  # torch: "Overflow when unpacking long long"
+        ["--data-seed", "4294967296"],  # was accepted and aliased another seed
+        ["--seed", "1.5"],
+    ],
+    ids=lambda bad: " ".join(bad),
+)
+def test_train_seeds_out_of_range_are_one_line_errors(tmp_path, mnist_dir, capsys, bad):
+    args = tiny_train_args(tmp_path / "experiments", mnist_dir, "seeded", *bad, "--epochs", "1")
+    code, err = run_script_main(train.main, args, capsys)
+    assert_one_line_error(code, err, bad[0], "0..4294967295")
+    assert not (tmp_path / "experiments" / "seeded").exists()
+
+
+def test_the_largest_seeds_are_usable(tmp_path, mnist_dir, capsys):
+    # fmt: off
+    args = tiny_train_args(tmp_path / "experiments", mnist_dir, "max", "--epochs", "1", "--seed",
+                           "4294967295", "--data-seed", "4294967295", "--binarize", "static")
+    # fmt: on
+    assert train.main(args) == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "4294967296", "100000000000000000000000"])
+def test_evaluate_seed_out_of_range_is_a_one_line_error(experiment, capsys, value):
+    root, args = experiment
+    code, err = run_script_main(evaluate.main, [*args, "--out-dir", str(root / "s"), "--seed", value], capsys)
+    assert_one_line_error(code, err, "--seed", "0..4294967295")
+
+
+def test_judge_seed_out_of_range_is_a_one_line_error(tmp_path, capsys):
+    code, err = run_script_main(judge_main, ["--exp-dir", str(tmp_path), "--seed", "-1"], capsys)
+    assert code == 2 and "--seed" in err and "Traceback" not in err
+
+
+# Finding 11: lr and gamma in sane ranges; the non-finite guard covers the whole step.
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--lr", "1e39"],  # overflowed fp32 inside Adam: a RuntimeError traceback
+        ["--lr", "1e30"],  # trained and printed 30-digit losses
+        ["--lr", "2"],
+        ["--lr-gamma", "1e308", "--lr-milestones", "1"],  # lr * gamma overflowed in epoch 2
+        ["--lr-gamma", "2", "--lr-milestones", "1"],
+    ],
+    ids=lambda bad: " ".join(bad),
+)
+def test_lr_and_gamma_out_of_range_are_one_line_errors(tmp_path, mnist_dir, capsys, bad):
+    code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "lr", *bad), capsys)
+    assert_one_line_error(code, err, bad[0], "(0, 1]")
+
+
+@pytest.mark.parametrize("bad, needles", TRAIN_IGNORED, ids=[" ".join(bad) for bad, _ in TRAIN_IGNORED])
+def test_train_refuses_flags_it_would_ignore(tmp_path, mnist_dir, capsys, bad, needles):
+    code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "ignored", *bad), capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "ignored").exists()
+
+
+@pytest.mark.parametrize("bad, needles", EVALUATE_IGNORED, ids=[" ".join(bad) for bad, _ in EVALUATE_IGNORED])
+def test_evaluate_refuses_flags_it_would_ignore(experiment, capsys, bad, needles):
+    root, args = experiment
+    out = root / "ignored"
+    code, err = run_script_main(evaluate.main, [*args, "--out-dir", str(out), "--no-judge", *bad], capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_typed_flags_are_told_apart_from_defaults():
+    parser = train.build_parser()
+    typed = typed_flags(parser, ["--exp-name", "x", "--hidden", "128", "--context"])
+    assert typed == {"exp_name", "hidden_size", "context"}  # --hidden 128 is the default, but typed
