@@ -40,6 +40,7 @@ from rnn_mnist.data import (
 )
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, load_judge
+from rnn_mnist.likelihood import TEACHER_FORCED_BATCH, teacher_forced_nll
 from rnn_mnist.masks import parse_mask, suffix_mask
 from rnn_mnist.memory import MemoryNeed, check_fits, evaluation_need
 from rnn_mnist.models import ModelConfig, NextPixelModel
@@ -47,17 +48,15 @@ from rnn_mnist.progress import progress
 from rnn_mnist.rollout import (
     BEST_BY,
     INPAINTS,
-    TEACHER_FORCED_BATCH,
     Completion,
     complete,
     most_likely,
     most_recognisable,
-    teacher_forced_nll,
 )
 from rnn_mnist.runtime import configure_cpu_math, resolve_device
 from rnn_mnist.scoring import completion_metrics, judge_completions
 
-# Draws scored together when reading the label back (rollout.label_log_posterior's batch).
+# Draws scored together when reading the label back (likelihood.label_log_posterior's batch).
 LABEL_POSTERIOR_ROWS = 500
 
 

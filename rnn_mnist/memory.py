@@ -24,8 +24,8 @@ import torch
 
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.likelihood import TEACHER_FORCED_BATCH
 from rnn_mnist.models import CPU_READ_CHUNK, ModelConfig
-from rnn_mnist.rollout import TEACHER_FORCED_BATCH
 
 FLOAT = 4  # bytes: activations, parameters and probabilities are fp32
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # gate blocks of H per layer

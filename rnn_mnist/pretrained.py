@@ -26,7 +26,7 @@ from rnn_mnist.cli import run_cli
 from rnn_mnist.data import DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
-from rnn_mnist.rollout import teacher_forced_nll
+from rnn_mnist.likelihood import teacher_forced_nll
 
 # What a shipped checkpoint keeps of a training one.
 KEPT_KEYS = ("format", "version", "config", "model_config", "data_config", "model_state", "epoch")

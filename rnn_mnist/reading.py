@@ -7,7 +7,7 @@ label-conditioned next-pixel model read as a classifier, with accuracy by how ma
     metrics = read_digits(EvalOptions(exp_name="label-fast", classify=True, against="smnist"))
 
 The generative model gives log p(x_t | x_<t, c) for every pixel and class in ten teacher-forced
-passes (rnn_mnist/rollout.py ``class_log_likelihoods``); their cumulative sums are log p(x_<=t | c),
+passes (rnn_mnist/likelihood.py ``class_log_likelihoods``); their cumulative sums are log p(x_<=t | c),
 so Bayes' rule gives the posterior after every pixel from those same ten passes. A classifier's
 curve is its head applied to the state after each pixel (``SequenceClassifier.logits_after_each_pixel``,
 pixels counted in its own reading order). Writes metrics.json and PNGs into plots/<exp-name>/.
@@ -31,8 +31,8 @@ from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint,
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import EvalOptions, load_model, output_folder
+from rnn_mnist.likelihood import class_log_likelihoods
 from rnn_mnist.models import CLASSIFIER_KIND, ClassifierConfig, SequenceClassifier
-from rnn_mnist.rollout import class_log_likelihoods
 from rnn_mnist.runtime import configure_cpu_math, resolve_device
 from rnn_mnist.tasks import classifier_inputs_name
 

@@ -20,15 +20,15 @@ mask nothing visible follows the hole, so the weights stay equal and all three a
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from rnn_mnist.data import NUM_PIXELS
+from rnn_mnist.likelihood import eval_mode, label_log_posterior
 from rnn_mnist.masks import runs, suffix_mask
 from rnn_mnist.models import NextPixelModel, select_state
 from rnn_mnist.runtime import autocast
@@ -41,10 +41,6 @@ BEST_BY = ("likelihood", "label-posterior")
 # blind: each particle draws the holes from the pixels before them; sample / best: sequential Monte
 # Carlo, one particle per digit drawn by weight / the heaviest.
 INPAINTS = ("blind", "sample", "best")
-
-# Digits a teacher-forced pass takes at a time (evaluation NLLs, class likelihoods): on torch ops
-# a pass holds (784, B, 3H) input gates, about 600 MB at 500 digits for GRU-128.
-TEACHER_FORCED_BATCH = 500
 
 # choose(probs (B,), step index t) -> the value fed back as pixel t (B,), float.
 Chooser = Callable[[torch.Tensor, int], torch.Tensor]
@@ -245,17 +241,6 @@ def _resample(
     return (torch.arange(n, device=device)[:, None] * k + chosen).view(-1), log_weight, count
 
 
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """The model in eval mode (no dropout) for the block, then back in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _check_request(
     hidden: torch.Tensor | None, mask_pixels: int | None, sampling: str, samples: int, inpaint: str
 ) -> torch.Tensor:
@@ -299,7 +284,7 @@ def complete(
     hidden = _check_request(hidden, mask_pixels, sampling, samples, inpaint)
     weigh = inpaint != "blind"
     device = next(model.parameters()).device
-    with _eval_mode(model):
+    with eval_mode(model):
         filled = rollout(
             model,
             pixels.to(device).float(),
@@ -360,82 +345,6 @@ def log_likelihood(result: Completion) -> torch.Tensor:
 def most_likely(result: Completion) -> Completion:
     """Keep, for each digit, the sample the model itself finds most likely."""
     return keep_best(result, log_likelihood(result))
-
-
-@torch.no_grad()
-def teacher_forced_log_probs(
-    model: NextPixelModel,
-    pixels: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    batch_size: int = TEACHER_FORCED_BATCH,
-) -> torch.Tensor:
-    """log p(x_t | x_<t) (N, 784) of every pixel of each image (N, 784), each given all the true
-    pixels before it: one teacher-forced pass. ``labels`` (N,) are for label-conditioned models."""
-    device = next(model.parameters()).device
-    out = []
-    with _eval_mode(model):
-        for start in range(0, len(pixels), batch_size):
-            x = pixels[start : start + batch_size].to(device).float()
-            batch_labels = None if labels is None else labels[start : start + batch_size]
-            logits = model.teacher_forced_logits(x, batch_labels)
-            out.append(-F.binary_cross_entropy_with_logits(logits, x, reduction="none").cpu())
-    return torch.cat(out)
-
-
-def teacher_forced_nll(
-    model: NextPixelModel,
-    pixels: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    counted: torch.Tensor | None = None,
-    batch_size: int = TEACHER_FORCED_BATCH,
-) -> torch.Tensor:
-    """NLL (nats, (N,)) of the ``counted`` pixels (784,) bool (None: all) of each image (N, 784),
-    each given all the true pixels before it. ``labels`` (N,) are for label-conditioned models."""
-    log_probs = teacher_forced_log_probs(model, pixels, labels, batch_size)
-    if counted is not None:
-        log_probs = log_probs[:, counted.cpu()]
-    return -log_probs.sum(dim=1)
-
-
-def class_log_likelihoods(
-    model: NextPixelModel,
-    images: torch.Tensor,
-    batch_size: int = TEACHER_FORCED_BATCH,
-    per_pixel: bool = False,
-) -> torch.Tensor:
-    """log p(image | class) (B, classes) under a label-conditioned model, one teacher-forced pass
-    per class; ``per_pixel``: the (B, classes, 784) terms log p(x_t | x_<t, class) whose sum that
-    is (their cumulative sum over t is log p(x_<=t | class): the model's reading after t pixels).
-    float64: summed over 784 pixels, fp32 would blur likelihoods a few hundredths of a nat apart."""
-    num_classes = model.config.num_classes
-    if num_classes == 0:
-        raise ValueError("reading a class needs a label-conditioned model (--condition label)")
-    terms = torch.stack(
-        [
-            teacher_forced_log_probs(model, images, torch.full((len(images),), c), batch_size)
-            for c in range(num_classes)
-        ],
-        dim=1,
-    ).double()  # (B, classes, 784)
-    return terms if per_pixel else terms.sum(dim=2)
-
-
-def class_log_posterior(
-    model: NextPixelModel, images: torch.Tensor, batch_size: int = TEACHER_FORCED_BATCH
-) -> torch.Tensor:
-    """log p(class | image) (B, classes), float64: Bayes' rule over ``class_log_likelihoods`` with a
-    uniform prior, the generative model read as a classifier."""
-    log_likelihood = class_log_likelihoods(model, images, batch_size)
-    return log_likelihood - log_likelihood.logsumexp(dim=1, keepdim=True)
-
-
-def label_log_posterior(
-    model: NextPixelModel, images: torch.Tensor, labels: torch.Tensor, batch_size: int = TEACHER_FORCED_BATCH
-) -> torch.Tensor:
-    """log p(label | image) (B,) under a label-conditioned model, for whole images (B, 784):
-    ``class_log_posterior`` at each image's ``labels``."""
-    posterior = class_log_posterior(model, images, batch_size)
-    return posterior.gather(1, labels.long().view(-1, 1)).squeeze(1).float()
 
 
 def most_recognisable(model: NextPixelModel, result: Completion, labels: torch.Tensor) -> Completion:

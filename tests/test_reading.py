@@ -14,9 +14,9 @@ import evaluate
 import train
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.evaluation import EvalOptions
+from rnn_mnist.likelihood import class_log_posterior
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.reading import confusion_matrix, generative_reading, read_digits
-from rnn_mnist.rollout import class_log_posterior
 
 
 def _conditioned_model() -> NextPixelModel:

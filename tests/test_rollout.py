@@ -6,19 +6,17 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from rnn_mnist.likelihood import label_log_posterior, teacher_forced_nll
 from rnn_mnist.masks import parse_mask, suffix_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.rollout import (
     Completion,
     _resample,
     complete,
-    label_log_posterior,
     most_likely,
     most_recognisable,
     rollout,
-    teacher_forced_nll,
 )
 
 SPECS = [
@@ -302,28 +300,6 @@ def test_best_of_end_to_end_on_a_random_model():
     assert any(torch.equal(best.completed[0, 0], c) for c in result.completed[0])
 
 
-def test_label_log_posterior_is_bayes_rule_over_the_class_likelihoods():
-    model, images = _conditioned_model(), _digits(3).float()
-    by_hand = torch.stack(
-        [
-            -F.binary_cross_entropy_with_logits(
-                model.teacher_forced_logits(images, torch.full((3,), c)), images, reduction="none"
-            ).sum(dim=1)
-            for c in range(10)
-        ],
-        dim=1,
-    ).detach()
-    posterior = torch.stack([label_log_posterior(model, images, torch.full((3,), c)) for c in range(10)], 1)
-    assert torch.allclose(posterior, by_hand.log_softmax(dim=1), atol=1e-4)
-    assert torch.allclose(posterior.exp().sum(dim=1), torch.ones(3), atol=1e-5)
-    assert posterior.std() > 0.1  # the classes really differ, or the test would prove little
-    assert torch.allclose(
-        label_log_posterior(model, images, torch.tensor([4, 0, 9]), batch_size=2),
-        posterior[torch.arange(3), torch.tensor([4, 0, 9])],
-        atol=1e-5,
-    )
-
-
 def test_most_recognisable_keeps_the_sample_the_model_reads_as_its_label():
     model = _conditioned_model()
     labels = torch.tensor([3, 8])
@@ -341,8 +317,3 @@ def test_most_recognisable_keeps_the_sample_the_model_reads_as_its_label():
         scores = label_log_posterior(model, result.completed[i].float(), labels[i].repeat(5))
         assert torch.equal(best.completed[i, 0], result.completed[i, scores.argmax()])
         assert scores.max() > scores.min()  # a real choice was made
-
-
-def test_label_posterior_needs_a_conditioned_model():
-    with pytest.raises(ValueError, match="label-conditioned"):
-        label_log_posterior(_model(), _digits(1).float(), torch.tensor([0]))
