@@ -22,11 +22,12 @@ import torch
 
 from rnn_mnist import visualise
 from rnn_mnist.checkpoint import atomic_write
+from rnn_mnist.config import EvalOptions
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.models import NextPixelModel
 from rnn_mnist.rollout import complete
 
-MASK_PIXELS = 284  # what evaluate.py hides by default
+MASK_PIXELS = EvalOptions.mask_pixels  # what evaluate.py hides by default
 DRAW_SEED = 0
 
 
