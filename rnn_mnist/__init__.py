@@ -4,6 +4,6 @@ One module per concern: ``config`` (every option, once) with ``options`` and ``p
 flags derived from it), ``data`` (digits as tensors), ``models`` (the models), ``steps`` (which
 kernel runs them) over ``kernels/`` (arrays in, arrays out), ``runtime`` (device, seeds, compute
 settings), ``training`` and ``tasks`` (the loop), ``checkpoint`` and ``resume`` (files),
-``rollout`` (completion), ``evaluation``, ``scoring`` and ``reading`` (metrics), ``visualise``
-(pictures), ``cli`` (what the scripts share).
+``rollout`` (completion), ``evaluation``, ``scoring`` and ``reading`` (metrics), ``output_folder``
+(an evaluation's folder, replaced whole), ``visualise`` (pictures), ``cli`` (what the scripts share).
 """

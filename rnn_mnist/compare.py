@@ -151,8 +151,10 @@ def load_experiment(folder: Path, eval_dir: Path, notes: list[str] | None = None
     metrics["name"] = name
     metrics["evaluation"], note = matching_evaluation(folder, eval_dir / name / "metrics.json")
     # evaluate.py --classify reads a next-pixel model as a classifier into a folder of its own.
-    reading_path = eval_dir / f"{name}-classify" / "metrics.json"
-    metrics["reading"], reading_note = (None, None) if is_classify(metrics) else matching_reading(folder, reading_path)
+    reading, reading_note = (None, None)
+    if not is_classify(metrics):
+        reading, reading_note = matching_reading(folder, eval_dir / f"{name}-classify" / "metrics.json")
+    metrics["reading"] = reading
     if notes is not None:
         notes += [n for n in (note, reading_note) if n]
     return metrics
@@ -170,7 +172,8 @@ def load_metrics(folder: Path) -> tuple[Any, Path]:
         return _nulls_as_nan(metrics), readable
     if not pickled.exists():
         raise RnnMnistError(
-            f"no metrics in {folder} (metrics.pkl or metrics.json); is it an experiment folder made by train.py?"
+            f"no metrics in {folder} (metrics.pkl or metrics.json); is it an experiment folder made by "
+            "train.py?"
         )
     return load_plain_pickle(pickled), pickled
 
@@ -273,9 +276,10 @@ def nll_table(experiments: list[dict[str, Any]]) -> str:
     readings = any(e.get("reading") for e in experiments)
     header = (
         "| experiment | cell | hidden | layers | parameters | epochs | training time | best val NLL "
-        "| test NLL (nats) | test bits/px | masked px acc | class agreement |" + (" --classify acc |" if readings else "")
-    )
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if readings else "")]
+        "| test NLL (nats) | test bits/px | masked px acc | class agreement |"
+    ) + (" --classify acc |" if readings else "")
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if readings else "")
+    lines = [header, rule]
     for e in experiments:
         model, history, evaluation = e["model_config"], e["history"], e["evaluation"] or {}
         vals = [h["val_nll_nats"] for h in history if h.get("val_nll_nats") is not None]

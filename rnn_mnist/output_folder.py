@@ -38,7 +38,8 @@ from rnn_mnist.experiment_lock import ExperimentLock
 # digit and sample (<label>-<index>[-<sample>].gif), a reading's figures, and half-written files
 # atomic_write left when an older version was killed (.<name>.<random>.tmp).
 OUTPUT_FILES = frozenset(
-    {"metrics.json", "completions.npz", "completions.png", "confusion.png", "misread.png", "accuracy-by-pixels.png"}
+    ("metrics.json", "completions.npz", "completions.png")  # completions
+    + ("confusion.png", "misread.png", "accuracy-by-pixels.png")  # a reading
 )
 OUTPUT_PATTERN = re.compile(r"\d+-\d+(-\d+)?\.gif|\..+\.[^.]+\.tmp")
 SHOWN_FOREIGN = 3  # names shown in the refusal
@@ -78,9 +79,8 @@ class OutputFolder:
         shown = Path(target)
         self.target = shown.resolve()  # a symlinked folder is replaced where it lives
         self.staging = self._beside("tmp", os.getpid())
-        self._lock = ExperimentLock(
-            self.target.parent, f".{self.target.name}.lock", what=f"output folder {shown}", holder="evaluation"
-        )
+        lock_name, what = f".{self.target.name}.lock", f"output folder {shown}"
+        self._lock = ExperimentLock(self.target.parent, lock_name, what=what, holder="evaluation")
         self._swapped = False
 
     def _beside(self, kind: str, pid: int) -> Path:
@@ -117,7 +117,11 @@ class OutputFolder:
         else:
             aside = self._beside("old", os.getpid())
             os.rename(self.target, aside)
-            os.rename(self.staging, self.target)  # killed before this: the next evaluation restores `aside`
+            try:  # killed before this rename: the next evaluation puts `aside` back
+                os.rename(self.staging, self.target)
+            except OSError:
+                os.rename(aside, self.target)
+                raise
             shutil.rmtree(aside, ignore_errors=True)
         self._swapped = True
 
@@ -125,10 +129,9 @@ class OutputFolder:
         """Undo what killed evaluations into the target left: put back an old folder set aside just
         before a kill, remove half-written ones. Safe only under the lock, which the caller holds."""
         pattern = re.compile(rf"\.{re.escape(self.target.name)}\.(tmp|old)-\d+")
-        leftovers = [p for p in self.target.parent.iterdir() if pattern.fullmatch(p.name)]
-        set_aside = sorted(
-            (p for p in leftovers if pattern.fullmatch(p.name).group(1) == "old"), key=lambda p: p.stat().st_mtime
-        )
+        kinds = {p: m.group(1) for p in self.target.parent.iterdir() if (m := pattern.fullmatch(p.name))}
+        leftovers = list(kinds)
+        set_aside = sorted((p for p, kind in kinds.items() if kind == "old"), key=lambda p: p.stat().st_mtime)
         if set_aside and not os.path.lexists(self.target):
             os.rename(set_aside[-1], self.target)
             leftovers.remove(set_aside[-1])

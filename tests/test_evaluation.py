@@ -368,7 +368,8 @@ def test_sigkill_while_gifs_are_written_leaves_the_old_outputs_whole(experiment,
     argv = _evaluate_into(out, args, "--num-digits", "40", "--seed", "1", "--sampling", "bernoulli",
                           "--samples", "3")
     # fmt: on
-    process = subprocess.Popen([sys.executable, "evaluate.py", *argv], cwd=REPO, stdout=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen([sys.executable, "evaluate.py", *argv], cwd=REPO, **quiet)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:

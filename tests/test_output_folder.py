@@ -75,7 +75,8 @@ def test_only_a_folder_of_evaluation_outputs_is_replaced(tmp_path):
     check_replaceable(tmp_path / "new" / "folder", "--out-dir")
     _fill(tmp_path / "mixed", {"metrics.json": "", "notes.txt": "", "holiday.gif": ""})
     (tmp_path / "mixed" / "sub").mkdir()
-    with pytest.raises(RnnMnistError, match=r"holds files evaluate.py does not write \(holiday.gif, notes.txt, sub/\)"):
+    foreign = r"holds files evaluate.py does not write \(holiday.gif, notes.txt, sub/\)"
+    with pytest.raises(RnnMnistError, match=foreign):
         check_replaceable(tmp_path / "mixed", "--out-dir")
     with pytest.raises(RnnMnistError, match="root of a file system"):
         check_replaceable(Path("/"), "--out-dir")
