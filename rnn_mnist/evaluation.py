@@ -109,6 +109,7 @@ def _check_not_another_experiments(out_dir: Path, exp_name: str) -> None:
             f"{out_dir} holds an evaluation of experiment {described}, not {exp_name}: give --out-dir"
         )
 
+
 def choose_indices(
     labels: torch.Tensor,
     indices: tuple[int, ...] | None,

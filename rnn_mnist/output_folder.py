@@ -37,10 +37,9 @@ from rnn_mnist.experiment_lock import ExperimentLock
 # What evaluate.py writes (rnn_mnist/evaluation.py, rnn_mnist/reading.py): completions, a GIF per
 # digit and sample (<label>-<index>[-<sample>].gif), a reading's figures, and half-written files
 # atomic_write left when an older version was killed (.<name>.<random>.tmp).
-OUTPUT_FILES = frozenset(
-    ("metrics.json", "completions.npz", "completions.png")  # completions
-    + ("confusion.png", "misread.png", "accuracy-by-pixels.png")  # a reading
-)
+COMPLETION_FILES = ("metrics.json", "completions.npz", "completions.png")
+READING_FILES = ("metrics.json", "confusion.png", "misread.png", "accuracy-by-pixels.png")
+OUTPUT_FILES = frozenset(COMPLETION_FILES + READING_FILES)
 OUTPUT_PATTERN = re.compile(r"\d+-\d+(-\d+)?\.gif|\..+\.[^.]+\.tmp")
 SHOWN_FOREIGN = 3  # names shown in the refusal
 

@@ -244,7 +244,9 @@ def test_compare_reads_shipped_models_from_their_metrics_json(mnist_dir, tmp_pat
     accuracy = json.loads((evaluations / "gru-128" / "metrics.json").read_text())["masked_pixel_accuracy"]
     capsys.readouterr()
     folders = [str(shipped / "gru-128"), str(shipped / "fast")]
-    code = compare.main([*folders, "--name", "shipped", "--out-dir", str(out), "--eval-dir", str(evaluations)])
+    code = compare.main(
+        [*folders, "--name", "shipped", "--out-dir", str(out), "--eval-dir", str(evaluations)]
+    )
     assert code == 0, capsys.readouterr().err
     rows = table_rows((out / "compare-shipped.md").read_text())
     for name in ("gru-128", "fast"):

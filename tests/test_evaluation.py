@@ -415,7 +415,9 @@ def test_a_new_evaluation_leaves_only_its_own_gifs(experiment, capsys):
     assert evaluate.main(_evaluate_into(out, args, "--num-digits", "6", "--seed", "0")) == 0
     assert evaluate.main(_evaluate_into(out, args, "--num-digits", "3", "--seed", "1")) == 0
     with np.load(out / "completions.npz") as npz:
-        expected = {f"{label}-{index}.gif" for label, index in zip(npz["labels"], npz["indices"], strict=True)}
+        expected = {
+            f"{label}-{index}.gif" for label, index in zip(npz["labels"], npz["indices"], strict=True)
+        }
     assert {p.name for p in out.glob("*.gif")} == expected and len(expected) == 3
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seed"] == 1 and metrics["num_digits"] == 3

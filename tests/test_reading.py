@@ -160,7 +160,9 @@ def test_compare_puts_classify_experiments_in_their_own_accuracy_table(experimen
     assert only.startswith("| classifier |") and (tmp_path / "compare-cls.png").exists()
 
 
-def test_classify_reads_into_its_own_folder_beside_the_completions(experiments, tmp_path, capsys, monkeypatch):
+def test_classify_reads_into_its_own_folder_beside_the_completions(
+    experiments, tmp_path, capsys, monkeypatch
+):
     """Issue 23, finding 5: --classify replaced the completion metrics.json in plots/<exp>/."""
     from rnn_mnist import compare
 
@@ -182,7 +184,9 @@ def test_classify_reads_into_its_own_folder_beside_the_completions(experiments, 
     assert header.endswith("| --classify acc |") and row.endswith(f"| {reading['test_accuracy']:.4f} |")
 
 
-def test_a_default_folder_holding_another_experiments_evaluation_is_refused(experiments, tmp_path, capsys, monkeypatch):
+def test_a_default_folder_holding_another_experiments_evaluation_is_refused(
+    experiments, tmp_path, capsys, monkeypatch
+):
     """plots/gen-classify is also the default folder of an experiment named gen-classify: neither
     evaluation replaces the other's."""
     monkeypatch.chdir(tmp_path)
@@ -198,5 +202,7 @@ def test_a_default_folder_holding_another_experiments_evaluation_is_refused(expe
 
 def test_completion_flags_with_classify_are_refused_in_grammatical_words(experiments, tmp_path, capsys):
     """Issue 23, finding 12: "--no-gifs only change completions"."""
-    code, err = run_main(evaluate.main, _evaluate(experiments, tmp_path, "gen", "--classify", "--no-gifs"), capsys)
+    code, err = run_main(
+        evaluate.main, _evaluate(experiments, tmp_path, "gen", "--classify", "--no-gifs"), capsys
+    )
     assert code == 2 and "--no-gifs would only change completions;" in err, err
