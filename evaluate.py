@@ -14,8 +14,9 @@ Usage:
     python evaluate.py --exp-name gru-label --classify --against smnist  # the generative model, read
 
 Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
-truth), completions.png, completions.npz and metrics.json; for a classify experiment or --classify,
-metrics.json, confusion.png, misread.png and accuracy-by-pixels.png (rnn_mnist/reading.py). The
+truth), completions.png, completions.npz and metrics.json; for a classify experiment (or --classify,
+into plots/<exp-name>-classify/), metrics.json, confusion.png, misread.png and accuracy-by-pixels.png
+(rnn_mnist/reading.py). Each evaluation replaces its folder whole, so its files are all of one run. The
 model and the test digits' binarisation come from the experiment's checkpoint; no architecture
 flags are needed.
 """

@@ -5,5 +5,6 @@ flags derived from it), ``data`` (digits as tensors), ``models`` (the models), `
 kernel runs them) over ``kernels/`` (arrays in, arrays out), ``runtime`` (device, seeds, compute
 settings), ``training`` and ``tasks`` (the loop), ``checkpoint`` and ``resume`` (files),
 ``rollout`` (completion), ``likelihood`` (exact NLLs, Bayes' rule), ``evaluation``, ``scoring``
-and ``reading`` (metrics), ``visualise`` (pictures), ``cli`` (what the scripts share).
+and ``reading`` (metrics), ``output_folder`` (an evaluation's folder, replaced whole),
+``visualise`` (pictures), ``cli`` (what the scripts share).
 """

@@ -6,9 +6,11 @@ writes plots/compare-hidden.png (the per-batch training loss against digits seen
 test NLL against epoch and against training time; one line per experiment, labelled by its name and
 the flags that differ) and plots/compare-hidden.md (the table, also printed). Each experiment is
 named by its folder. Its metrics.pkl is read with a restricted unpickler that admits plain Python
-values only, so a foreign .pkl cannot run code, and is checked for the shape train.py writes.
-evaluate.py's metrics.json in <eval-dir>/<name>/ (default plots/) adds masked pixel accuracy and
-class agreement, when it describes the experiment's current checkpoint (same epoch and weights).
+values only, so a foreign .pkl cannot run code, and is checked for the shape train.py writes; a
+folder without one (a shipped model in pretrained/) is read from its metrics.json, with no per-batch
+losses. evaluate.py's metrics.json in <eval-dir>/<name>/ (default plots/) adds masked pixel
+accuracy and class agreement, and <eval-dir>/<name>-classify/ the --classify reading's accuracy,
+when they describe the experiment's current checkpoint (same epoch and weights).
 Classify experiments (train.py --task classify) get their own table, of accuracy rather than NLL;
 their curves are drawn only when every experiment compared is one (the losses do not compare).
 """
@@ -140,17 +142,61 @@ def load_experiment(folder: Path, eval_dir: Path, notes: list[str] | None = None
         raise RnnMnistError(f"no experiment folder {folder}")
     if not folder.is_dir():
         raise RnnMnistError(f"{folder} is a file; give experiment folders (experiments/<name>)")
-    metrics = load_plain_pickle(folder / "metrics.pkl")
+    metrics, source = load_metrics(folder)
     problem = shape_problem(metrics)
     if problem:
-        raise RnnMnistError(f"{folder / 'metrics.pkl'} is not an rnn-mnist metrics file: {problem}")
+        raise RnnMnistError(f"{source} is not an rnn-mnist metrics file: {problem}")
     # The folder names the experiment: a copied or renamed one keeps its saved config's exp_name.
     name = folder.resolve().name
     metrics["name"] = name
     metrics["evaluation"], note = matching_evaluation(folder, eval_dir / name / "metrics.json")
-    if note and notes is not None:
-        notes.append(note)
+    # evaluate.py --classify reads a next-pixel model as a classifier into a folder of its own.
+    reading, reading_note = (None, None)
+    if not is_classify(metrics):
+        reading, reading_note = matching_reading(folder, eval_dir / f"{name}-classify" / "metrics.json")
+    metrics["reading"] = reading
+    if notes is not None:
+        notes += [n for n in (note, reading_note) if n]
     return metrics
+
+
+def load_metrics(folder: Path) -> tuple[Any, Path]:
+    """An experiment folder's training metrics and the file they came from: metrics.pkl (it holds the
+    per-batch losses too), else metrics.json, which a shipped model's folder (pretrained/) holds alone."""
+    pickled, readable = folder / "metrics.pkl", folder / "metrics.json"
+    if not pickled.exists() and readable.is_file():
+        try:
+            metrics = json.loads(readable.read_text())  # plain values only: nothing in JSON runs code
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise RnnMnistError(f"{readable} is not readable JSON ({exc})") from None
+        return _nulls_as_nan(metrics), readable
+    if not pickled.exists():
+        raise RnnMnistError(
+            f"no metrics in {folder} (metrics.pkl or metrics.json); is it an experiment folder made by "
+            "train.py?"
+        )
+    return load_plain_pickle(pickled), pickled
+
+
+def _nulls_as_nan(metrics: Any) -> Any:
+    """metrics.json writes a NaN or infinity as null (strict JSON): read the history's numbers back
+    as NaN, as metrics.pkl holds them."""
+    history = metrics.get("history") if isinstance(metrics, dict) else None
+    for entry in history if isinstance(history, list) else []:
+        for key in {*HISTORY_NUMBERS, *CLASSIFY_HISTORY_NUMBERS} if isinstance(entry, dict) else ():
+            if key in entry and entry[key] is None:
+                entry[key] = math.nan
+    return metrics
+
+
+def matching_reading(folder: Path, path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """evaluate.py --classify's reading at ``path`` if it describes ``folder``'s current checkpoint.
+    A folder of that name holding anything else (another experiment's evaluation) is passed over."""
+    try:
+        kind = json.loads(path.read_text()).get("evaluation")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None, None
+    return matching_evaluation(folder, path) if kind == "generative classifier" else (None, None)
 
 
 def differences(experiments: list[dict[str, Any]]) -> list[str]:
@@ -225,11 +271,15 @@ def accuracy_table(experiments: list[dict[str, Any]]) -> str:
 
 
 def nll_table(experiments: list[dict[str, Any]]) -> str:
+    """Next-pixel experiments: NLLs, evaluate.py's completion figures and, when any was read with
+    --classify, that reading's test accuracy."""
+    readings = any(e.get("reading") for e in experiments)
     header = (
         "| experiment | cell | hidden | layers | parameters | epochs | training time | best val NLL "
         "| test NLL (nats) | test bits/px | masked px acc | class agreement |"
-    )
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ) + (" --classify acc |" if readings else "")
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if readings else "")
+    lines = [header, rule]
     for e in experiments:
         model, history, evaluation = e["model_config"], e["history"], e["evaluation"] or {}
         vals = [h["val_nll_nats"] for h in history if h.get("val_nll_nats") is not None]
@@ -241,6 +291,8 @@ def nll_table(experiments: list[dict[str, Any]]) -> str:
             _fmt(last.get("test_nll_nats")), _fmt(last.get("test_bits_per_pixel"), 4),
             _fmt(evaluation.get("masked_pixel_accuracy"), 4), _fmt(evaluation.get("class_agreement"), 3),
         ]  # fmt: skip
+        if readings:
+            cells.append(_fmt((e.get("reading") or {}).get("test_accuracy"), 4))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

@@ -51,7 +51,9 @@ PARALLEL_ONLY = unless(
 )
 STEP_ONLY = when("lr_schedule", "step")
 COMPLETING = when(  # everything but --test-digits, --batch-size and --device (rnn_mnist/reading.py)
-    "classify", False, says="{flags} only change completions; --classify reads whole test digits: drop them"
+    "classify",
+    False,
+    says="{flags} would only change completions; --classify reads whole test digits and makes none",
 )
 NOT_GREEDY = unless(
     "sampling",
@@ -264,8 +266,9 @@ class EvalOptions:
     )
     exp_dir: str = exp_dir_option("main")
     out_dir: str | None = option(
-        None, "--out-dir", help="output folder; unset: plots/<exp-name>", group="main"
-    )
+        None, "--out-dir", group="main",
+        help="output folder, replaced whole; unset: plots/<exp-name> (--classify: plots/<exp-name>-classify)",
+    )  # fmt: skip
     data_dir: str | None = option(
         None, "--data-dir", help=f"folder holding MNIST/raw; unset: ${DATA_ENV_VAR}, else the training one",
         group="main",

@@ -3,12 +3,15 @@
     options = EvalOptions(exp_name="gru-128")
     metrics = evaluate_experiment(options)   # writes GIFs, completions.png/.npz, metrics.json
 
-The model and the binarisation of the test digits come from the checkpoint alone.
+The model and the binarisation of the test digits come from the checkpoint alone. The outputs are
+written into a fresh folder that then replaces the output folder whole (rnn_mnist/output_folder.py),
+under a lock: they are all of one evaluation.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +47,7 @@ from rnn_mnist.likelihood import TEACHER_FORCED_BATCH, teacher_forced_nll
 from rnn_mnist.masks import parse_mask, suffix_mask
 from rnn_mnist.memory import MemoryNeed, check_fits, evaluation_need
 from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.output_folder import OutputFolder, check_replaceable
 from rnn_mnist.progress import progress
 from rnn_mnist.rollout import (
     BEST_BY,
@@ -70,17 +74,39 @@ def load_model(path: Path, device: torch.device) -> tuple[NextPixelModel, dict[s
     return model.to(device).eval(), checkpoint
 
 
+def default_out_dir(options: EvalOptions) -> Path:
+    """plots/<exp-name>; a --classify reading goes beside the completions, not over them."""
+    return Path("plots") / (options.exp_name + ("-classify" if options.classify else ""))
+
+
 def output_folder(options: EvalOptions) -> Path:
-    """Where the outputs go, checked before any work: writable, and not an experiment's folder,
-    whose metrics.json (the training history) the evaluation's metrics.json would replace."""
-    out_dir = Path(options.out_dir or Path("plots") / options.exp_name)
+    """Where the outputs go, checked before any work: writable, not an experiment's folder (whose
+    metrics.json, the training history, the evaluation's would replace), nor a folder holding other
+    files than evaluate.py's (an evaluation replaces its whole folder: rnn_mnist/output_folder.py)."""
+    out_dir = Path(options.out_dir or default_out_dir(options))
     if ExperimentPaths(out_dir).exists():
         raise RnnMnistError(
             f"--out-dir {out_dir} is an experiment folder: the evaluation would overwrite its training "
-            f"metrics.json. Choose another --out-dir (unset: plots/{options.exp_name})"
+            f"metrics.json. Choose another --out-dir (unset: {default_out_dir(options)})"
         )
     check_writable_folder(out_dir, "--out-dir")
+    check_replaceable(out_dir, "--out-dir")
+    if options.out_dir is None:
+        _check_not_another_experiments(out_dir, options.exp_name)
     return out_dir
+
+
+def _check_not_another_experiments(out_dir: Path, exp_name: str) -> None:
+    """The default folders of two experiments can be one (plots/a-classify: experiment a read with
+    --classify, or experiment a-classify's completions): never replace the other's evaluation."""
+    try:
+        described = json.loads((out_dir / "metrics.json").read_text()).get("experiment")
+    except (OSError, ValueError, AttributeError):  # none there, or not ours: check_replaceable decided
+        return
+    if isinstance(described, str) and described != exp_name:
+        raise RnnMnistError(
+            f"{out_dir} holds an evaluation of experiment {described}, not {exp_name}: give --out-dir"
+        )
 
 
 def choose_indices(
@@ -198,9 +224,11 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
     prepared = _prepare(options)
     batching = _Batching.of(options)
     _check_memory(prepared, options, batching)
-    rollout = _roll_out(prepared, options, batching, show_progress)
-    metrics = _measure(prepared, options, rollout, show_progress)
-    _write_outputs(prepared, options, rollout.completed, metrics, show_progress)
+    with OutputFolder(prepared.out_dir) as outputs:  # a second evaluation into it stops here
+        rollout = _roll_out(prepared, options, batching, show_progress)
+        metrics = _measure(prepared, options, rollout, show_progress)
+        _write_outputs(prepared, options, outputs.staging, rollout.completed, metrics, show_progress)
+        outputs.swap_in()
     metrics["out_dir"] = str(prepared.out_dir)
     return metrics
 
@@ -455,14 +483,14 @@ def _add_judgement(metrics: dict[str, Any], prepared: _Prepared, completed: torc
 def _write_outputs(
     prepared: _Prepared,
     options: EvalOptions,
+    out_dir: Path,
     completed: torch.Tensor,
     metrics: dict[str, Any],
     show_progress: bool,
 ) -> None:
-    """completions.npz and .png, a GIF per completion (unless --no-gifs), and metrics.json last."""
-    out_dir, targets, labels, chosen = prepared.out_dir, prepared.targets, prepared.labels, prepared.chosen
-    hidden = prepared.hidden
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """completions.npz and .png, a GIF per completion (unless --no-gifs), and metrics.json last, into
+    ``out_dir``: the fresh folder that replaces the output folder once they are all written."""
+    targets, labels, chosen, hidden = prepared.targets, prepared.labels, prepared.chosen, prepared.hidden
     n, k = completed.shape[:2]
     side = (IMAGE_SIDE, IMAGE_SIDE)
     _save_npz(

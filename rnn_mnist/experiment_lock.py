@@ -3,6 +3,9 @@
     with ExperimentLock(paths.root):   # a second run here gets a one-line error naming this one
         ...train...
 
+The same lock, under another name and wording, keeps two evaluations out of one output folder
+(rnn_mnist/output_folder.py).
+
 The lock is ``fcntl.flock`` on ``<folder>/.lock``. The kernel drops it when the process ends, by
 Ctrl-C, a crash or SIGKILL alike, so a lock is never left stale; the file only says who holds it.
 """
@@ -37,9 +40,16 @@ class ExperimentLock:
     else was written there (a run refused before its first save leaves no trace).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, name: str = LOCK_NAME, what: str | None = None, holder: str = "run"
+    ) -> None:
+        """``name``: the lock file in ``folder``; ``what`` is locked and ``holder`` holds it, as the
+        refusal words them ("experiment <folder> is in use by another run (pid ...)")."""
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
+        self.what = what or f"experiment {self.folder}"
+        self.holder = holder
+        self._folder_words = "the experiment folder" if what is None else "the folder"
         self._fd: int | None = None
         self._created_folder = False
 
@@ -58,7 +68,7 @@ class ExperimentLock:
                 continue  # the folder was removed under us by a run that gave up: make it again
             except OSError as exc:
                 raise RnnMnistError(
-                    f"cannot write to the experiment folder {self.folder} ({describe_os_error(exc)})"
+                    f"cannot write to {self._folder_words} {self.folder} ({describe_os_error(exc)})"
                 ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,7 +76,7 @@ class ExperimentLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 raise ExperimentBusy(
-                    f"experiment {self.folder} is in use by another run ({holder}); wait for it to "
+                    f"{self.what} is in use by another {self.holder} ({holder}); wait for it to "
                     "end or stop it, then try again"
                 ) from None
             try:
@@ -84,10 +94,10 @@ class ExperimentLock:
             except OSError as exc:
                 self.release()
                 raise RnnMnistError(
-                    f"cannot write to the experiment folder {self.folder} ({exc.strerror or exc})"
+                    f"cannot write to {self._folder_words} {self.folder} ({exc.strerror or exc})"
                 ) from None
             return
-        raise RnnMnistError(f"could not lock the experiment folder {self.folder}: it keeps changing")
+        raise RnnMnistError(f"could not lock {self._folder_words} {self.folder}: it keeps changing")
 
     def release(self) -> None:
         if self._fd is None:

@@ -2,7 +2,7 @@
 label-conditioned next-pixel model read as a classifier, with accuracy by how many pixels were read.
 
     python evaluate.py --exp-name smnist                              # a --task classify experiment
-    python evaluate.py --exp-name label-fast --classify --against smnist
+    python evaluate.py --exp-name label-fast --classify --against smnist   # into plots/label-fast-classify/
 
     metrics = read_digits(EvalOptions(exp_name="label-fast", classify=True, against="smnist"))
 
@@ -10,7 +10,9 @@ The generative model gives log p(x_t | x_<t, c) for every pixel and class in ten
 passes (rnn_mnist/likelihood.py ``class_log_likelihoods``); their cumulative sums are log p(x_<=t | c),
 so Bayes' rule gives the posterior after every pixel from those same ten passes. A classifier's
 curve is its head applied to the state after each pixel (``SequenceClassifier.logits_after_each_pixel``,
-pixels counted in its own reading order). Writes metrics.json and PNGs into plots/<exp-name>/.
+pixels counted in its own reading order). Writes metrics.json and PNGs into plots/<exp-name>/ (a
+classifier) or plots/<exp-name>-classify/ (--classify: beside the completions, not over them), through
+a fresh folder that replaces it whole (rnn_mnist/output_folder.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import EvalOptions, load_model, output_folder
 from rnn_mnist.likelihood import class_log_likelihoods
 from rnn_mnist.models import CLASSIFIER_KIND, ClassifierConfig, SequenceClassifier
+from rnn_mnist.output_folder import OutputFolder
 from rnn_mnist.runtime import configure_cpu_math, resolve_device
 from rnn_mnist.tasks import classifier_inputs_name
 
@@ -205,7 +208,7 @@ def curves_png(curves: dict[str, list[float]]) -> bytes:
 
 
 def _write(out_dir: Path, files: dict[str, bytes], metrics: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """The figures, then metrics.json, into the fresh folder that will replace the output folder."""
     for name, content in files.items():
         atomic_write(out_dir / name, lambda f, content=content: f.write(content))
     text = json.dumps(metrics, indent=2)
@@ -247,6 +250,18 @@ def read_digits(options: EvalOptions, show_progress: bool = True) -> dict[str, A
     classifier = _check_reading(options)
     out_dir = output_folder(options)
     device = resolve_device(options.device)
+    with OutputFolder(out_dir) as outputs:  # a second evaluation into it stops here
+        metrics, files = _read_and_draw(options, classifier, path, device, show_progress)
+        _write(outputs.staging, files, metrics)
+        outputs.swap_in()
+    metrics["out_dir"] = str(out_dir)
+    return metrics
+
+
+def _read_and_draw(
+    options: EvalOptions, classifier: bool, path: Path, device: torch.device, show_progress: bool
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The reading's metrics, and its figures by file name."""
     compute = configure_cpu_math()
     started = time.perf_counter()
     if classifier:
@@ -276,9 +291,7 @@ def read_digits(options: EvalOptions, show_progress: bool = True) -> dict[str, A
         "misread.png": misread_png(reading.images[wrong], labels[wrong], final[wrong], wrong),
         "accuracy-by-pixels.png": curves_png(reading.curves),
     }
-    _write(out_dir, files, metrics)
-    metrics["out_dir"] = str(out_dir)
-    return metrics
+    return metrics, files
 
 
 def _check_reading(options: EvalOptions) -> bool:

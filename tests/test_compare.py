@@ -9,7 +9,7 @@ import shutil
 
 import imageio.v3 as iio
 import pytest
-from conftest import run_main, tiny_train_args
+from conftest import REPO, run_main, tiny_train_args
 
 import evaluate
 import train
@@ -229,3 +229,28 @@ def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
 def test_compare_refuses_a_folder_without_metrics(tmp_path, capsys):
     code = compare.main([str(tmp_path), "--name", "x", "--out-dir", str(tmp_path / "plots")])
     assert code == 2 and "no metrics" in capsys.readouterr().err
+
+
+def test_compare_reads_shipped_models_from_their_metrics_json(mnist_dir, tmp_path, capsys):
+    """Issue 23, finding 12: a pretrained/ folder holds metrics.json and no metrics.pkl; compare
+    refused it ("no metrics")."""
+    shipped, evaluations, out = REPO / "pretrained", tmp_path / "evaluations", tmp_path / "plots"
+    # An evaluation of one of them (on the fixtures' digits), matched to its checkpoint as any other.
+    # fmt: off
+    assert evaluate.main(["--exp-name", "gru-128", "--exp-dir", str(shipped), "--data-dir", str(mnist_dir),
+                          "--out-dir", str(evaluations / "gru-128"), "--num-digits", "2", "--no-gifs",
+                          "--no-judge"]) == 0
+    # fmt: on
+    accuracy = json.loads((evaluations / "gru-128" / "metrics.json").read_text())["masked_pixel_accuracy"]
+    capsys.readouterr()
+    folders = [str(shipped / "gru-128"), str(shipped / "fast")]
+    code = compare.main(
+        [*folders, "--name", "shipped", "--out-dir", str(out), "--eval-dir", str(evaluations)]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = table_rows((out / "compare-shipped.md").read_text())
+    for name in ("gru-128", "fast"):
+        history = json.loads((shipped / name / "metrics.json").read_text())["history"]
+        assert rows[name][5] == str(len(history)) and rows[name][8] == f"{history[-1]['test_nll_nats']:.2f}"
+    assert rows["gru-128"][10] == f"{accuracy:.4f}" and rows["fast"][10] == "-"
+    assert iio.imread(out / "compare-shipped.png").ndim == 3

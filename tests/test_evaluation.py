@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -347,3 +350,88 @@ def test_gif_of_a_hole_fills_it_in_pixel_order():
     drawn = [[middle(f, p) == visualise.GENERATED_ON for p in np.flatnonzero(hidden)] for f in frames]
     assert all(a <= b for d in drawn for a, b in zip(d[1:], d, strict=False))  # filled in order
     assert sorted(map(sum, drawn)) == list(map(sum, drawn))  # and never unfilled
+
+
+def _evaluate_into(out, args, *extra) -> list[str]:
+    return [*args, "--out-dir", str(out), "--no-judge", *extra]
+
+
+def test_sigkill_while_gifs_are_written_leaves_the_old_outputs_whole(experiment, capsys):
+    """Issue 23, finding 5: a kill mid-GIFs left new completions beside the old metrics.json, a
+    0-byte GIF, and old and new GIFs mixed."""
+    root, args = experiment
+    out = root / "killed"
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "6", "--seed", "0")) == 0
+    before = folder_files(out)
+    # Many GIFs (40 digits x 3 samples): seconds of writing them, time enough to kill the run midway.
+    # fmt: off
+    argv = _evaluate_into(out, args, "--num-digits", "40", "--seed", "1", "--sampling", "bernoulli",
+                          "--samples", "3")
+    # fmt: on
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen([sys.executable, "evaluate.py", *argv], cwd=REPO, **quiet)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            # A GIF of the new run, wherever it is written (the output folder itself, before the fix).
+            if list(root.glob(".killed.*/*.gif")) or folder_files(out) != before:
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the evaluation ended before it could be killed mid-GIFs"
+        process.kill()  # SIGKILL: no chance to clean up
+    finally:
+        process.kill()
+        process.wait()
+    assert folder_files(out) == before  # the old outputs, complete and alone
+    # The next evaluation removes what the killed one left, and its outputs are all its own.
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "2", "--seed", "2", "--no-gifs")) == 0
+    assert not list(root.glob(".killed.*"))
+    assert sorted(p.name for p in out.iterdir()) == ["completions.npz", "completions.png", "metrics.json"]
+
+
+def test_a_second_evaluation_into_the_same_folder_is_refused_in_one_line(experiment, capsys):
+    """Issue 23, finding 5: two evaluations at once ended with one's metrics.json beside the other's
+    completions."""
+    root, args = experiment
+    out = root / "busy"
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "2", "--no-gifs")) == 0
+    before = folder_files(out)
+    capsys.readouterr()
+    # The running evaluation's lock, as it holds it: flock on .<name>.lock beside the folder.
+    with open(root / ".busy.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"pid {os.getpid()} on this machine\n")
+        held.flush()
+        code, err = run_main(_evaluate_into(out, args, "--num-digits", "3", "--seed", "5"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "in use by another evaluation" in err and f"pid {os.getpid()}" in err and str(out) in err
+    assert folder_files(out) == before
+
+
+def test_a_new_evaluation_leaves_only_its_own_gifs(experiment, capsys):
+    """Issue 23, finding 5: --seed 0 then --seed 1 left 16 GIFs for an 8-digit run."""
+    root, args = experiment
+    out = root / "reseeded"
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "6", "--seed", "0")) == 0
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "3", "--seed", "1")) == 0
+    with np.load(out / "completions.npz") as npz:
+        expected = {
+            f"{label}-{index}.gif" for label, index in zip(npz["labels"], npz["indices"], strict=True)
+        }
+    assert {p.name for p in out.glob("*.gif")} == expected and len(expected) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 1 and metrics["num_digits"] == 3
+    assert not [p for p in root.iterdir() if p.name.startswith(".reseeded")]  # no lock or temporary left
+
+
+def test_a_folder_holding_other_files_is_refused_and_kept(experiment, capsys, monkeypatch):
+    """An evaluation replaces its whole folder: one holding files it did not write is refused, not emptied."""
+    root, args = experiment
+    monkeypatch.setattr(evaluation, "complete", lambda *a, **k: pytest.fail("the rollout ran"))
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "metrics.json").write_text("{}")
+    code, err = run_main(_evaluate_into(mine, args, "--num-digits", "2"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "notes.txt" in err, err
+    assert folder_files(mine) == {"notes.txt": b"mine", "metrics.json": b"{}"}

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_main, tiny_train_args
+from conftest import folder_files, run_main, tiny_train_args
 
 import evaluate
 import train
@@ -158,3 +158,51 @@ def test_compare_puts_classify_experiments_in_their_own_accuracy_table(experimen
     assert "not in the picture" in capsys.readouterr().err
     only = compare.compare([experiments / "cls"], "cls", tmp_path, eval_dir=tmp_path)
     assert only.startswith("| classifier |") and (tmp_path / "compare-cls.png").exists()
+
+
+def test_classify_reads_into_its_own_folder_beside_the_completions(
+    experiments, tmp_path, capsys, monkeypatch
+):
+    """Issue 23, finding 5: --classify replaced the completion metrics.json in plots/<exp>/."""
+    from rnn_mnist import compare
+
+    monkeypatch.chdir(tmp_path)  # the default folders, plots/gen and plots/gen-classify, land here
+    data_dir = load_checkpoint(experiments / "gen" / "checkpoint.ckpt")["data_config"]["data_dir"]
+    common = ["--exp-name", "gen", "--exp-dir", str(experiments), "--data-dir", data_dir]
+    assert evaluate.main([*common, "--num-digits", "2", "--no-gifs", "--no-judge"]) == 0
+    completions = folder_files(tmp_path / "plots" / "gen")
+    assert evaluate.main([*common, "--classify", "--test-digits", "12"]) == 0
+    assert "wrote plots/gen-classify/" in capsys.readouterr().out
+    assert folder_files(tmp_path / "plots" / "gen") == completions  # the completions kept, untouched
+    reading = json.loads((tmp_path / "plots" / "gen-classify" / "metrics.json").read_text())
+    assert reading["evaluation"] == "generative classifier" and reading["num_digits"] == 12
+    # compare finds both: the completions' figures and the reading's accuracy, in its own column.
+    experiment = compare.load_experiment(experiments / "gen", tmp_path / "plots")
+    assert experiment["evaluation"]["num_digits"] == 2
+    assert experiment["reading"]["test_accuracy"] == reading["test_accuracy"]
+    header, _, row = compare.nll_table([experiment]).splitlines()
+    assert header.endswith("| --classify acc |") and row.endswith(f"| {reading['test_accuracy']:.4f} |")
+
+
+def test_a_default_folder_holding_another_experiments_evaluation_is_refused(
+    experiments, tmp_path, capsys, monkeypatch
+):
+    """plots/gen-classify is also the default folder of an experiment named gen-classify: neither
+    evaluation replaces the other's."""
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "plots" / "gen-classify"
+    other.mkdir(parents=True)
+    (other / "metrics.json").write_text('{"experiment": "gen-classify"}')
+    data_dir = load_checkpoint(experiments / "gen" / "checkpoint.ckpt")["data_config"]["data_dir"]
+    argv = ["--exp-name", "gen", "--exp-dir", str(experiments), "--data-dir", data_dir, "--classify"]
+    code, err = run_main(evaluate.main, argv, capsys)
+    assert code == 2 and "holds an evaluation of experiment gen-classify" in err, err
+    assert (other / "metrics.json").read_text() == '{"experiment": "gen-classify"}'
+
+
+def test_completion_flags_with_classify_are_refused_in_grammatical_words(experiments, tmp_path, capsys):
+    """Issue 23, finding 12: "--no-gifs only change completions"."""
+    code, err = run_main(
+        evaluate.main, _evaluate(experiments, tmp_path, "gen", "--classify", "--no-gifs"), capsys
+    )
+    assert code == 2 and "--no-gifs would only change completions;" in err, err
