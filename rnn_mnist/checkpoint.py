@@ -227,7 +227,8 @@ def _check_config_values(path: Path, checkpoint: dict[str, Any]) -> None:
     for key in CONFIG_KEYS:
         found = _first_non_finite(checkpoint.get(key, {}), key)
         if found is not None:
-            raise RnnMnistError(f"{path} holds an invalid config: {found[0]} is {found[1]}, not a finite number")
+            place, value = found
+            raise RnnMnistError(f"{path} holds an invalid config: {place} is {value}, not a finite number")
     if "data_config" in checkpoint:
         try:
             DataConfig.from_dict(checkpoint["data_config"])

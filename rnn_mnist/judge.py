@@ -311,8 +311,9 @@ def _chance_of_at_least(k: int, n: int, p: float) -> float:
         return 1.0
     if p <= 0:
         return 0.0
+    log_choose = math.lgamma(n + 1)
     log_terms = (
-        math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p) + (n - j) * math.log1p(-p)
+        log_choose - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p) + (n - j) * math.log1p(-p)
         for j in range(k, n + 1)
     )
     return min(1.0, sum(math.exp(t) for t in log_terms))

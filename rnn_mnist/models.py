@@ -394,11 +394,14 @@ def check_reading_order(order: object, permutation_seed: int | None) -> None:
         raise ValueError(f"reading_order is a {type(order).__name__}, not a tensor")
     if order.shape != (NUM_PIXELS,) or order.dtype.is_floating_point or order.dtype.is_complex:
         raise ValueError(
-            f"reading_order must be {NUM_PIXELS} integer pixel indices, not {order.dtype} {tuple(order.shape)}"
+            f"reading_order must be {NUM_PIXELS} integer pixel indices, "
+            f"not {order.dtype} {tuple(order.shape)}"
         )
-    if order.dtype == torch.bool or not torch.equal(torch.sort(order.long()).values, torch.arange(NUM_PIXELS)):
+    order = order.detach().cpu().long()
+    every_pixel_once = torch.equal(torch.sort(order).values, torch.arange(NUM_PIXELS))
+    if not every_pixel_once:
         raise ValueError(f"reading_order is not a permutation of the pixels 0..{NUM_PIXELS - 1}")
-    if permutation_seed is None and not torch.equal(order.long(), torch.arange(NUM_PIXELS)):
+    if permutation_seed is None and not torch.equal(order, torch.arange(NUM_PIXELS)):
         raise ValueError("reading_order is not raster order, but the config has no permutation seed")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,5 +236,6 @@ def test_a_data_config_value_out_of_its_range_is_refused(field, value):
 
 
 def test_data_config_values_in_range_are_accepted():
-    DataConfig(threshold=0.0, binarize="static", val_size=0, train_subset=1, test_subset=1, data_seed=2**32 - 1)
+    DataConfig(threshold=0.0, binarize="static", val_size=0, train_subset=1, test_subset=1)
+    DataConfig(data_seed=2**32 - 1, data_dir=Path("."))
     DataConfig(threshold=0, data_dir=None)  # a recipe's threshold = 0 is an int

@@ -115,7 +115,9 @@ def test_a_judge_far_below_its_claim_is_named_and_a_good_one_is_not():
     assert judge.implausible_judge({"test_accuracy": {}}, None, ground_truth=0.0, digits=1000) is None
 
 
-def test_evaluation_says_when_the_judge_reads_the_true_digits_far_below_its_claim(tmp_path, mnist_dir, capsys):
+def test_evaluation_says_when_the_judge_reads_the_true_digits_far_below_its_claim(
+    tmp_path, mnist_dir, capsys
+):
     """A judge whose weights are all zero reads every digit as a 0 (finite, so it loads); with a
     judge.json claiming 0.99 the evaluation says in one line, and in metrics.json, not to trust it."""
     path = _judge_with(tmp_path, lambda s: [t.zero_() for t in s.values()])
