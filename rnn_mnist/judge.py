@@ -276,9 +276,7 @@ def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, An
     return judge, {**info, "path": shown}
 
 
-def implausible_judge(
-    info: dict[str, Any], claimed: object, ground_truth: float, digits: int
-) -> str | None:
+def implausible_judge(info: dict[str, Any], claimed: object, ground_truth: float, digits: int) -> str | None:
     """One line when the judge read far fewer of ``digits`` true digits as their labels (its
     ``ground_truth`` agreement) than the test accuracy its description claims; else None.
 

@@ -274,7 +274,7 @@ def test_a_data_config_threshold_out_of_range_is_refused(copy, mnist_dir, capsys
     """A threshold of 7.0 or NaN blanked every pixel, and accuracy read 1.000."""
     edit_checkpoint(copy, lambda c: c["data_config"].update(threshold=threshold))
     code, err = read_back(reader, copy, mnist_dir, capsys)
-    assert_one_line_error(code, err, "checkpoint.ckpt", "invalid data config", "threshold")
+    assert_one_line_error(code, err, "checkpoint.ckpt", "invalid", "threshold")
 
 
 NON_FINITE_CASES = [("config", "lr"), ("config", "clip"), ("model_config", "dropout")]

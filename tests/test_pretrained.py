@@ -114,7 +114,7 @@ def test_ship_records_the_weights_sha256_in_the_checkpoint_and_metrics_json(tmp_
     assert train.main(tiny_train_args(exp_dir, mnist_dir, "small", "--epochs", "1")) == 0
     dest = tmp_path / "pretrained" / "small"
     ship(exp_dir / "small", dest, "python train.py --exp-name small", str(mnist_dir))
-    model, checkpoint = load_model(dest / "checkpoint.ckpt", torch.device("cpu"))
+    _, checkpoint = load_model(dest / "checkpoint.ckpt", torch.device("cpu"))
     expected = weights_sha256(checkpoint["model_state"])
     metrics = json.loads((dest / "metrics.json").read_text())
     assert checkpoint["weights_sha256"] == checkpoint["shipped"]["weights_sha256"] == expected
