@@ -263,7 +263,12 @@ def test_weights_changed_after_saving_are_refused(copy, mnist_dir, capsys, reade
 @pytest.mark.parametrize("reader", READERS)
 def test_a_checkpoint_that_records_no_hash_loads_as_before(copy, mnist_dir, capsys, reader):
     """Checkpoints saved before hashes were recorded have nothing to check their weights against."""
-    edit_checkpoint(copy, lambda c: (c.pop("weights_sha256", None), flip_bytes(c["model_state"]["head.bias"], 1)))
+
+    def forget_the_hash_and_change_a_weight(checkpoint: dict) -> None:
+        checkpoint.pop("weights_sha256", None)
+        flip_bytes(checkpoint["model_state"]["head.bias"], 1)
+
+    edit_checkpoint(copy, forget_the_hash_and_change_a_weight)
     code, err = read_back(reader, copy, mnist_dir, capsys)
     assert code == 0, err
 
