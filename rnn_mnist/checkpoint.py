@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import IO, Any
 
 import torch
 
+from rnn_mnist.data import DataConfig
 from rnn_mnist.errors import RnnMnistError
 
 CHECKPOINT_FORMAT = "rnn-mnist-checkpoint"
@@ -42,7 +44,17 @@ KEY_TYPES: dict[str, type] = {
     "data_config": dict,
     "history": list,
     "rng_state": dict,
+    "weights_sha256": str,
+    "shipped": dict,
 }
+# The sha256 of the weights (``weights_sha256``), recorded by save_checkpoint and checked by every
+# load: corrupt weights are refused, not run. Checkpoints saved before it was recorded have none.
+WEIGHTS_HASH_KEY = "weights_sha256"
+# Marks a shipped checkpoint (rnn_mnist/pretrained.py); its record holds the weights' sha256 too,
+# and so does the metrics.json shipped beside it.
+SHIPPED_KEY = "shipped"
+# The configs a checkpoint holds: every number in them must be finite.
+CONFIG_KEYS = ("config", "model_config", "data_config")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _EXP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -156,17 +168,33 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` atomically, with its format, version and the sha256 of its weights."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
+    state = checkpoint.get("model_state")
+    if isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values()):
+        payload[WEIGHTS_HASH_KEY] = weights_sha256(state)
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load`` with the safe loader (``weights_only=True``), onto the CPU.
+
+    Its warnings are not shown: a raw pickle of another protocol gets two lines of UserWarning before
+    the safe loader refuses it, and the caller tells that refusal in one line.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and check a checkpoint; a missing, corrupt or foreign file is an RnnMnistError."""
+    """Load and check a checkpoint; a missing, corrupt or foreign file, a config value out of its
+    range or weights that are not the ones recorded at save time is an RnnMnistError."""
     path = Path(path)
     if not path.is_file():
         raise RnnMnistError(f"no checkpoint at {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = safe_torch_load(path)
     except Exception as exc:
         raise _unreadable(path, exc) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -185,7 +213,82 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 f"{path} is not a valid rnn-mnist checkpoint: its {key} is a "
                 f"{type(checkpoint[key]).__name__}, not a {kind.__name__}"
             )
+    _check_config_values(path, checkpoint)
+    _check_weights_hash(path, checkpoint)
     return checkpoint
+
+
+def _check_config_values(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Refuse a NaN or infinity anywhere in the configs, and a data config out of its ranges.
+
+    The model configs check their own ranges when the model is built (rebuild_model); the data
+    config is checked here, since every reader rebuilds it on its own.
+    """
+    for key in CONFIG_KEYS:
+        found = _first_non_finite(checkpoint.get(key, {}), key)
+        if found is not None:
+            place, value = found
+            raise RnnMnistError(f"{path} holds an invalid config: {place} is {value}, not a finite number")
+    if "data_config" in checkpoint:
+        try:
+            DataConfig.from_dict(checkpoint["data_config"])
+        except (TypeError, ValueError) as exc:
+            raise RnnMnistError(f"{path} holds an invalid data config ({exc})") from None
+
+
+def _first_non_finite(value: Any, where: str) -> tuple[str, float] | None:
+    """The first NaN or infinity in nested dicts and lists, and where it is (``config.lr``)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    if isinstance(value, dict):
+        items = [(f"{where}.{key}", item) for key, item in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        return None
+    for place, item in items:
+        found = _first_non_finite(item, place)
+        if found is not None:
+            return found
+    return None
+
+
+def recorded_weight_hashes(path: Path, checkpoint: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every sha256 recorded for the checkpoint's weights, and where: in the file (save_checkpoint),
+    in a shipped checkpoint's record and in the metrics.json shipped beside it (rnn_mnist/pretrained.py).
+    Empty for a checkpoint saved before hashes were recorded."""
+    recorded = []
+    if WEIGHTS_HASH_KEY in checkpoint:
+        recorded.append(("in the file", checkpoint[WEIGHTS_HASH_KEY]))
+    shipped = checkpoint.get(SHIPPED_KEY)
+    if isinstance(shipped, dict):
+        if isinstance(shipped.get(WEIGHTS_HASH_KEY), str):
+            recorded.append(("in its shipped record", shipped[WEIGHTS_HASH_KEY]))
+        beside = Path(path).parent / "metrics.json"
+        try:
+            metrics = json.loads(beside.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):  # the records are not the model: no check
+            metrics = None
+        if isinstance(metrics, dict) and isinstance(metrics.get(WEIGHTS_HASH_KEY), str):
+            recorded.append((f"in {beside}", metrics[WEIGHTS_HASH_KEY]))
+    return recorded
+
+
+def _check_weights_hash(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Refuse weights whose sha256 is not every one recorded for them: a corrupt or changed file."""
+    recorded = recorded_weight_hashes(path, checkpoint)
+    if not recorded:
+        return  # saved before hashes were recorded: it loads as it always did
+    try:
+        found = weights_sha256(checkpoint["model_state"])
+    except (RnnMnistError, RuntimeError, TypeError, ValueError) as exc:
+        raise RnnMnistError(f"{path}: its weights cannot be hashed to check them ({exc})") from None
+    for where, expected in recorded:
+        if found != expected:
+            raise RnnMnistError(
+                f"{path}: its weights are not the ones saved (their sha256 is {found[:12]}, "
+                f"{where} it is {expected[:12]}): the file is corrupt or was changed"
+            )
 
 
 def _unreadable(path: Path, exc: Exception) -> RnnMnistError:

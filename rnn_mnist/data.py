@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rnn_mnist.cli import fraction, non_negative_int, positive_int, rng_seed
+from rnn_mnist.cli import SEED_MAX, fraction, non_negative_int, positive_int, rng_seed
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.options import option
 
@@ -70,12 +70,38 @@ class DataConfig:
         group="data",
     )  # fmt: skip
 
+    def __post_init__(self) -> None:
+        # The flags range-check their text first (rnn_mnist/cli.py); this catches what a checkpoint,
+        # or code, hands over: a threshold of 7.0 or NaN would blank every pixel without a word.
+        if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
+            raise ValueError(f"data_dir must be a folder name, not {self.data_dir!r}")
+        if self.binarize not in BINARIZATIONS:
+            raise ValueError(f"binarize must be one of {', '.join(BINARIZATIONS)}, not {self.binarize!r}")
+        if not (_is_number(self.threshold) and math.isfinite(self.threshold) and 0 <= self.threshold < 1):
+            raise ValueError(f"threshold must be a number in [0, 1), not {self.threshold!r}")
+        if not (_is_int(self.val_size) and self.val_size >= 0):
+            raise ValueError(f"val_size must be an integer, at least 0, not {self.val_size!r}")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(f"{name} must be unset or an integer, at least 1, not {value!r}")
+        if not (_is_int(self.data_seed) and 0 <= self.data_seed <= SEED_MAX):
+            raise ValueError(f"data_seed must be an integer in 0..{SEED_MAX}, not {self.data_seed!r}")
+
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
         """Rebuild from ``asdict`` output, ignoring keys this version does not know (as
         ModelConfig.from_dict does), so a checkpoint from a newer version still loads."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def resolve_data_dir(data_dir: str | None) -> str:

@@ -42,7 +42,7 @@ from rnn_mnist.data import (
     load_test_digits,
 )
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.judge import DigitJudge, load_judge
+from rnn_mnist.judge import DigitJudge, implausible_judge, load_judge
 from rnn_mnist.likelihood import TEACHER_FORCED_BATCH, teacher_forced_nll
 from rnn_mnist.masks import parse_mask, suffix_mask
 from rnn_mnist.memory import MemoryNeed, check_fits, evaluation_need
@@ -478,6 +478,12 @@ def _add_judgement(metrics: dict[str, Any], prepared: _Prepared, completed: torc
         "sha256": judge_info["sha256"],
         "test_accuracy": judge_info["test_accuracy"],
     }
+    digits = len(prepared.labels)
+    warning = implausible_judge(
+        judge_info, metrics["judge_test_accuracy"], metrics["class_agreement_ground_truth"], digits
+    )
+    if warning is not None:
+        metrics["judge_warning"] = warning
 
 
 def _write_outputs(
@@ -536,6 +542,8 @@ def summary(metrics: dict[str, Any]) -> str:
             f"visible pixels only {metrics['class_agreement_prefix_only']:.3f}, "
             f"ground truth {metrics['class_agreement_ground_truth']:.3f}"
         )
+    if "judge_warning" in metrics:
+        lines.append(f"warning: {metrics['judge_warning']}")
     if "mean_effective_sample_size" in metrics:
         lines.append(
             f"in-painting {metrics['inpaint']} with {metrics['particles']} particles: mean effective sample "

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_mnist.checkpoint import atomic_write, weights_sha256
+from rnn_mnist.checkpoint import atomic_write, safe_torch_load, weights_sha256
 from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_int, rng_seed, run_cli
 from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
 from rnn_mnist.errors import RnnMnistError
@@ -48,6 +48,11 @@ TEST_BINARIZATIONS = {
     "dynamic": ("dynamic", 0.1),
 }
 _WAY_FORWARD = "pass --judge a file made by `python -m rnn_mnist.judge --out PATH`, or --no-judge"
+# An evaluation says the judge's claimed test accuracy is false when it reads the true digits this
+# far below it, and a judge as good as claimed would do so worse with less than this chance
+# (implausible_judge).
+IMPLAUSIBLE_SHORTFALL = 0.2
+IMPLAUSIBLE_CHANCE = 1e-6
 
 
 class DigitJudge(nn.Module):
@@ -238,7 +243,7 @@ def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, An
             f"{described} is judge version {info.get('version')}, this rnn-mnist reads {JUDGE_VERSION}"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
     except Exception as exc:  # truncated, not a torch file, or refused by the safe loader
         raise RnnMnistError(
             f"{path} is not a readable digit judge ({type(exc).__name__}: it is corrupt, or holds more "
@@ -252,6 +257,14 @@ def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, An
             f"{path} holds weights with sha256 {sha256[:12]}, but {described.name} describes "
             f"{info['sha256'][:12]}: the two files are not of one judge; {_WAY_FORWARD}"
         )
+    # A hash matches whatever weights it was computed from: NaN weights with their own judge.json
+    # would read every digit as one class, and the test accuracy in it would be a claim, not a fact.
+    not_finite = [name for name, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+    if not_finite:
+        raise RnnMnistError(
+            f"{path} holds weights that are not finite numbers (NaN or infinity in {not_finite[0]}); "
+            f"{_WAY_FORWARD}"
+        )
     try:
         judge = judge_from_state(state)
     except RuntimeError:
@@ -261,6 +274,47 @@ def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, An
     # The shipped judge is named as in the repository, not by where this clone happens to live.
     shown = "rnn_mnist/weights/judge.pt" if path.resolve() == SHIPPED_JUDGE else str(path)
     return judge, {**info, "path": shown}
+
+
+def implausible_judge(info: dict[str, Any], claimed: object, ground_truth: float, digits: int) -> str | None:
+    """One line when the judge read far fewer of ``digits`` true digits as their labels (its
+    ``ground_truth`` agreement) than the test accuracy its description claims; else None.
+
+    ``claimed`` is its test accuracy on this binarisation, if measured; else the lowest it claims
+    on any. Said when both hold: the agreement is IMPLAUSIBLE_SHORTFALL or more below the claim, and
+    a judge as good as claimed would make as many mistakes with probability below
+    IMPLAUSIBLE_CHANCE (the binomial tail), so that a few unlucky digits never raise it.
+    """
+    claims = [v for v in info.get("test_accuracy", {}).values() if _is_accuracy(v)]
+    claim = claimed if _is_accuracy(claimed) else min(claims, default=None)
+    if claim is None or digits < 1 or claim - ground_truth < IMPLAUSIBLE_SHORTFALL:
+        return None
+    mistakes = round((1 - ground_truth) * digits)
+    if _chance_of_at_least(mistakes, digits, 1 - claim) >= IMPLAUSIBLE_CHANCE:
+        return None
+    return (
+        f"the judge read only {ground_truth:.3f} of {digits} true test digits as their labels, though its "
+        f"{info_path(Path(info.get('path', 'judge.pt'))).name} claims a test accuracy of {claim:.4f}: "
+        "its class agreement is not to be trusted"
+    )
+
+
+def _is_accuracy(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _chance_of_at_least(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (n may be 10,000 digits)."""
+    if k <= 0 or p >= 1:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    log_choose = math.lgamma(n + 1)
+    log_terms = (
+        log_choose - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p) + (n - j) * math.log1p(-p)
+        for j in range(k, n + 1)
+    )
+    return min(1.0, sum(math.exp(t) for t in log_terms))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,9 @@ exact NLL.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -379,6 +381,30 @@ def pixel_permutation(seed: int) -> torch.Tensor:
     return torch.randperm(NUM_PIXELS, generator=torch.Generator().manual_seed(seed))
 
 
+def check_reading_order(order: object, permutation_seed: int | None) -> None:
+    """A ValueError unless ``order`` is a reading order a classifier of this config can have: an
+    integer tensor (784,) holding every pixel index 0..783 once, and raster order without a
+    permutation seed.
+
+    With a seed the order is not compared with ``pixel_permutation(seed)``: the checkpoint holds
+    the order the model was trained on because torch's randperm may draw another one in another
+    torch version, and such a checkpoint must still load.
+    """
+    if not isinstance(order, torch.Tensor):
+        raise ValueError(f"reading_order is a {type(order).__name__}, not a tensor")
+    if order.shape != (NUM_PIXELS,) or order.dtype.is_floating_point or order.dtype.is_complex:
+        raise ValueError(
+            f"reading_order must be {NUM_PIXELS} integer pixel indices, "
+            f"not {order.dtype} {tuple(order.shape)}"
+        )
+    order = order.detach().cpu().long()
+    every_pixel_once = torch.equal(torch.sort(order).values, torch.arange(NUM_PIXELS))
+    if not every_pixel_once:
+        raise ValueError(f"reading_order is not a permutation of the pixels 0..{NUM_PIXELS - 1}")
+    if permutation_seed is None and not torch.equal(order, torch.arange(NUM_PIXELS)):
+        raise ValueError("reading_order is not raster order, but the config has no permutation seed")
+
+
 class SequenceClassifier(nn.Module):
     """Sequential MNIST: the same recurrent core as NextPixelModel reads pixel t at step t (no
     shift: the class is predicted after the whole image), and a linear head maps the final state,
@@ -406,6 +432,14 @@ class SequenceClassifier(nn.Module):
         # Persistent: the checkpoint holds the very order the model was trained on.
         self.register_buffer("reading_order", order)
         self.fast_gru = True  # as NextPixelModel.fast_gru: False runs GRUs on nn.GRU on the CPU too
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.load_state_dict``, refusing (ValueError) a reading order that is not a
+        permutation of the pixels: an index out of range would fail mid-read, a repeated one would
+        silently read some pixels twice and others never."""
+        if "reading_order" in state_dict:
+            check_reading_order(state_dict["reading_order"], self.config.permutation_seed)
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     def states(self, images: torch.Tensor) -> torch.Tensor:
         """The top layer's state after each pixel (B, 784, H), pixels read in ``reading_order``."""

@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-from rnn_mnist.checkpoint import atomic_write, load_checkpoint, weights_sha256
+from rnn_mnist.checkpoint import (
+    SHIPPED_KEY,
+    WEIGHTS_HASH_KEY,
+    atomic_write,
+    json_bytes,
+    load_checkpoint,
+    save_checkpoint,
+    weights_sha256,
+)
 from rnn_mnist.cli import run_cli
 from rnn_mnist.data import DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
@@ -30,7 +38,6 @@ from rnn_mnist.likelihood import teacher_forced_nll
 
 # What a shipped checkpoint keeps of a training one.
 KEPT_KEYS = ("format", "version", "config", "model_config", "data_config", "model_state", "epoch")
-SHIPPED_KEY = "shipped"  # marks a shipped checkpoint; --resume refuses it by this key
 CHECK_DIGITS = 200  # the first test digits whose NLL is recorded, for a quick check on any machine
 
 
@@ -65,17 +72,21 @@ def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[s
         **{
             SHIPPED_KEY: {
                 "command": command,
-                "weights_sha256": weights_sha256(checkpoint["model_state"]),
+                WEIGHTS_HASH_KEY: weights_sha256(checkpoint["model_state"]),
                 f"test_nll_first_{CHECK_DIGITS}": slice_nll(source, data_dir),
             }
         },
     )
     dest.mkdir(parents=True, exist_ok=True)
-    atomic_write(dest / "checkpoint.ckpt", lambda f: torch.save(shipped, f))
-    for record in ("metrics.json", "train.log"):
-        shutil.copyfile(source / record, dest / record)
+    save_checkpoint(dest / "checkpoint.ckpt", shipped)  # records the weights' sha256 in it
+    shutil.copyfile(source / "train.log", dest / "train.log")
     (dest / "COMMAND").write_text(command.strip() + "\n")
+    # The metrics as trained, with the weights' sha256: a record outside the binary that every load
+    # of the shipped checkpoint checks (rnn_mnist/checkpoint.py), as for the models shipped before
+    # checkpoints recorded it themselves.
     metrics = json.loads((source / "metrics.json").read_text())
+    metrics[WEIGHTS_HASH_KEY] = shipped[SHIPPED_KEY][WEIGHTS_HASH_KEY]
+    atomic_write(dest / "metrics.json", lambda f: f.write(json_bytes(metrics)))
     last = metrics["history"][-1]
     return {
         "epochs": shipped["epoch"],

@@ -5,19 +5,24 @@ from __future__ import annotations
 import errno
 import math
 import os
+import pickle
 import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_main, tiny_train_args
+from conftest import REPO, run_main, tiny_train_args
 from helpers import strict_json
 
 import evaluate
 import train
 from rnn_mnist import checkpoint as checkpoint_module
 from rnn_mnist import evaluation, training
-from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, save_metrics
+from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, save_metrics, weights_sha256
+from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, save_judge, stored_state
 
 READERS = ("resume", "evaluate")
@@ -231,3 +236,118 @@ def test_metrics_json_is_strict_json(tmp_path):
     save_metrics(paths, {"config": {"ss_k": 1.0}, "history": history})
     readable = strict_json(paths.metrics_json.read_text())
     assert readable["history"][0]["test_nll_nats"] is None  # null: JSON has no infinity
+
+
+# Issue 23, finding 10: the weights' sha256 is recorded at save time and checked at every load; the
+# configs' values are checked too.
+def flip_bytes(tensor: torch.Tensor, count: int = 1000) -> None:
+    """Invert ``count`` bytes in the middle of ``tensor`` (all of them if it holds fewer), in place,
+    as a damaged disk or a careless edit would."""
+    raw = tensor.view(torch.uint8).reshape(-1)
+    start = max(0, (len(raw) - count) // 2)
+    raw[start : start + count] ^= 0xFF
+
+
+def test_a_new_checkpoint_records_the_sha256_of_its_weights(trained):
+    checkpoint = torch.load(trained / "checkpoint.ckpt", weights_only=True)
+    assert checkpoint["weights_sha256"] == weights_sha256(checkpoint["model_state"])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_weights_changed_after_saving_are_refused(copy, mnist_dir, capsys, reader):
+    edit_checkpoint(copy, lambda c: flip_bytes(c["model_state"]["rnn.weight_hh_l0"]))
+    code, err = read_back(reader, copy, mnist_dir, capsys)
+    assert_one_line_error(code, err, "checkpoint.ckpt", "not the ones saved", "corrupt or was changed")
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_checkpoint_that_records_no_hash_loads_as_before(copy, mnist_dir, capsys, reader):
+    """Checkpoints saved before hashes were recorded have nothing to check their weights against."""
+
+    def forget_the_hash_and_change_a_weight(checkpoint: dict) -> None:
+        checkpoint.pop("weights_sha256", None)
+        flip_bytes(checkpoint["model_state"]["head.bias"], 1)
+
+    edit_checkpoint(copy, forget_the_hash_and_change_a_weight)
+    code, err = read_back(reader, copy, mnist_dir, capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("threshold", [7.0, math.nan])
+def test_a_data_config_threshold_out_of_range_is_refused(copy, mnist_dir, capsys, reader, threshold):
+    """A threshold of 7.0 or NaN blanked every pixel, and accuracy read 1.000."""
+    edit_checkpoint(copy, lambda c: c["data_config"].update(threshold=threshold))
+    code, err = read_back(reader, copy, mnist_dir, capsys)
+    assert_one_line_error(code, err, "checkpoint.ckpt", "invalid", "threshold")
+
+
+NON_FINITE_CASES = [("config", "lr"), ("config", "clip"), ("model_config", "dropout")]
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize(("key", "field"), NON_FINITE_CASES)
+def test_a_config_number_that_is_not_finite_is_refused(copy, mnist_dir, capsys, reader, key, field):
+    edit_checkpoint(copy, lambda c: c[key].update({field: math.inf if field == "clip" else math.nan}))
+    code, err = read_back(reader, copy, mnist_dir, capsys)
+    assert_one_line_error(code, err, "checkpoint.ckpt", f"{key}.{field}", "not a finite number")
+
+
+def test_a_raw_pickle_checkpoint_is_one_line_on_stderr_and_no_warning(copy, mnist_dir):
+    """Issue 23, finding 12: torch's UserWarning about the pickle protocol came first, in two lines."""
+    plain = {"format": "rnn-mnist-checkpoint", "version": 1, "epoch": 1, "config": {"lr": 0.01}}
+    with (copy / "checkpoint.ckpt").open("wb") as f:
+        pickle.dump(plain, f, protocol=4)  # a bare pickle, not a torch archive
+    # fmt: off
+    argv = ["--exp-dir", str(copy.parent), "--exp-name", copy.name, "--data-dir", str(mnist_dir),
+            "--out-dir", str(copy.parent / "out"), "--num-digits", "2", "--no-gifs", "--no-judge"]
+    # fmt: on
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "not a readable rnn-mnist checkpoint" in result.stderr
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RnnMnistError, match="not a readable"):
+            load_checkpoint(copy / "checkpoint.ckpt")
+    assert caught == []
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, mnist_dir) -> Path:
+    """A one-epoch permuted classify experiment to copy and damage."""
+    exp_dir = tmp_path_factory.mktemp("classifier")
+    argv = tiny_train_args(exp_dir, mnist_dir, "cls", "--task", "classify", "--permute", "--epochs", "1")
+    assert train.main(argv) == 0
+    return exp_dir / "cls"
+
+
+def _set_reading_order(checkpoint: dict, index: int, value: int) -> None:
+    """Change one entry of the reading order, and record the hash of the changed weights (as a
+    deliberate edit would), so that only the order itself can give it away."""
+    checkpoint["model_state"]["reading_order"][index] = value
+    checkpoint["weights_sha256"] = weights_sha256(checkpoint["model_state"])
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize(("index", "value"), [(0, 999), (1, -1), ("repeat", None)])
+def test_a_classifier_whose_reading_order_is_not_a_permutation_is_refused(
+    classifier, tmp_path, mnist_dir, capsys, reader, index, value
+):
+    """Issue 23, finding 8: reading_order[0] = 999 gave an IndexError traceback; repeated or
+    negative entries were accepted, and the model read some pixels twice and others never."""
+    folder = tmp_path / "experiments" / "odd"
+    shutil.copytree(classifier, folder)
+    order = torch.load(folder / "checkpoint.ckpt", weights_only=True)["model_state"]["reading_order"]
+    if index == "repeat":
+        index, value = 1, int(order[0])
+    edit_checkpoint(folder, lambda c: _set_reading_order(c, index, value))
+    capsys.readouterr()
+    where = ["--exp-dir", str(folder.parent), "--exp-name", folder.name, "--data-dir", str(mnist_dir)]
+    if reader == "resume":
+        code, err = run_main(train.main, [*where, "--resume", "--epochs", "2"], capsys)
+    else:  # a classifier is evaluated by its accuracy: no completion flags
+        code, err = run_main(evaluate.main, [*where, "--out-dir", str(tmp_path / "out")], capsys)
+    assert_one_line_error(code, err, "checkpoint.ckpt", "reading_order is not a permutation")

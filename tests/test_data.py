@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,37 @@ def test_mismatched_or_foreign_files_give_a_clear_reason(tmp_path, mnist_dir, ca
     with pytest.raises(RnnMnistError, match="could not read MNIST") as caught:
         load_mnist_split(str(copy), train=True)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("threshold", 7.0),
+        ("threshold", float("nan")),
+        ("threshold", float("inf")),
+        ("threshold", -0.1),
+        ("threshold", 1.0),
+        ("threshold", "0.1"),
+        ("binarize", "otsu"),
+        ("val_size", -1),
+        ("val_size", 2.5),
+        ("train_subset", 0),
+        ("test_subset", True),
+        ("data_seed", -1),
+        ("data_seed", 2**32),
+        ("data_dir", 5),
+    ],
+)
+def test_a_data_config_value_out_of_its_range_is_refused(field, value):
+    """Issue 23, finding 10: a threshold of 7.0 or NaN blanked every pixel without a word. The flags
+    check their text; the config checks what a checkpoint (or code) hands it."""
+    with pytest.raises(ValueError, match=field):
+        DataConfig(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        DataConfig.from_dict({field: value})
+
+
+def test_data_config_values_in_range_are_accepted():
+    DataConfig(threshold=0.0, binarize="static", val_size=0, train_subset=1, test_subset=1)
+    DataConfig(data_seed=2**32 - 1, data_dir=Path("."))
+    DataConfig(threshold=0, data_dir=None)  # a recipe's threshold = 0 is an int

@@ -12,6 +12,7 @@ from rnn_mnist.models import (
     ModelConfig,
     NextPixelModel,
     SequenceClassifier,
+    check_reading_order,
     pixel_permutation,
 )
 from rnn_mnist.runtime import autocast
@@ -285,3 +286,38 @@ def test_the_rollout_stepper_equals_step(config):
             logit_b, state_b = step(pixels, t, state_b)
             torch.testing.assert_close(logit_b, logit_a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state_b, state_a, rtol=1e-5, atol=1e-5)
+
+
+def _tampered_orders() -> dict[str, torch.Tensor]:
+    """Reading orders a hand-edited checkpoint could hold, none of them a permutation of 0..783."""
+    out_of_range, repeated, negative = (pixel_permutation(5) for _ in range(3))
+    out_of_range[0] = 999
+    repeated[1] = repeated[0]
+    negative[0] = -1
+    return {
+        "index 999": out_of_range,
+        "a repeated index": repeated,
+        "a negative index": negative,
+        "floats": pixel_permutation(5).float(),
+        "783 indices": pixel_permutation(5)[:783],
+    }
+
+
+@pytest.mark.parametrize("case", list(_tampered_orders()))
+def test_a_reading_order_that_is_not_a_permutation_is_refused_on_load(case):
+    """Issue 23, finding 8: index 999 crashed mid-read; repeated and negative indices were accepted."""
+    model = _classifier(permutation_seed=5)
+    state = {**model.state_dict(), "reading_order": _tampered_orders()[case]}
+    with pytest.raises(ValueError, match="reading_order"):
+        model.load_state_dict(state)
+    assert torch.equal(model.reading_order, pixel_permutation(5))  # the model is left as it was
+
+
+def test_a_permuted_reading_order_without_a_permutation_seed_is_refused():
+    raster = _classifier()
+    with pytest.raises(ValueError, match="raster order"):
+        raster.load_state_dict({**raster.state_dict(), "reading_order": pixel_permutation(5)})
+    check_reading_order(torch.arange(784), None)
+    # With a seed the stored order is the truth (another torch may draw another permutation): any
+    # permutation loads.
+    check_reading_order(pixel_permutation(6), 5)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_main, tiny_train_args
 from test_real_data import real_mnist_dir
 
+import evaluate
+import train
 from rnn_mnist.checkpoint import weights_sha256
+from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
-from rnn_mnist.pretrained import CHECK_DIGITS, slice_nll
+from rnn_mnist.pretrained import CHECK_DIGITS, ship, slice_nll
 
 SHIPPED = sorted(path for path in (REPO / "pretrained").iterdir() if path.is_dir())
 
@@ -61,3 +65,58 @@ def test_a_shipped_model_is_not_resumed(tmp_path):
     )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "shipped model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# Issue 23, finding 10: corrupt weights loaded without a word. The shipped checkpoints predate the
+# hash save_checkpoint records, so their metrics.json (text) records it, beside the one in their
+# shipped record; every load checks both.
+@pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
+def test_a_shipped_metrics_json_records_the_sha256_of_the_weights(folder):
+    checkpoint = torch.load(folder / "checkpoint.ckpt", weights_only=True)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["weights_sha256"] == weights_sha256(checkpoint["model_state"])
+
+
+def _damaged_copy(tmp_path, keep_shipped_record: bool):
+    """A copy of a shipped folder with 1,000 bytes inverted inside W_hh; with ``keep_shipped_record``
+    False its shipped record is updated to the damaged weights, so only metrics.json disagrees."""
+    folder = tmp_path / "pretrained" / "fast"
+    shutil.copytree(REPO / "pretrained" / "fast", folder)
+    checkpoint = torch.load(folder / "checkpoint.ckpt", weights_only=True)
+    w_hh = checkpoint["model_state"]["rnn.weight_hh_l0"]
+    raw = w_hh.view(torch.uint8).reshape(-1)
+    raw[5000:6000] ^= 0xFF
+    if not keep_shipped_record:
+        checkpoint["shipped"]["weights_sha256"] = weights_sha256(checkpoint["model_state"])
+    torch.save(checkpoint, folder / "checkpoint.ckpt")
+    return folder
+
+
+@pytest.mark.parametrize("keep_shipped_record", [True, False], ids=["record-kept", "only-metrics-json"])
+def test_a_shipped_checkpoint_with_flipped_weight_bytes_is_refused(tmp_path, capsys, keep_shipped_record):
+    folder = _damaged_copy(tmp_path, keep_shipped_record)
+    with pytest.raises(RnnMnistError, match="not the ones saved") as refused:
+        load_model(folder / "checkpoint.ckpt", torch.device("cpu"))
+    assert str(folder / "checkpoint.ckpt") in str(refused.value)
+    if not keep_shipped_record:
+        assert str(folder / "metrics.json") in str(refused.value)
+    # fmt: off
+    argv = ["--exp-dir", str(folder.parent), "--exp-name", "fast", "--out-dir", str(tmp_path / "out"),
+            "--num-digits", "2", "--no-gifs", "--no-judge", "--data-dir", str(tmp_path / "no-data")]
+    # fmt: on
+    code, err = run_main(evaluate.main, argv, capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "corrupt or was changed" in err and not (tmp_path / "out").exists()
+
+
+def test_ship_records_the_weights_sha256_in_the_checkpoint_and_metrics_json(tmp_path, mnist_dir, capsys):
+    exp_dir = tmp_path / "experiments"
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "small", "--epochs", "1")) == 0
+    dest = tmp_path / "pretrained" / "small"
+    ship(exp_dir / "small", dest, "python train.py --exp-name small", str(mnist_dir))
+    _, checkpoint = load_model(dest / "checkpoint.ckpt", torch.device("cpu"))
+    expected = weights_sha256(checkpoint["model_state"])
+    metrics = json.loads((dest / "metrics.json").read_text())
+    assert checkpoint["weights_sha256"] == checkpoint["shipped"]["weights_sha256"] == expected
+    assert metrics["weights_sha256"] == expected
+    assert metrics["history"] == json.loads((exp_dir / "small" / "metrics.json").read_text())["history"]
