@@ -73,14 +73,14 @@ def make_mnist_folder(root: Path) -> Path:
 
 
 def tiny_train_args(exp_dir: Path, mnist_dir: Path, name: str, *extra: str) -> list[str]:
-    """train.py flags for a seconds-long run on the fixtures (3 batches an epoch, 2 epochs)."""
-    # fmt: off
-    return [
-        "--exp-name", name, "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
-        "--hidden", "8", "--batch-size", "32", "--val-size", "16", "--epochs", "2", "--device", "cpu",
-        *extra,
-    ]
-    # fmt: on
+    """train.py flags for a seconds-long run on the fixtures (3 batches an epoch, 2 epochs); a flag
+    of ``extra`` replaces the same flag here (train.py refuses a flag typed twice with two values)."""
+    base = {
+        "--exp-name": name, "--exp-dir": str(exp_dir), "--data-dir": str(mnist_dir), "--hidden": "8",
+        "--batch-size": "32", "--val-size": "16", "--epochs": "2", "--device": "cpu",
+    }  # fmt: skip
+    kept = [item for flag, value in base.items() if flag not in extra for item in (flag, value)]
+    return [*kept, *extra]
 
 
 def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
