@@ -28,7 +28,7 @@ import sys
 
 from rnn_mnist.cli import run_cli
 from rnn_mnist.evaluation import evaluate_experiment, summary
-from rnn_mnist.parsers import evaluate_parser, parse_eval_options
+from rnn_mnist.parsers import evaluate_parser, parse_eval_flags, refuse_flags_the_experiment_ignores
 from rnn_mnist.reading import is_classifier_experiment, read_digits, reading_summary
 
 
@@ -38,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_eval_options(build_parser(), argv)
+    options, typed = parse_eval_flags(build_parser(), argv)
 
     def run() -> None:
-        if options.classify or is_classifier_experiment(options.exp_dir, options.exp_name):
+        classifier = not options.classify and is_classifier_experiment(options.exp_dir, options.exp_name)
+        refuse_flags_the_experiment_ignores(options, typed, classifier)
+        if options.classify or classifier:
             print(reading_summary(read_digits(options)))
         else:
             print(summary(evaluate_experiment(options)))

@@ -139,8 +139,34 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _shown(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+class StoreOnce(argparse.Action):
+    """argparse's "store", except that an option typed twice with different values is refused
+    (``--mask center:14 --mask rows:5-9`` kept the last without a word). The same value typed
+    again changes nothing and is accepted. Checked only under a ShortErrorParser, which keeps
+    what each parse typed."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        typed = getattr(parser, "typed_values", None)
+        if typed is not None:
+            first = typed.setdefault(self.dest, (option_string, values))
+            if first[1] != values:
+                then = f"{option_string} {_shown(values)}"
+                raise argparse.ArgumentError(
+                    self, f"typed twice, {first[0]} {_shown(first[1])} then {then}: give it once"
+                )
+        setattr(namespace, self.dest, values)
+
+
 class ShortErrorParser(argparse.ArgumentParser):
     """Reports a bad flag in one line rather than the whole usage block."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.typed_values: dict[str, tuple[str, object]] = {}  # this parse's, for StoreOnce
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -11,6 +11,7 @@ flags are on ModelConfig and ClassifierConfig (rnn_mnist/models.py), the data's 
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -28,8 +29,9 @@ from rnn_mnist.cli import (
     rng_seed,
 )
 from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS, DataConfig
+from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.lr_schedule import LR_SCHEDULES, LrSchedule
-from rnn_mnist.masks import MASK_KINDS
+from rnn_mnist.masks import MASK_KINDS, parse_mask
 from rnn_mnist.models import ClassifierConfig, ModelConfig
 from rnn_mnist.options import Option, option, options_of, recipe_name, unless, when
 from rnn_mnist.rollout import BEST_BY, INPAINTS, SAMPLINGS
@@ -50,10 +52,18 @@ PARALLEL_ONLY = unless(
     says="--ss-mode sequential would ignore {flags} (the passes of --ss-mode parallel)",
 )
 STEP_ONLY = when("lr_schedule", "step")
+# evaluate.py's conditions on the fact "reading" (eval_facts): None when it completes masked digits,
+# else what makes it read whole digits as a classifier (--classify, or a --task classify experiment).
 COMPLETING = when(  # everything but --test-digits, --batch-size and --device (rnn_mnist/reading.py)
-    "classify",
-    False,
-    says="{flags} would only change completions; --classify reads whole test digits and makes none",
+    "reading",
+    None,
+    says="{flags} only change{s} completions, and {value} reads whole test digits: drop {them}",
+)
+READING = unless(
+    "reading",
+    None,
+    says="{flags} counts the test digits a classifier reads (--classify, or a --task classify experiment); "
+    "completions choose theirs with --num-digits, --indices or --per-class",
 )
 NOT_GREEDY = unless(
     "sampling",
@@ -63,6 +73,16 @@ NOT_GREEDY = unless(
 )
 BEST_OF = unless("best_of", None, says="{flags} chooses among --best-of K samples; give --best-of too")
 CLASSIFYING = when("classify", says="{flags} adds a classifier's curve to --classify's: give --classify too")
+
+
+def mask_spec(text: str) -> str:
+    """The argparse type of --mask: a spec rnn_mnist/masks.py reads (an empty one is no mask, and
+    was read as the default suffix:284), checked before any model is loaded."""
+    try:
+        parse_mask(text)
+    except RnnMnistError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def exp_dir_option(group: str) -> Any:
@@ -248,6 +268,13 @@ def train_options() -> list[Option]:
     return options_of(TrainConfig, DataConfig, ModelConfig, ClassifierConfig, RunOptions)
 
 
+def train_facts(flags: dict[str, Any]) -> dict[str, Any]:
+    """What a train.py run reads, for the conditions on facts: "pixels" is "binarised", or "grey
+    levels" for --task classify without --binarized-input (rnn_mnist/tasks.py, ClassifyTask)."""
+    binarised = flags["task"] != "classify" or flags["binarized_input"]
+    return {"pixels": "binarised" if binarised else "grey levels"}
+
+
 def train_contradictions(flags: dict[str, Any]) -> list[str]:
     """train.py's rules that are not one option's "applies only when": values that do not combine."""
     try:
@@ -278,7 +305,7 @@ class EvalOptions:
         help=f"hide the last N pixels (1..{NUM_PIXELS}; {NUM_PIXELS}: blank); shorthand for --mask suffix:N",
     )  # fmt: skip
     mask: str | None = option(  # a mask spec (rnn_mnist/masks.py); None: the last mask_pixels pixels
-        None, "--mask", metavar="SPEC", group="main", only=COMPLETING,
+        None, "--mask", kind=mask_spec, metavar="SPEC", group="main", only=COMPLETING,
         help=f"hide any region: KIND:ARGS with KIND one of {', '.join(MASK_KINDS)}, e.g. center:14, "
         "rows:10-17, cols:3-5, box:R0,C0,R1,C1 (inclusive), left:N, right:N, random:0.5 (drawn with --seed)",
     )  # fmt: skip
@@ -360,7 +387,7 @@ class EvalOptions:
     )  # fmt: skip
     test_digits: int | None = option(
         None, "--test-digits", kind=positive_int, help="read only the first N test digits (unset: all)",
-        group="reading",
+        group="reading", only=READING,
     )  # fmt: skip
 
 
@@ -375,6 +402,18 @@ EVAL_GROUPS: dict[str, str | None] = {
 def eval_options() -> list[Option]:
     """Every evaluate.py option."""
     return options_of(EvalOptions)
+
+
+def eval_facts(flags: dict[str, Any], classifier: bool | None = None) -> dict[str, Any]:
+    """What an evaluate.py run does, for the conditions on facts: "reading" is None when it completes
+    digits, else "--classify" or the --task classify experiment it reads. ``classifier``: whether the
+    experiment is one, None before its checkpoint tells (then "reading" is known only with --classify,
+    and the conditions on it wait: rnn_mnist/parsers.py, refuse_flags_the_experiment_ignores)."""
+    if flags["classify"]:
+        return {"reading": "--classify"}
+    if classifier is None:
+        return {}
+    return {"reading": f"{flags['exp_name']} (--task classify)" if classifier else None}
 
 
 def eval_contradictions(flags: dict[str, Any], typed: set[str]) -> list[tuple[bool, str]]:
@@ -416,5 +455,9 @@ def eval_contradictions(flags: dict[str, Any], typed: set[str]) -> list[tuple[bo
         (
             flags["mask"] is not None and "mask_pixels" in typed,
             "--mask-pixels N is --mask suffix:N: give one of them",
+        ),
+        (
+            flags["inpaint"] != "blind" and flags["particles"] == 1,
+            f"--inpaint {flags['inpaint']} with one particle is blind filling: give --particles K > 1",
         ),
     ]

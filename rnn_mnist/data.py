@@ -22,7 +22,7 @@ import torch
 
 from rnn_mnist.cli import SEED_MAX, fraction, non_negative_int, positive_int, rng_seed
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.options import option
+from rnn_mnist.options import option, when
 
 NUM_PIXELS = 784
 IMAGE_SIDE = 28
@@ -38,6 +38,13 @@ RAW_FILES = (
 )
 # Offsets that give the train and test splits their own, independent static binarisations.
 _TRAIN_STREAM, _TEST_STREAM = 0, 1
+# --binarize and --threshold shape binarised pixels only: --task classify without --binarized-input
+# reads grey levels (the fact "pixels" is rnn_mnist/config.py's train_facts).
+BINARISED_ONLY = when(
+    "pixels",
+    "binarised",
+    says="--task classify reads grey levels: {flags} would be ignored without --binarized-input",
+)
 
 
 @dataclass
@@ -49,13 +56,14 @@ class DataConfig:
         help=f"folder holding MNIST/raw; unset: ${DATA_ENV_VAR}, else ./data (downloaded if missing)",
     )  # fmt: skip
     binarize: str = option(
-        "threshold", "--binarize", choices=BINARIZATIONS, group="data",
+        "threshold", "--binarize", choices=BINARIZATIONS, group="data", only=BINARISED_ONLY,
         help="threshold: grey > --threshold; dynamic: Bernoulli(grey) redrawn every epoch; "
         "static: one Bernoulli draw per digit fixed by --data-seed",
     )  # fmt: skip
     threshold: float = option(  # pixel = grey/255 > threshold (binarize=threshold only)
-        0.1, "--threshold", kind=fraction, help="grey level for --binarize threshold", group="data"
-    )
+        0.1, "--threshold", kind=fraction, help="grey level for --binarize threshold", group="data",
+        only=(BINARISED_ONLY, when("binarize", "threshold")),
+    )  # fmt: skip
     val_size: int = option(  # digits held out of the 60k training digits
         5000, "--val-size", kind=non_negative_int, help="validation digits held out of the 60k", group="data"
     )

@@ -20,6 +20,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rnn_mnist.cli import StoreOnce
+
 # The recipes shipped with the project: `--config fast` reads configs/fast.toml, from any folder.
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 # What --resume does with an option (rnn_mnist/resume.py): keep the saved value and refuse a typed
@@ -33,8 +35,11 @@ _OFF = ((None,), ("none",), (False,))
 @dataclass(frozen=True)
 class When:
     """An option applies only when option ``dest`` holds one of ``values`` (with ``negate``: none
-    of them). ``says`` words the refusal, with ``{flags}`` (the options it would ignore) and
-    ``{value}`` (``dest``'s value); unset, it is worded from the condition itself."""
+    of them). ``dest`` may also name a fact that no option holds (what the run reads: see
+    config.py), known to the caller of ``refusals`` or not yet. ``says`` words the refusal, with
+    ``{flags}`` (the options it would ignore), ``{value}`` (``dest``'s value), and ``{s}``,
+    ``{them}`` ("s", "it" for one option; "", "them" for several); unset, it is worded from the
+    condition itself."""
 
     dest: str
     values: tuple[Any, ...]
@@ -48,7 +53,10 @@ class When:
         """The one-line refusal of the ``ignored`` option names; ``name`` is ``dest``'s flag."""
         value, listed = flags[self.dest], join_names(ignored)
         if self.says:
-            return self.says.format(flags=listed, value=value)
+            one = len(ignored) == 1
+            return self.says.format(
+                flags=listed, value=value, s="s" if one else "", them="it" if one else "them"
+            )
         if (self.values == (True,) and not self.negate) or (self.negate and self.values in _OFF):
             return f"without {name}, {listed} would be ignored"
         only = f" ({' or '.join(map(str, self.values))} only)" if not self.negate else ""
@@ -99,6 +107,7 @@ class Option:
             target.add_argument(*self.flags, dest=self.dest, action=action, help=self.help)
             return
         kwargs: dict[str, Any] = {"type": self.kind, "choices": self.choices, "metavar": self.metavar}
+        kwargs["action"] = StoreOnce  # a second value of the option is refused, not kept silently
         if self.default is MISSING:
             kwargs["required"] = True
         else:
@@ -189,14 +198,15 @@ def join_names(names: list[str]) -> str:
 
 def refusals(options: list[Option], flags: dict[str, Any], given: set[str]) -> list[str]:
     """One message for each condition that would make given options do nothing, in the order
-    the options first name the conditions. ``given``: the destinations set by the user."""
+    the options first name the conditions. ``given``: the destinations set by the user. A
+    condition on a fact ``flags`` does not hold (not known yet) is left for a later call."""
     names = {declared.dest: declared.name for declared in options}
     conditions = list(dict.fromkeys(c for declared in options for c in declared.only))
     messages = []
     for condition in conditions:
         ignored = [o.name for o in options if condition in o.only and o.dest in given]
-        if ignored and not condition.holds(flags):
-            messages.append(condition.refusal(ignored, flags, names[condition.dest]))
+        if ignored and condition.dest in flags and not condition.holds(flags):
+            messages.append(condition.refusal(ignored, flags, names.get(condition.dest, condition.dest)))
     return messages
 
 

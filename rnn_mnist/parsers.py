@@ -4,9 +4,11 @@
     flags, typed = parse_train_flags(parser, ["--exp-name", "x", "--config", "fast"])
     options = parse_eval_options(evaluate_parser("..."), ["--exp-name", "x"])
 
-Both refuse, in one line, a value out of its range, an option that its declared condition makes
-meaningless (``only=``), and the combinations listed in rnn_mnist/config.py. A recipe
-(``--config NAME|PATH``, rnn_mnist/options.py) sets the defaults; flags typed on the line win.
+Both refuse, in one line, a value out of its range, an option typed twice with different values,
+an option that its declared condition makes meaningless (``only=``), and the combinations listed in
+rnn_mnist/config.py. A recipe (``--config NAME|PATH``, rnn_mnist/options.py) sets the defaults;
+flags typed on the line win. What evaluate.py ignores on a --task classify experiment is known once
+its checkpoint is: ``refuse_flags_the_experiment_ignores``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from rnn_mnist.config import (
     TRAIN_GROUPS,
     EvalOptions,
     eval_contradictions,
+    eval_facts,
     eval_options,
     train_contradictions,
+    train_facts,
     train_options,
 )
+from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.options import Option, add_options, read_recipe, recipe_path, refusals
 
 
@@ -58,7 +63,7 @@ def parse_train_flags(
     flags = vars(args)
     _refuse(parser, train_contradictions(flags))
     if not args.resume:  # a resume runs on the experiment's saved flags; clashes are refused there
-        _refuse(parser, refusals(options, flags, typed))
+        _refuse(parser, refusals(options, {**flags, **train_facts(flags)}, typed))
     return flags, typed
 
 
@@ -70,18 +75,35 @@ def _recipe(parser: argparse.ArgumentParser, name: str, options: list[Option]) -
     except ValueError as exc:
         parser.error(str(exc))
     flags = {**{o.dest: o.default for o in options}, **values}
-    problems = refusals(options, flags, set(values)) + train_contradictions(flags)
+    problems = refusals(options, {**flags, **train_facts(flags)}, set(values)) + train_contradictions(flags)
     _refuse(parser, [f"{recipe_path(name)}: {problem}" for problem in problems])
     return values
 
 
 def parse_eval_options(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> EvalOptions:
     """evaluate.py's options, once none of them contradicts another."""
+    return parse_eval_flags(parser, argv)[0]
+
+
+def parse_eval_flags(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> tuple[EvalOptions, set[str]]:
+    """evaluate.py's options and the destinations typed (for refuse_flags_the_experiment_ignores)."""
     args = parser.parse_args(argv)
     flags, typed = vars(args), typed_flags(parser, argv)
-    _refuse(parser, refusals(eval_options(), flags, typed))
+    _refuse(parser, refusals(eval_options(), {**flags, **eval_facts(flags)}, typed))
     refuse_contradictions(parser, eval_contradictions(flags, typed))
-    return EvalOptions(**flags)
+    return EvalOptions(**flags), typed
+
+
+def refuse_flags_the_experiment_ignores(options: EvalOptions, typed: set[str], classifier: bool) -> None:
+    """Once the checkpoint tells whether the experiment is a classifier, refuse in one line the
+    typed options its evaluation would ignore: completion flags on a --task classify experiment,
+    --test-digits on a next-pixel one read without --classify. ``typed``: parse_eval_flags'."""
+    flags = vars(options)
+    problems = refusals(eval_options(), {**flags, **eval_facts(flags, classifier)}, typed)
+    if problems:
+        raise RnnMnistError(problems[0])
 
 
 def _refuse(parser: argparse.ArgumentParser, messages: list[str]) -> None:

@@ -43,8 +43,9 @@ from rnn_mnist.samples import write_epoch_samples
 from rnn_mnist.scheduled_sampling import parallel_mixture, resolve_mode, sequential_logits
 
 EVAL_BATCH_SIZE = 500
-# The flags of one task, with their defaults (declared with task= on their fields): a value other
-# than the default is refused on the other task.
+# The flags of one task, with their defaults (declared with task= on their fields): typed on the
+# other task, whatever their value, or set there to another value (a recipe, a Python caller), they
+# are refused.
 CLASSIFY_ONLY = task_only(train_options(), "classify")
 NEXT_PIXEL_ONLY = task_only(train_options(), "next-pixel")
 
@@ -125,16 +126,19 @@ class Task(Protocol):
     def epoch_pictures(self, model: nn.Module, data: BinarizedMNIST, folder: Path, epoch: int) -> str: ...
 
 
-def _typed(flags: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
-    return [f"--{k.replace('_', '-')}" for k, v in defaults.items() if flags.get(k, v) != v]
+def _given(flags: dict[str, Any], defaults: dict[str, Any], typed: set[str]) -> list[str]:
+    """The flags of ``defaults`` typed, or holding another value than their default."""
+    return [f"--{k.replace('_', '-')}" for k, v in defaults.items() if k in typed or flags.get(k, v) != v]
 
 
-def check_task_flags(flags: dict[str, Any]) -> None:
-    """Refuse flags the chosen task would silently ignore, in one line."""
+def check_task_flags(flags: dict[str, Any], typed: set[str] | None = None) -> None:
+    """Refuse flags the chosen task would silently ignore, in one line: the other task's flags
+    typed (``typed``, cli.typed_flags: ``--readout last`` on a next-pixel run, although "last" is
+    the default) or set to another value than their default."""
     task = flags.get("task", "next-pixel")
     if task not in TASKS:
         raise RnnMnistError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
-    stray = _typed(flags, CLASSIFY_ONLY if task == "next-pixel" else NEXT_PIXEL_ONLY)
+    stray = _given(flags, CLASSIFY_ONLY if task == "next-pixel" else NEXT_PIXEL_ONLY, typed or set())
     if stray:
         other = "--task classify" if task == "next-pixel" else "--task next-pixel"
         raise RnnMnistError(f"{', '.join(stray)} is for {other} only; this experiment is --task {task}")

@@ -120,7 +120,7 @@ def train_experiment(
     """
     check_run_mode(flags)
     if not flags.get("resume"):  # a resumed run's task is the saved one: checked once it is known
-        check_task_flags(flags)
+        check_task_flags(flags, typed)
     paths = ExperimentPaths.of(flags["exp_dir"], flags["exp_name"])
     if flags.get("resume") and not paths.checkpoint.exists():  # checked before the lock makes a folder
         raise RnnMnistError(f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume")
@@ -128,7 +128,7 @@ def train_experiment(
         # Everything that could refuse the run comes before its work, not after an epoch of it.
         check_writable_folder(paths.root, "experiment folder")
         paths.remove_stale_temp_files()  # ours to remove: nobody else writes here while we hold the lock
-        return _train_locked(paths, flags, set(flags) if typed is None else typed, show_progress)
+        return _train_locked(paths, flags, typed, show_progress)
 
 
 @dataclass
@@ -159,7 +159,7 @@ class _Fit:
 
 
 def _train_locked(
-    paths: ExperimentPaths, flags: dict[str, Any], typed: set[str], show_progress: bool
+    paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] | None, show_progress: bool
 ) -> list[dict[str, Any]]:
     """Resolve the run, check that it fits in memory, build or restore it, then fit it epoch by epoch."""
     run = _resolve_run(paths, flags, typed)
@@ -186,12 +186,13 @@ def _train_locked(
     return fit.history
 
 
-def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str]) -> _Run:
+def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] | None) -> _Run:
     """The run's flags and configs: a resumed run's come from its checkpoint, the source of truth."""
     checkpoint = None
     if flags.get("resume"):
         checkpoint = load_training_checkpoint(paths.checkpoint)
-        flags = resumed_flags(checkpoint["config"], flags, typed)
+        flags = resumed_flags(checkpoint["config"], flags, set(flags) if typed is None else typed)
+        check_task_flags(flags, typed)  # the other task's flags typed, even at the saved value
     elif paths.exists() and not flags.get("overwrite"):
         raise RnnMnistError(
             f"experiment {paths.root} already exists; pass --resume to continue it "

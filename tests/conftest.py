@@ -72,15 +72,28 @@ def make_mnist_folder(root: Path) -> Path:
     return root
 
 
+def with_flags(base: list[str], *extra: str) -> list[str]:
+    """``base`` then ``extra``, a flag of ``extra`` replacing the same flag of ``base`` with its value
+    (train.py and evaluate.py refuse a flag typed twice with two values)."""
+    kept, replaced = [], False
+    for item in base:
+        if item.startswith("--"):
+            replaced = item in extra
+        if not replaced:
+            kept.append(item)
+    return [*kept, *extra]
+
+
 def tiny_train_args(exp_dir: Path, mnist_dir: Path, name: str, *extra: str) -> list[str]:
-    """train.py flags for a seconds-long run on the fixtures (3 batches an epoch, 2 epochs)."""
+    """train.py flags for a seconds-long run on the fixtures (3 batches an epoch, 2 epochs); a flag
+    of ``extra`` replaces the same flag here."""
     # fmt: off
-    return [
+    base = [
         "--exp-name", name, "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir),
         "--hidden", "8", "--batch-size", "32", "--val-size", "16", "--epochs", "2", "--device", "cpu",
-        *extra,
     ]
     # fmt: on
+    return with_flags(base, *extra)
 
 
 def run_main(main, argv: list[str], capsys) -> tuple[int, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_main, tiny_train_args
+from conftest import REPO, run_main, tiny_train_args, with_flags
 from helpers import strict_json
 
 import evaluate
@@ -167,7 +167,7 @@ def test_too_long_exp_name(tmp_path, mnist_dir, capsys, experiment):
     code, err = run_main(train.main, tiny_train_args(tmp_path, mnist_dir, name), capsys)
     assert code == 2 and "300 characters long; at most 100" in the_error(err)
     _, args = experiment
-    code, err = run_main(evaluate.main, [*args, "--exp-name", name], capsys)
+    code, err = run_main(evaluate.main, with_flags(args, "--exp-name", name), capsys)
     assert code == 2 and "300 characters long" in the_error(err)
 
 

@@ -36,6 +36,11 @@ TRAIN_IGNORED = [
     (["--scheduled-sampling", "exponential", "--ss-min", "0.3"], ["--ss-min", "linear only"]),
     (["--lr-schedule", "cosine", "--lr-milestones", "1"], ["--lr-milestones", "step only"]),
     (["--context-rows", "2"], ["--context-rows", "without --context"]),
+    # Issue 23, finding 9: --task classify reads grey levels unless --binarized-input (identical loss).
+    (["--task", "classify", "--binarize", "static"], ["--binarize", "grey levels", "--binarized-input"]),
+    (["--task", "classify", "--threshold", "0.5"], ["--threshold", "grey levels", "--binarized-input"]),
+    (["--binarize", "dynamic", "--threshold", "0.5"], ["--threshold", "threshold only"]),
+    (["--lr", "1e-3", "--lr", "2e-3"], ["--lr", "typed twice", "0.001", "0.002"]),  # kept the last
 ]
 
 
@@ -54,6 +59,13 @@ EVALUATE_IGNORED = [
     (["--classify", "--mask", "center:14", "--particles", "4"], ["--mask", "--particles", "only change"]),
     (["--classify", "--inpaint", "best", "--samples", "2"], ["--inpaint", "--samples", "only change"]),
     (["--classify", "--no-gifs"], ["--no-gifs", "--classify reads whole test digits"]),
+    # Issue 23, finding 9: each did nothing, without a word.
+    (["--inpaint", "sample"], ["--inpaint sample", "blind filling", "--particles K > 1"]),
+    (["--inpaint", "best", "--sampling", "bernoulli"], ["--inpaint best", "--particles K > 1"]),
+    (["--mask", ""], ["--mask", "mask ''"]),  # was the default suffix:284
+    (["--mask", "center:14", "--mask", "rows:5-9"], ["--mask", "typed twice", "center:14", "rows:5-9"]),
+    (["--num-digits", "3", "--num-digits", "4"], ["--num-digits", "typed twice"]),
+    (["--test-digits", "10"], ["--test-digits", "--num-digits"]),  # 16 digits completed
 ]
 
 
@@ -133,3 +145,33 @@ def test_typed_flags_are_told_apart_from_defaults():
     parser = train.build_parser()
     typed = typed_flags(parser, ["--exp-name", "x", "--hidden", "128", "--context"])
     assert typed == {"exp_name", "hidden_size", "context"}  # --hidden 128 is the default, but typed
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, mnist_dir):
+    """A tiny --task classify experiment; returns the common evaluate.py arguments for it."""
+    root = tmp_path_factory.mktemp("classifier")
+    exp_dir = root / "experiments"
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "cls", "--task", "classify", "--epochs", "1")) == 0
+    return root, ["--exp-name", "cls", "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir)]
+
+
+# Issue 23, finding 9: the guard covered --classify only; on a classify experiment these were
+# accepted and changed nothing (the accuracy, the mask not even recorded).
+@pytest.mark.parametrize(
+    "bad",
+    [["--mask", "center:14"], ["--seed", "3"], ["--no-gifs"], ["--num-digits", "4"], ["--no-judge"]],
+    ids=lambda bad: " ".join(bad),
+)
+def test_evaluate_refuses_completion_flags_on_a_classify_experiment(classifier, capsys, bad):
+    root, args = classifier
+    out = root / "refused"
+    code, err = run_script_main(evaluate.main, [*args, "--out-dir", str(out), *bad], capsys)
+    assert_one_line_error(code, err, bad[0], "only changes completions", "cls (--task classify)")
+    assert not out.exists()
+
+
+def test_a_flag_typed_twice_with_one_value_is_accepted():
+    parser = train.build_parser()
+    assert parser.parse_args(["--exp-name", "x", "--lr", "0.001", "--lr", "1e-3"]).lr == 1e-3
+    assert evaluate.build_parser().parse_args(["--exp-name", "x", "--no-gifs", "--no-gifs"]).gifs is False

@@ -13,7 +13,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TEST_DIGITS, folder_files, tiny_train_args
+from conftest import REPO, TEST_DIGITS, folder_files, tiny_train_args, with_flags
 from conftest import run_main as run_script_main
 
 import evaluate
@@ -216,7 +216,7 @@ def test_bad_values_give_a_short_error(experiment, capsys, bad, message):
 
 def test_unknown_experiment(experiment, capsys):
     _, args = experiment
-    code, err = run_main([*args, "--exp-name", "nope"], capsys)
+    code, err = run_main(with_flags(args, "--exp-name", "nope"), capsys)
     assert code == 2 and "no experiment 'nope'" in err
 
 
@@ -225,14 +225,16 @@ def test_corrupt_checkpoint(experiment, tmp_path, capsys):
     broken = tmp_path / "experiments" / "broken"
     broken.mkdir(parents=True)
     (broken / "checkpoint.ckpt").write_bytes(b"garbage")
-    code, err = run_main([*args, "--exp-dir", str(tmp_path / "experiments"), "--exp-name", "broken"], capsys)
+    code, err = run_main(
+        with_flags(args, "--exp-dir", str(tmp_path / "experiments"), "--exp-name", "broken"), capsys
+    )
     assert code == 2 and "not a readable rnn-mnist checkpoint" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(experiment, capsys):
     _, args = experiment
-    code, err = run_main([*args, "--device", "cuda"], capsys)
+    code, err = run_main(with_flags(args, "--device", "cuda"), capsys)
     assert code == 2 and "no CUDA" in err
 
 

@@ -67,6 +67,7 @@ BAD_RECIPES = [
     ("exp-name = 'x'\n", ["exp-name", "not an option a recipe can set"]),
     ("lr = \n", ["not valid TOML"]),
     ("lr-schedule = 'cosine'\nlr-milestones = [3]\n", ["--lr-milestones", "step only"]),  # contradicts itself
+    ("task = 'classify'\nbinarize = 'static'\n", ["--binarize", "grey levels"]),  # issue 23, finding 9
 ]
 
 
@@ -197,6 +198,41 @@ def test_refusals_follow_the_declared_conditions():
         "kind": "a",
         "depth": 1,
     }
+
+
+# Issue 23, finding 9: a condition may test a fact no option holds (what the run reads); before the
+# fact is known (evaluate.py before the checkpoint is read) the condition waits.
+def test_a_condition_on_a_fact_waits_until_the_fact_is_known():
+    reads = when("reads", "pixels", says="{flags} change{s} pixels only: drop {them}")
+
+    @dataclass
+    class Toy:
+        level: int = option(1, "--level", kind=positive_int, help="n", group="g", only=reads)
+        depth: int = option(1, "--depth", kind=positive_int, help="n", group="g", only=reads)
+
+    options, flags = options_of(Toy), {"level": 2, "depth": 3}
+    assert refusals(options, flags, {"level", "depth"}) == []  # not known yet
+    assert refusals(options, {**flags, "reads": "pixels"}, {"level", "depth"}) == []
+    grey = {**flags, "reads": "grey"}
+    assert refusals(options, grey, {"level"}) == ["--level changes pixels only: drop it"]
+    assert refusals(options, grey, {"level", "depth"}) == [
+        "--level and --depth change pixels only: drop them"
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--task", "classify", "--binarized-input", "--binarize", "static"],
+        ["--task", "classify", "--binarized-input", "--threshold", "0.5"],
+        ["--task", "classify", "--data-seed", "3", "--val-size", "100"],  # the validation split: used
+        ["--binarize", "static", "--data-seed", "2"],
+        ["--threshold", "0.5"],
+    ],
+    ids=" ".join,
+)
+def test_data_flags_that_shape_what_is_read_are_accepted(argv):
+    parse(argv)
 
 
 def test_task_and_resume_rules_are_read_off_the_options():

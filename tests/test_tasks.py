@@ -49,6 +49,10 @@ def test_classify_trains_and_resumes_exactly_with_one_fixed_permutation(tmp_path
         (("--task", "classify", "--context"), "--context is for --task next-pixel only"),
         (("--task", "classify", "--condition", "label"), "--condition is for --task next-pixel only"),
         (("--task", "classify", "--scheduled-sampling", "linear"), "--scheduled-sampling is for"),
+        # Issue 23, finding 9: typed at their defaults they were accepted; what was typed counts.
+        (("--readout", "last"), "--readout is for --task classify only"),
+        (("--task", "classify", "--loss", "bce"), "--loss is for --task next-pixel only"),
+        (("--task", "classify", "--condition", "none"), "--condition is for --task next-pixel only"),
     ],
 )
 def test_flags_of_the_other_task_are_refused_in_one_line(tmp_path, mnist_dir, capsys, extra, message):
@@ -63,6 +67,11 @@ def test_resuming_a_next_pixel_experiment_as_a_classifier_is_refused(tmp_path, m
     args = tiny_train_args(tmp_path, mnist_dir, "gen", "--resume", "--task", "classify")
     code, err = run_main(train.main, args, capsys)
     assert code != 0 and err.startswith("error: ") and "--task classify" in err
+    # Issue 23, finding 9: a classify flag typed at the saved (default) value changes nothing either.
+    args = tiny_train_args(tmp_path, mnist_dir, "gen", "--resume", "--epochs", "2", "--readout", "last")
+    code, err = run_main(train.main, args, capsys)
+    assert code != 0 and err.startswith("error: ") and "--readout is for --task classify only" in err
+    assert load_checkpoint(tmp_path / "gen" / "checkpoint.ckpt")["epoch"] == 1
 
 
 # What main added to the one training loop (issue 11) holds for the classify task too.
