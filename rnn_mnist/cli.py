@@ -175,7 +175,10 @@ class ShortErrorParser(argparse.ArgumentParser):
 def run_cli(action: Callable[[], object]) -> int:
     """Run a script's work; an RnnMnistError, a failed file operation or Ctrl-C becomes one line on
     stderr and an exit code."""
+    from rnn_mnist.steps import check_native_setting  # imported here: parsing alone needs no torch
+
     try:
+        check_native_setting()
         action()
     except RnnMnistError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,7 +12,8 @@ Three backends run the same weights:
   kernels/fast_step.py (table lookups for the one-hot inputs). ``model.fast_gru = False`` turns it off.
 - FUSED: a one-layer GRU with a linear head on the CPU, with no gradient wanted (it has no backward)
   and no dropout to apply (it has none), on the C step of kernels/native.py where it can be built.
-  ``model.fused_step = False`` or ``RNN_MNIST_NATIVE=0`` turns it off.
+  ``model.fused_step = False`` or ``RNN_MNIST_NATIVE=0`` (false, off, no) turns it off; where it
+  cannot run, one line on stderr says why, once (kernels/native.py).
 The model hands its weights to FAST and FUSED as plain tensors (``model.step_weights()``); the
 kernels never see the model. This is the only module that asks ``native.supports``.
 """
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.kernels import native
 from rnn_mnist.kernels.fast_step import FastGRUStep
 from rnn_mnist.kernels.gru import matmul_dtype
@@ -50,6 +52,15 @@ class SteppedModel(Protocol):
     def step(
         self, canvas: torch.Tensor, t: int, state: State | None, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]: ...
+
+
+def check_native_setting() -> None:
+    """Refuse a $RNN_MNIST_NATIVE that is neither on nor off, in one line, before any work: the
+    kernel is loaded lazily (in training, at the first validation pass), too late to refuse then."""
+    try:
+        native.native_requested()
+    except ValueError as error:
+        raise RnnMnistError(str(error)) from None
 
 
 def uses_fast_gru(model: SteppedModel, device: torch.device) -> bool:

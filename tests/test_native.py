@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,8 +18,11 @@ from rnn_mnist import steps
 from rnn_mnist.kernels import native
 from rnn_mnist.masks import parse_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import complete
+from rnn_mnist.rollout import complete, teacher_forced_nll
 from rnn_mnist.runtime import autocast
+from rnn_mnist.scoring import completion_metrics
+
+REPO = Path(__file__).resolve().parent.parent
 
 CONFIGS = {
     "plain": ModelConfig(hidden_size=16),
@@ -250,3 +262,394 @@ def test_a_new_build_replaces_the_stale_ones_in_the_cache(monkeypatch, tmp_path)
     assert native.load_kernel() is not None
     assert not stale.exists()
     assert len(list(tmp_path.glob("gru_step-*.so"))) == 1  # the new build
+
+
+# --- the library: where it comes from, what is loaded (rnn_mnist/kernels/library.py) ---
+
+
+def _reload(monkeypatch, cache: Path, **environment: str) -> object:
+    """load_kernel() afresh (as a new process would) with the kernel cache in ``cache``."""
+    monkeypatch.setattr(native, "_loaded", None)
+    monkeypatch.setenv("RNN_MNIST_CACHE", str(cache))
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    return native.load_kernel()
+
+
+def _libraries(cache: Path) -> list[Path]:
+    return sorted(cache.glob("gru_step-*.so"))
+
+
+def _planted_library(tmp_path: Path) -> tuple[Path, Path]:
+    """A library with the kernel's symbol whose constructor leaves a marker file, and that marker's
+    path: what someone who can write to the cache would plant."""
+    marker = tmp_path / "planted-code-ran"
+    source = tmp_path / "planted.c"
+    source.write_text(
+        "#include <stdio.h>\n"
+        "__attribute__((constructor)) static void planted(void) {\n"
+        f'    FILE *f = fopen("{marker}", "w"); if (f) fclose(f);\n'
+        "}\n"
+        "void gru_step(void) {}\n"
+    )
+    planted = tmp_path / "planted.so"
+    subprocess.run(["cc", "-shared", "-fPIC", str(source), "-o", str(planted)], check=True)
+    return planted, marker
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` as a new file: the library there is loaded in this process, and
+    writing into its pages would change (or, truncated, fault) the code mapped from them."""
+    incoming = path.with_name(path.name + ".incoming")
+    incoming.write_bytes(data)
+    incoming.chmod(path.stat().st_mode)
+    os.replace(incoming, path)
+
+
+def _plant(planted: Path, cache: Path) -> None:
+    """Put ``planted`` in place of every library in the cache (their names are public facts)."""
+    libraries = _libraries(cache)
+    assert libraries
+    for path in libraries:
+        _replace(path, planted.read_bytes())
+
+
+def _fused_logits_match_torch() -> None:
+    """The fused step (now loaded) gives the torch step's logits: it is the real kernel."""
+    model, canvas = _model(CONFIGS["context-position"]), _canvas()
+    logits, step = _steps(model, canvas, None, 600)
+    assert isinstance(step, native.FusedGRUStep)
+    torch.testing.assert_close(logits, _torch_logits(model, canvas, None)[:, 600:], rtol=1e-4, atol=1e-4)
+
+
+_USE_THE_KERNEL = """
+import torch
+from rnn_mnist.kernels import native
+from rnn_mnist.models import ModelConfig, NextPixelModel
+torch.manual_seed(0)
+model = NextPixelModel(ModelConfig(hidden_size=16, context=True, position=True)).eval()
+canvas = torch.bernoulli(torch.full((3, 784), 0.3))
+with torch.no_grad():
+    fused, _ = model(canvas, 0, 784, None, None)
+reference, _ = model(canvas, 0, 784, None, None)  # with a gradient: on torch ops
+print(native.kernel_status())
+print("max difference", float((fused - reference.detach()).abs().max()))
+"""
+
+
+def _max_difference(result: subprocess.CompletedProcess) -> float:
+    return float(result.stdout.split("max difference")[1])
+
+
+def _python(code: str, cache: Path, **environment: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RNN_MNIST_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_library_planted_in_the_cache_is_rebuilt_never_run(monkeypatch, tmp_path):
+    """A library in place of the cached one (its name is computed from public facts) is not
+    loaded by a later run: it does not hash to what was built, so it is built over."""
+    _require_kernel()
+    cache = tmp_path / "cache"
+    assert _reload(monkeypatch, cache) is not None
+    planted, marker = _planted_library(tmp_path)
+    _plant(planted, cache)
+    result = _python(_USE_THE_KERNEL, cache)  # a later run: a new process
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert not marker.exists()  # its constructor never ran
+    assert "building it again" in result.stderr
+    assert "fused C step" in result.stdout and _max_difference(result) < 1e-4
+    assert all(path.read_bytes() != planted.read_bytes() for path in _libraries(cache))
+
+
+def _give_away(path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("giving a file to another user takes root")
+    os.chown(path, 65534, 65534, follow_symlinks=False)
+
+
+@pytest.mark.parametrize("how", ["writable by others", "another user's"])
+def test_a_cache_folder_that_is_not_the_users_alone_is_refused(how, monkeypatch, tmp_path, capsys):
+    """Anyone who can write to the cache could put a library there: nothing of it is loaded, the
+    torch-op step runs, and one line says why."""
+    _require_kernel()
+    cache = tmp_path / "cache"
+    assert _reload(monkeypatch, cache) is not None
+    planted, marker = _planted_library(tmp_path)
+    _plant(planted, cache)
+    if how == "writable by others":
+        cache.chmod(0o777)
+    else:
+        _give_away(cache)
+    capsys.readouterr()
+    assert _reload(monkeypatch, cache) is None
+    assert not marker.exists()
+    expected = "writable by others" if how == "writable by others" else "belongs to another user"
+    assert expected in native.kernel_status() and "RNN_MNIST_CACHE" in native.kernel_status()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "torch ops" in line and expected in line
+    assert expected in steps.describe_step(_model(CONFIGS["plain"]), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("how", ["a link", "writable by others", "another user's", "without a hash"])
+def test_a_cached_library_that_cannot_be_vouched_for_is_rebuilt(how, monkeypatch, tmp_path):
+    _require_kernel()
+    cache = tmp_path / "cache"
+    assert _reload(monkeypatch, cache) is not None
+    planted, marker = _planted_library(tmp_path)
+    (path,) = _libraries(cache)
+    sidecar = path.with_name(path.name + ".sha256")
+    if how == "a link":  # to a planted library whose hash is recorded as the cache's
+        path.unlink()
+        path.symlink_to(planted)
+        sidecar.write_text(hashlib.sha256(planted.read_bytes()).hexdigest())
+    elif how == "writable by others":
+        path.chmod(0o777)
+    elif how == "another user's":
+        _give_away(path)
+    else:
+        sidecar.unlink()
+    assert _reload(monkeypatch, cache) is not None
+    assert not marker.exists()
+    info = path.lstat()
+    assert stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+    assert sidecar.read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+    _fused_logits_match_torch()
+
+
+@pytest.mark.parametrize("size", [1000, 16000])
+def test_a_truncated_library_is_rebuilt_not_run(size, monkeypatch, tmp_path):
+    """A truncated library loads (its headers are whole) and then faults where its code is
+    missing: a bus error that ended every later run. Its hash does not match: it is rebuilt."""
+    _require_kernel()
+    cache = tmp_path / "cache"
+    assert _reload(monkeypatch, cache) is not None
+    (path,) = _libraries(cache)
+    whole = path.stat().st_size
+    _replace(path, path.read_bytes()[:size])
+    result = _python(_USE_THE_KERNEL, cache)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "fused C step" in result.stdout and _max_difference(result) < 1e-4
+    assert path.stat().st_size == whole
+
+
+def test_a_cc_that_cannot_be_split_into_words_falls_back_in_one_line(monkeypatch, tmp_path, capsys):
+    assert _reload(monkeypatch, tmp_path / "cache", CC='gcc "') is None
+    assert "CC='gcc \"' cannot be read" in native.kernel_status()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "torch ops" in line and "No closing quotation" in line
+
+
+def _fake_compiler(tmp_path: Path, name: str, body: str) -> Path:
+    """A shell script standing in for cc: it answers --version, and runs ``body`` for a build."""
+    script = tmp_path / name
+    script.write_text(f'#!/bin/sh\ncase "$*" in *--version*) echo "{name} 1.0"; exit 0;; esac\n{body}\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_a_compiler_that_makes_junk_leaves_nothing_cached(monkeypatch, tmp_path, capsys):
+    _require_kernel()  # cc works here: it takes over at the end
+    junk = 'yes junk | head -c 8192 > "$2"'  # into the file named after -o
+    writes_junk = f'while [ $# -gt 0 ]; do [ "$1" = "-o" ] && {junk}; shift; done; exit 0'
+    junk_cc = _fake_compiler(tmp_path, "junk-cc", writes_junk)
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second run builds again: nothing was kept
+        assert _reload(monkeypatch, cache, CC=str(junk_cc)) is None
+        status = native.kernel_status()
+        assert "building gru_step.c failed" in status and "does not load" in status
+        assert "invalid ELF header" in capsys.readouterr().err
+        assert _libraries(cache) == [] and list(cache.glob("*.sha256")) == []
+    monkeypatch.delenv("CC")
+    assert _reload(monkeypatch, cache) is not None  # a working compiler now: the fused step is back
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie no one has reaped yet has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_a_hanging_compiler_is_stopped_with_its_children(monkeypatch, tmp_path, capsys):
+    """The compiler runs under a time limit in its own process group: on time out the group is
+    killed (a child holding the pipes would otherwise keep this process waiting), one line says so."""
+    pid_file = tmp_path / "child.pid"
+    hanging_cc = _fake_compiler(tmp_path, "hanging-cc", f'sleep 150 &\necho $! > "{pid_file}"\nwait')
+    started = time.monotonic()
+    loaded = _reload(monkeypatch, tmp_path / "cache", CC=str(hanging_cc), RNN_MNIST_CC_TIMEOUT="2")
+    assert loaded is None and time.monotonic() - started < 60
+    assert "ran over 2 s and was stopped" in native.kernel_status()
+    assert "RNN_MNIST_CC_TIMEOUT" in capsys.readouterr().err
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(child)
+
+
+def test_a_build_folder_left_by_a_killed_build_is_removed_by_the_next(monkeypatch, tmp_path):
+    _require_kernel()
+    cache = tmp_path / "cache"
+    pid_file = tmp_path / "compiler.pid"
+    slow_cc = _fake_compiler(tmp_path, "slow-cc", f'echo $$ > "{pid_file}"\nexec sleep 60')
+    building = subprocess.Popen(
+        [sys.executable, "-c", "from rnn_mnist.kernels import native; native.load_kernel()"],
+        env={**os.environ, "RNN_MNIST_CACHE": str(cache), "CC": str(slow_cc), "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (left,) = cache.glob(".build-*")  # the build is under way
+        building.send_signal(signal.SIGKILL)
+        building.wait()
+    finally:
+        building.kill()
+        if pid_file.exists():  # the compiler it started, in a session of its own, is orphaned now
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    old = cache / f".build-{os.getpid()}-old"  # a live process's, but far older than a build takes
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    live = cache / f".build-{os.getpid()}-live"  # a build under way now: kept
+    live.mkdir()
+    assert left.exists()
+    assert _reload(monkeypatch, cache) is not None
+    assert not left.exists() and not old.exists() and live.exists()
+
+
+def test_two_compiler_settings_keep_their_own_libraries(monkeypatch, tmp_path):
+    """A cache shared by two compiler settings (CC=cc and CC="cc -DOTHER"): each build removes only
+    the older builds of its own setting, so the two do not rebuild over each other every run."""
+    _require_kernel()
+    cache = tmp_path / "cache"
+    assert _reload(monkeypatch, cache, CC="cc") is not None
+    (first,) = _libraries(cache)
+    built = first.stat().st_mtime_ns, first.stat().st_ino
+    assert _reload(monkeypatch, cache, CC="cc -DOTHER_SETTING") is not None
+    assert len(_libraries(cache)) == 2 and first.exists()
+    assert _reload(monkeypatch, cache, CC="cc") is not None
+    assert (first.stat().st_mtime_ns, first.stat().st_ino) == built  # loaded, not rebuilt
+    assert len(_libraries(cache)) == 2
+
+
+def test_a_build_under_a_umask_that_lets_the_group_write_is_reused(monkeypatch, tmp_path):
+    """A library the linker made group-writable (umask 002) would fail its own check on every
+    later load: it is made the user's alone before it is moved into place."""
+    _require_kernel()
+    cache = tmp_path / "cache"
+    previous = os.umask(0o002)
+    try:
+        assert _reload(monkeypatch, cache) is not None
+    finally:
+        os.umask(previous)
+    (path,) = _libraries(cache)
+    built = path.stat().st_mtime_ns, path.stat().st_ino
+    assert _reload(monkeypatch, cache) is not None
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == built
+
+
+# --- the switch: RNN_MNIST_NATIVE ---
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off", "no", " 0", "OFF", "No ", "False"])
+def test_the_usual_spellings_of_off_keep_the_torch_step(value, monkeypatch, tmp_path, capsys):
+    assert not _reload(monkeypatch, tmp_path, RNN_MNIST_NATIVE=value)
+    assert native.kernel_status() == f"torch ops (RNN_MNIST_NATIVE={value.strip()})"
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"RNN_MNIST_NATIVE={value.strip()}" in line
+    assert not isinstance(_steps(_model(CONFIGS["plain"]), _canvas(), None, 780)[1], native.FusedGRUStep)
+
+
+@pytest.mark.parametrize("value", ["1", "true", "on", "yes", " YES ", "True", ""])
+def test_the_usual_spellings_of_on_ask_for_the_fused_step(value, monkeypatch):
+    monkeypatch.setenv("RNN_MNIST_NATIVE", value)
+    assert native.native_requested()
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "0 1", "nope", "-1"])
+def test_a_switch_that_is_neither_on_nor_off_is_refused(value, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RNN_MNIST_NATIVE", value)
+    with pytest.raises(ValueError, match="RNN_MNIST_NATIVE"):
+        native.native_requested()
+    assert _reload(monkeypatch, tmp_path) is None  # reached anyway (not through a script): torch ops
+    assert f"RNN_MNIST_NATIVE={value!r}" in capsys.readouterr().err
+
+
+# --- NaN and inf: the two steps agree (-fno-finite-math-only) ---
+
+NAN, INF = float("nan"), float("inf")
+LABELLED = CONFIGS["context-2x5-label"]  # 11 pixel inputs, 56 position columns, then 10 labels
+
+
+def _spoil(model: NextPixelModel, where: str, value: float) -> None:
+    """Set one weight of ``model`` to ``value``."""
+    hidden, label_3 = model.config.hidden_size, 11 + 56 + 3
+    entries = {
+        "W_hh": (model.rnn.weight_hh_l0, (5, 3)),
+        "pixel column": (model.rnn.weight_ih_l0, (hidden + 2, 1)),
+        "position column": (model.rnn.weight_ih_l0, (7, 11 + 4)),
+        "label 3 column": (model.rnn.weight_ih_l0, (2 * hidden + 1, label_3)),
+        "label 3 column, z gate": (model.rnn.weight_ih_l0, (hidden + 4, label_3)),
+        "input bias": (model.rnn.bias_ih_l0, (2 * hidden + 6,)),
+        "b_hn": (model.rnn.bias_hh_l0, (2 * hidden + 6,)),
+        "head weight": (model.head.weight, (0, 9)),
+        "head bias": (model.head.bias, (0,)),
+        "start value": (model.start_pixel, (0,)),
+    }
+    tensor, index = entries[where]
+    with torch.no_grad():
+        tensor[index] = value
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "surfaces"),
+    [
+        ("W_hh", NAN, True), ("W_hh", INF, True), ("pixel column", NAN, True),
+        ("pixel column", -INF, True), ("position column", NAN, True), ("position column", INF, False),
+        ("label 3 column", NAN, True), ("label 3 column", INF, True),
+        ("label 3 column, z gate", -INF, True), ("input bias", NAN, True), ("input bias", INF, False),
+        ("input bias", -INF, False), ("b_hn", NAN, True), ("head weight", NAN, True),
+        ("head weight", INF, True), ("head bias", NAN, True), ("start value", NAN, True),
+    ],
+)  # fmt: skip
+def test_a_non_finite_weight_gives_the_same_logits_on_both_steps(where, value, surfaces):
+    """The fused step's logits are the torch step's, NaN and inf in the same places: a NaN weight
+    surfaces, and so does an infinite one multiplied (0 * inf is NaN); an infinite bias or position
+    term, added, saturates its gate on both."""
+    _require_kernel()
+    model, canvas = _model(LABELLED), _canvas()
+    _spoil(model, where, value)
+    logits, step = _steps(model, canvas, LABELS, 0)
+    assert isinstance(step, native.FusedGRUStep)
+    expected = _torch_logits(model, canvas, LABELS)
+    assert bool(torch.isfinite(expected).all()) != surfaces
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+    with torch.no_grad():
+        fused_pass, _ = model(canvas, 0, 784, LABELS, None)  # forward without a gradient: fused too
+    torch.testing.assert_close(fused_pass, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+def test_a_nan_in_w_hh_gives_nan_nll_and_the_torch_steps_accuracy():
+    """The issue's case: one NaN weight in W_hh. On the torch-op step the masked NLL is NaN and the
+    greedy completion predicts no ink; the fused step must say the same, not a plausible NLL."""
+    _require_kernel()
+    model = _model(CONFIGS["context-position"])
+    _spoil(model, "W_hh", NAN)
+    digits = _canvas(12, seed=6).to(torch.uint8)
+    hidden, labels = parse_mask("suffix:284"), torch.zeros(12, dtype=torch.long)
+    results = []
+    for fused in (True, False):
+        model.fused_step = fused
+        with torch.no_grad():
+            assert steps.uses_fused_step(model, torch.device("cpu")) == fused
+        completed = complete(model, digits, 284).completed
+        nll = teacher_forced_nll(model, digits.float(), None, hidden)
+        results.append(completion_metrics(completed, digits, labels, nll, hidden))
+    fused_metrics, torch_metrics = results
+    assert torch_metrics["masked_nll_nats"] != torch_metrics["masked_nll_nats"]  # NaN
+    assert fused_metrics["masked_nll_nats"] != fused_metrics["masked_nll_nats"]
+    assert fused_metrics["masked_pixel_accuracy"] == torch_metrics["masked_pixel_accuracy"]

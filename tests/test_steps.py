@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import train
 from rnn_mnist import steps
+from rnn_mnist.cli import run_cli
 from rnn_mnist.kernels import native
 from rnn_mnist.kernels.fast_step import FastGRUStep
 from rnn_mnist.models import ModelConfig, NextPixelModel
+from rnn_mnist.rollout import complete
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnn_mnist"
 CPU = torch.device("cpu")
@@ -107,3 +110,49 @@ def test_step_weights_are_views_of_the_parameters_gradients_reach(overrides):
     labels = torch.tensor([4, 5]) if model.config.num_classes else None
     model.teacher_forced_logits(pixels, labels).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("environment", "reason"),
+    [
+        ({"CC": "false"}, "building gru_step.c failed"),
+        ({"CC": "no-such-compiler-here"}, "no C compiler found"),
+        ({"RNN_MNIST_NATIVE": "off"}, "RNN_MNIST_NATIVE=off"),
+    ],
+)
+def test_a_fallback_to_torch_ops_is_said_once_on_stderr(environment, reason, monkeypatch, tmp_path, capsys):
+    """Whatever keeps the fused step from running is said on the console, once a process, as well
+    as recorded (``describe_step``, which evaluation writes as ``rollout_step``)."""
+    monkeypatch.setattr(native, "_loaded", None)
+    monkeypatch.setenv("RNN_MNIST_CACHE", str(tmp_path))
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    model = _model(context=True, position=True)
+    assert reason in steps.describe_step(model, CPU)
+    complete(model, torch.bernoulli(torch.full((3, 784), 0.3)).to(torch.uint8), 700)
+    with torch.no_grad():
+        assert steps.choose(model, CPU) == steps.FAST
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("note: rollouts run on torch ops") and reason in line
+
+
+def test_the_fused_step_running_says_nothing(monkeypatch):
+    if native.load_kernel() is None:
+        pytest.skip(native.kernel_status())
+    assert "fused C step" in steps.describe_step(_model(), CPU)
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "of"])
+def test_a_native_switch_neither_on_nor_off_is_refused_before_any_work(value, monkeypatch, tmp_path, capsys):
+    """The kernel is loaded lazily (in training at the first validation pass): a bad switch is
+    refused by every script before its work starts, in one line."""
+    monkeypatch.setenv("RNN_MNIST_NATIVE", value)
+    ran = []
+    assert run_cli(lambda: ran.append(True)) == 2
+    assert ran == []
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--exp-name", "never", "--data-dir", str(tmp_path / "no-data")]) == 2
+    assert not (tmp_path / "experiments").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "Traceback" not in err
+    assert all(line.startswith(f"error: RNN_MNIST_NATIVE={value!r}") for line in err.splitlines())

@@ -1,6 +1,6 @@
 /* The rollout step of a one-layer GRU next-pixel model, fused: everything but the recurrent GEMM.
 
-   rnn_mnist/native.py computes gh = h @ W_hh.T with torch (fp32, or bf16 under --precision bf16)
+   rnn_mnist/kernels/native.py computes gh = h @ W_hh.T with torch (fp32, or bf16 under --precision bf16)
    and then calls gru_step once per pixel t. For each digit (row) it
      1. reads the pixel inputs of pixel t (the previous pixel and the context pixels above) from
         the pixels so far, stored pixel-major so that each input is read in order across rows;
@@ -13,7 +13,8 @@
 
    The arithmetic is rnn_mnist/gru.py's gru_cell in fp32, with tanh(a) = 2 sigmoid(2a) - 1 as
    there; the sums run in another order and exp is the polynomial below, so states agree with
-   the torch step to about 1e-6 (tests/test_native.py).
+   the torch step to about 1e-6 (tests/test_native.py). NaN and inf go through as on torch ops
+   (the build keeps IEEE semantics for them: -fno-finite-math-only).
 */
 #include <math.h>
 #include <stdint.h>
@@ -29,15 +30,22 @@ static inline float bf16_to_float(uint16_t value) {
 static inline uint16_t float_to_bf16(float value) { /* round to nearest even, as torch does */
     uint32_t bits;
     memcpy(&bits, &value, sizeof bits);
+    /* a NaN stays a NaN (torch's 0x7FC0): rounding its payload could carry into the sign bit */
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
     return (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
 /* exp(a) for the sigmoids, written so that the compiler vectorises it: a = n ln2 + r with
    |r| <= ln2 / 2, exp(r) by its Taylor polynomial to r^6 (relative error below 2e-7), times 2^n
-   built in the exponent bits. Clamped to where fp32 holds exp(a): the sigmoid saturates there. */
+   built in the exponent bits. Clamped to where fp32 holds exp(a): the sigmoid saturates there, and
+   +-inf gives what torch's sigmoid gives. A NaN passes the clamp (its comparisons are false) and
+   stays NaN through the polynomial; n is set to 0 for it so that the exponent bits are left as they
+   are (and no NaN is converted to an integer). Compiled with -fno-finite-math-only: without it the
+   compiler may assume there is no NaN to keep. */
 static inline float exp_approx(float a) {
     a = a < -87.0f ? -87.0f : (a > 88.0f ? 88.0f : a);
-    const float n = nearbyintf(a * 1.44269504f);
+    const float scaled = nearbyintf(a * 1.44269504f);
+    const float n = scaled == scaled ? scaled : 0.0f;
     const float r = (a - n * 0.693145752f) - n * 1.42860677e-6f; /* ln2 in two parts */
     float p = 1.0f / 720;
     p = p * r + 1.0f / 120;

@@ -17,33 +17,36 @@ gather of the context pixels walks memory in order instead of touching 22 cache 
 The same step serves every pass without a gradient (prefix reads, evaluation NLLs), where torch's
 whole-sequence pass would hold (784, B, 3H) input gates.
 
-The library is built into ~/.cache/rnn_mnist (or $RNN_MNIST_CACHE) with ``cc -O3 -march=native
--fopenmp`` (``$CC`` if set), keyed by the source, the compiler and its flags and the CPU, and then
-reused. Its OpenMP is normally the libgomp torch has already loaded, and it runs on torch's thread
-count either way. Where no compiler works, or ``RNN_MNIST_NATIVE=0``, the model keeps its torch-op
-step; the two are tested against each other (tests/test_native.py).
+The library is built into a private cache (~/.cache/rnn_mnist or $RNN_MNIST_CACHE) with ``cc -O3
+-march=native -ffast-math -fno-finite-math-only -fopenmp`` (``$CC`` if set), keyed by the source,
+the compiler and its flags and the CPU, checked against the hash recorded when it was built before
+each load, and reused (rnn_mnist/kernels/library.py). Its OpenMP is normally the libgomp torch has
+already loaded, and it runs on torch's thread count either way. Where no compiler works, or
+``RNN_MNIST_NATIVE`` is 0 (false, off, no), the model keeps its torch-op step, and one line on stderr
+says why; the two are tested against each other (tests/test_native.py), NaN and inf included.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shlex
-import shutil
 import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
 from rnn_mnist.data import NUM_PIXELS
+from rnn_mnist.kernels import library as _library
 from rnn_mnist.kernels.weights import StepWeights
 
 SOURCE = Path(__file__).with_name("gru_step.c")
-COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+# -fno-finite-math-only: the rest of -ffast-math (reassociation, no errno) is what makes the step
+# fast; assuming no NaN or inf would let a NaN weight or state pass as a number.
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC"]
 MAX_HIDDEN, MAX_INPUTS = 1024, 256  # as in gru_step.c
+SWITCH_ENV = "RNN_MNIST_NATIVE"
+_ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 _loaded: tuple[ctypes.CDLL | None, str] | None = None
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_int64
@@ -51,75 +54,53 @@ _ARGTYPES = [ctypes.c_int, _i64, _i64, _i64, _p, _i64, _p, _p, _p, _p, _p, _p, _
 _ARGTYPES += [_p, _p, _p, _p, _p, ctypes.c_float, _p]
 
 
-def _cpu_fingerprint() -> str:
-    """What -march=native depends on: the CPU's model and flags (Linux), else the platform."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name"))}))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def _build(compiler: list[str], target: Path) -> None:
-    """Compile and link, then move into place atomically (two processes may build at once).
-
-    -ffast-math is for the compile only: linking a shared library with it would pull in startup
-    code that switches the whole process to flush-to-zero."""
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        obj, lib = Path(tmp) / "gru_step.o", Path(tmp) / target.name
-        for command in (
-            [*compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
-            [*compiler, "-shared", "-fopenmp", str(obj), "-o", str(lib)],
-        ):
-            result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=120)
-            if result.returncode:
-                message = (result.stderr.strip().splitlines() or ["failed"])[-1]
-                raise RuntimeError(f"{' '.join(compiler)} ...: {message}")
-        os.replace(lib, target)
+def native_requested() -> bool:
+    """Whether $RNN_MNIST_NATIVE asks for the fused step: unset, empty or 1/true/on/yes, else
+    0/false/off/no (any case, spaces around ignored). Raises ValueError for anything else."""
+    text = os.environ.get(SWITCH_ENV, "")
+    value = text.strip().lower()
+    if value in ("", *_ON) or value in _OFF:
+        return value not in _OFF
+    raise ValueError(f"{SWITCH_ENV}={text!r}: use 1, true, on or yes, or 0, false, off or no")
 
 
 def load_kernel() -> ctypes.CDLL | None:
-    """The built library (once per process), or None when it cannot be had here."""
+    """The built library (once per process), or None when it cannot be had here. Then one line on
+    stderr, once, says that rollouts keep the torch-op step and why (metrics record it as well)."""
     global _loaded
     if _loaded is None:
         _loaded = _load()
+        if _loaded[0] is None:
+            print(f"note: rollouts run on torch ops, not the fused C step: {_loaded[1]}", file=sys.stderr)
     return _loaded[0]
 
 
 def kernel_status() -> str:
     """One line for logs and metrics: which rollout step runs, and why."""
     load_kernel()
-    return _loaded[1]
+    library, why = _loaded
+    return f"fused C step ({why})" if library is not None else f"torch ops ({why})"
 
 
 def _load() -> tuple[ctypes.CDLL | None, str]:
-    if os.environ.get("RNN_MNIST_NATIVE", "1") == "0":
-        return None, "torch ops (RNN_MNIST_NATIVE=0)"
-    compiler = shlex.split(os.environ.get("CC") or "cc")  # CC may be "ccache gcc"
-    found = shutil.which(compiler[0]) if compiler else None
-    if found is None:
-        return None, "torch ops (no C compiler found)"
-    compiler[0] = found
+    """(the library, where it lies) or (None, why not)."""
     try:
-        version = subprocess.run(
-            [*compiler, "--version"], capture_output=True, text=True, errors="replace", timeout=30
-        ).stdout
-        recipe = [SOURCE.read_text(), " ".join(compiler + COMPILE_FLAGS), version, _cpu_fingerprint()]
-        key = hashlib.sha256("\n".join(recipe).encode()).hexdigest()[:16]
-        cache = Path(os.environ.get("RNN_MNIST_CACHE") or Path.home() / ".cache" / "rnn_mnist")
-        cache.mkdir(parents=True, exist_ok=True)
-        target = cache / f"gru_step-{key}.so"
-        if not target.exists():
-            _build(compiler, target)
-            for stale in cache.glob("gru_step-*.so"):  # builds of an older source, compiler or CPU
-                if stale != target:
-                    stale.unlink(missing_ok=True)  # a process that has it loaded keeps its mapping
-        library = ctypes.CDLL(str(target))
+        if not native_requested():
+            return None, f"{SWITCH_ENV}={os.environ[SWITCH_ENV].strip()}"
+    except ValueError as error:
+        return None, str(error)
+    try:
+        compiler = _library.compiler_command()
+        if compiler is None:
+            return None, "no C compiler found"
+        library, path = _library.load_library(SOURCE, COMPILE_FLAGS, compiler)
         library.gru_step.argtypes = _ARGTYPES
         library.gru_step.restype = None
-    except (OSError, RuntimeError, AttributeError, ValueError, subprocess.SubprocessError) as error:
-        return None, f"torch ops (building gru_step.c failed: {error})"
-    return library, f"fused C step ({target})"
+    except _library.KernelUnavailable as error:
+        return None, str(error)
+    except (OSError, subprocess.SubprocessError) as error:  # a compiler that cannot be run, a full disk
+        return None, f"building gru_step.c failed: {error}"
+    return library, str(path)
 
 
 def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
@@ -171,6 +152,7 @@ class FusedGRUStep:
             classes = weights.num_classes
             if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < classes:
                 raise ValueError(f"labels must be in 0..{classes - 1}")
+        self._spoil_gates_as_torch_does()
         # The rollout's canvas, pixel-major: pixels [0, synced) copied so far (see __call__).
         self.mirror: torch.Tensor | None = None
         self.mirror_of: torch.Tensor | None = None
@@ -178,6 +160,23 @@ class FusedGRUStep:
         self.last_state: torch.Tensor | None = None  # the state this step returned last, and
         self.last_matmul: torch.Tensor | None = None  # its copy in the matmul dtype
         self.last_version = 0
+
+    def _spoil_gates_as_torch_does(self) -> None:
+        """The torch-op step multiplies every input by its column of W_ih, zeros included, and 0 * NaN
+        and 0 * inf are NaN. The C step adds only the pixel inputs that are not 0 and its label's
+        column alone, so the same is done here, once:
+        - a non-finite entry in any pixel input's column makes its gate NaN for every digit (at pixel
+          0 all of them are 0); the C step adds the static gates to every digit: NaN goes there;
+        - a non-finite entry in another label's column makes the gate NaN for a digit of this label
+          (its own column is added as it is: 1 * inf is inf)."""
+        nan = float("nan")
+        finite = torch.isfinite(self.columns).all(dim=0)  # (3H,)
+        if not bool(finite.all()):
+            self.static = self.static.clone()  # it may share memory with the model's weights
+            self.static[:, ~finite] = nan
+        if self.label_gates is not None:
+            bad = (~torch.isfinite(self.label_gates)).int()  # (classes, 3H)
+            self.label_gates = self.label_gates.masked_fill(bad.sum(dim=0) - bad > 0, nan)
 
     def run(
         self,
