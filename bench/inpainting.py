@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rnn_mnist.evaluation import EvalOptions, evaluate_experiment  # noqa: E402
+from rnn_mnist.config import EvalOptions  # noqa: E402
+from rnn_mnist.evaluation import evaluate_experiment  # noqa: E402
 
 
 def main() -> None:

@@ -30,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, rebuild_model, weights_sha256
+from rnn_mnist.config import EvalOptions
 from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.evaluation import EvalOptions, load_model, output_folder
+from rnn_mnist.evaluation import load_model, output_folder
 from rnn_mnist.likelihood import class_log_likelihoods
 from rnn_mnist.models import CLASSIFIER_KIND, ClassifierConfig, SequenceClassifier
 from rnn_mnist.output_folder import OutputFolder

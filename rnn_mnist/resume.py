@@ -21,7 +21,7 @@ from typing import Any
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.config import train_options
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.options import on_resume
+from rnn_mnist.options import on_resume, recipe_path
 
 # What --resume does with each flag is declared on the flag (on_resume=, rnn_mnist/config.py):
 # where the experiment's folder is now is taken from the command, never compared with the saved one;
@@ -70,7 +70,7 @@ def resumed_flags(saved: dict[str, Any], given: dict[str, Any], typed: set[str])
     clashes = [
         f"--{key.replace('_', '-')} {given[key]} (the experiment has {saved.get(key)})"
         for key in sorted(typed - RESUMABLE_CHANGES - LOCATION_FLAGS - RUN_MODE_FLAGS)
-        if key in given and given[key] != saved.get(key)
+        if key in given and not _same_value(key, given[key], saved.get(key))
     ]
     if clashes:
         raise RnnMnistError(
@@ -81,6 +81,14 @@ def resumed_flags(saved: dict[str, Any], given: dict[str, Any], typed: set[str])
     now = {key: given[key] for key in LOCATION_FLAGS | RUN_MODE_FLAGS if key in given}
     changes = {key: given[key] for key in typed & RESUMABLE_CHANGES if key in given}
     return {**saved, **now, **changes}
+
+
+def _same_value(key: str, given: Any, saved: Any) -> bool:
+    """Whether a typed value is the experiment's own; a recipe is the same whichever way its file
+    is named (``fast``, ``configs/fast.toml``, an absolute path)."""
+    if key == "preset" and isinstance(given, str) and isinstance(saved, str):
+        return recipe_path(given).resolve() == recipe_path(saved).resolve()
+    return given == saved
 
 
 def resume_command(exp_dir: str, exp_name: str) -> str:

@@ -153,6 +153,20 @@ def test_a_run_started_with_the_preset_flag_resumes(tmp_path, mnist_dir, capsys)
     assert checkpoint["config"]["hidden_size"] == 8 and checkpoint["model_config"]["context_rows"] == 3
 
 
+def test_a_recipe_named_another_way_on_resume_is_the_same_recipe(tmp_path, mnist_dir, capsys):
+    # The shipped COMMANDs name configs/fast.toml; a run started with --config fast resumes with it.
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "named", "--config", "fast", "--epochs", "1")) == 0
+    recipe = str(REPO / "configs" / "fast.toml")
+    argv = ["--exp-dir", str(tmp_path), "--exp-name", "named", "--resume", "--epochs", "2"]
+    argv += ["--config", recipe]
+    code, err = run_script_main(train.main, argv, capsys)
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "named" / "checkpoint.ckpt")["epoch"] == 2
+    argv[-1] = "smnist"  # another recipe is still a clash
+    code, err = run_script_main(train.main, argv, capsys)
+    assert code != 0 and "--preset smnist (the experiment has fast)" in err, err
+
+
 def test_hidden_is_declared_once_on_model_config(monkeypatch):
     # The parser reads --hidden's default and help from ModelConfig's field: change the field, and
     # the flag follows (no second copy of either anywhere).

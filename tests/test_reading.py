@@ -13,7 +13,7 @@ from conftest import folder_files, run_main, tiny_train_args
 import evaluate
 import train
 from rnn_mnist.checkpoint import load_checkpoint
-from rnn_mnist.evaluation import EvalOptions
+from rnn_mnist.config import EvalOptions
 from rnn_mnist.likelihood import class_log_posterior
 from rnn_mnist.models import ModelConfig, NextPixelModel
 from rnn_mnist.reading import confusion_matrix, generative_reading, read_digits

@@ -1,6 +1,6 @@
 /* The rollout step of a one-layer GRU next-pixel model, fused: everything but the recurrent GEMM.
 
-   rnn_mnist/kernels/native.py computes gh = h @ W_hh.T with torch (fp32, or bf16 under --precision bf16)
+   native.py (beside this file) computes gh = h @ W_hh.T with torch (fp32, or bf16 under --precision bf16)
    and then calls gru_step once per pixel t. For each digit (row) it
      1. reads the pixel inputs of pixel t (the previous pixel and the context pixels above) from
         the pixels so far, stored pixel-major so that each input is read in order across rows;
@@ -11,7 +11,7 @@
    One pass over each row while it is in cache: torch's dozen separate ops each stream the whole
    (rows, 3H) batch through memory, and at 10,000 rows cost more than the GEMM itself.
 
-   The arithmetic is rnn_mnist/gru.py's gru_cell in fp32, with tanh(a) = 2 sigmoid(2a) - 1 as
+   The arithmetic is gru.py's gru_cell (beside this file) in fp32, with tanh(a) = 2 sigmoid(2a) - 1 as
    there; the sums run in another order and exp is the polynomial below, so states agree with
    the torch step to about 1e-6 (tests/test_native.py). NaN and inf go through as on torch ops
    (the build keeps IEEE semantics for them: -fno-finite-math-only).
