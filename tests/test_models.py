@@ -243,7 +243,8 @@ def test_impossible_configs_are_refused(bad):
 
 def test_a_model_saved_before_the_fast_gru_gives_the_same_logits():
     """tests/data holds a GRU (2 layers, context, position, label) and its logits, both written by
-    the code before the fast GRU (rnn_mnist/kernels/gru.py) existed; its state dict loads unchanged and runs on either path."""
+    the code before the fast GRU (rnn_mnist/kernels/gru.py) existed; its state dict loads unchanged
+    and runs on either path."""
     saved = torch.load(OLD_MODEL, weights_only=True)
     model = NextPixelModel(ModelConfig.from_dict(saved["model_config"])).eval()
     model.load_state_dict(saved["model_state"])

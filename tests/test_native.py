@@ -16,9 +16,10 @@ import torch
 
 from rnn_mnist import steps
 from rnn_mnist.kernels import native
+from rnn_mnist.likelihood import teacher_forced_nll
 from rnn_mnist.masks import parse_mask
 from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.rollout import complete, teacher_forced_nll
+from rnn_mnist.rollout import complete
 from rnn_mnist.runtime import autocast
 from rnn_mnist.scoring import completion_metrics
 
