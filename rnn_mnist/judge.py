@@ -213,16 +213,8 @@ def make_judge(
     return save_judge(path, state, info)
 
 
-def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, Any]]:
-    """The judge stored at ``path`` (default: the shipped one) and its description.
-
-    A missing, corrupt or foreign file, or weights whose hash is not the one their description
-    records, is an RnnMnistError naming the way forward.
-    """
-    path = Path(path) if path is not None else SHIPPED_JUDGE
-    described = info_path(path)
-    if not path.is_file():
-        raise RnnMnistError(f"no digit judge at {path}; {_WAY_FORWARD}")
+def _read_description(described: Path, path: Path) -> dict[str, Any]:
+    """The judge's ``.json`` description (its hash and test accuracy), checked for its shape."""
     try:
         info = json.loads(described.read_text())
     except FileNotFoundError:
@@ -238,6 +230,20 @@ def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, An
         and isinstance(info.get("test_accuracy"), dict)
     ):
         raise RnnMnistError(f"{described} does not describe a digit judge; {_WAY_FORWARD}")
+    return info
+
+
+def load_judge(path: str | Path | None = None) -> tuple[DigitJudge, dict[str, Any]]:
+    """The judge stored at ``path`` (default: the shipped one) and its description.
+
+    A missing, corrupt or foreign file, or weights whose hash is not the one their description
+    records, is an RnnMnistError naming the way forward.
+    """
+    path = Path(path) if path is not None else SHIPPED_JUDGE
+    described = info_path(path)
+    if not path.is_file():
+        raise RnnMnistError(f"no digit judge at {path}; {_WAY_FORWARD}")
+    info = _read_description(described, path)
     if info.get("version") != JUDGE_VERSION:
         raise RnnMnistError(
             f"{described} is judge version {info.get('version')}, this rnn-mnist reads {JUDGE_VERSION}"
