@@ -181,7 +181,8 @@ def run_cli(action: Callable[[], object]) -> int:
         check_native_setting()
         action()
     except RnnMnistError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not exc.quiet:
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a full disk, a read-only or missing folder, a name too long...
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)

@@ -14,6 +14,7 @@ class RnnMnistError(Exception):
     """
 
     exit_code = 2
+    quiet = False  # said by another process already (rank 0 of a torchrun run): print nothing
 
 
 class TrainingInterrupted(RnnMnistError):

@@ -91,6 +91,8 @@ def _same_value(key: str, given: Any, saved: Any) -> bool:
     return given == saved
 
 
-def resume_command(exp_dir: str, exp_name: str) -> str:
-    """The command that continues an experiment as it was set up, to paste into a shell."""
-    return shlex.join(["python", "train.py", "--exp-dir", str(exp_dir), "--exp-name", exp_name, "--resume"])
+def resume_command(exp_dir: str, exp_name: str, launcher: list[str] | None = None) -> str:
+    """The command that continues an experiment as it was set up, to paste into a shell;
+    ``launcher``: how train.py was started (``distributed.launch_prefix``: python or torchrun)."""
+    words = [*(launcher or ["python"]), "train.py", "--exp-dir", str(exp_dir), "--exp-name", exp_name]
+    return shlex.join([*words, "--resume"])

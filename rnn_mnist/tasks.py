@@ -28,6 +28,7 @@ from torch import nn
 
 from rnn_mnist.config import TASKS, train_options
 from rnn_mnist.data import NUM_PIXELS, BinarizedMNIST, DataConfig, binarization_name
+from rnn_mnist.distributed import SINGLE, World, all_reduce_sum, my_batches
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.models import (
     CLASSIFIER_KIND,
@@ -65,14 +66,16 @@ def evaluate_nll(
     device: torch.device,
     labels: torch.Tensor | None = None,
     progress_desc: str | None = None,
+    world: World = SINGLE,
 ) -> dict[str, float]:
     """Training loss and exact NLL of uint8 pixels (N, 784), in nats per image and bits per pixel.
 
-    ``progress_desc`` names a progress bar over the batches (none when None).
+    ``progress_desc`` names a progress bar over the batches (none when None). Under torchrun each
+    rank sums its own batches and the sums are added up: the one process's figure.
     """
     model.eval()
     total_loss = total_nll = 0.0
-    starts = range(0, len(pixels), EVAL_BATCH_SIZE)
+    starts = my_batches(range(0, len(pixels), EVAL_BATCH_SIZE), world)
     for start in progress(starts, progress_desc or "", unit="batch", enabled=progress_desc is not None):
         batch = pixels[start : start + EVAL_BATCH_SIZE].to(device).float()
         batch_labels = None if labels is None else labels[start : start + EVAL_BATCH_SIZE].to(device)
@@ -81,6 +84,7 @@ def evaluate_nll(
         total_nll += nll.item()
         total_loss += pixel_loss(logits, batch, loss).item() * len(batch)
     model.train()
+    total_loss, total_nll = all_reduce_sum([total_loss, total_nll], world, device)
     n = len(pixels)
     nll_nats = total_nll / n
     return {
@@ -120,7 +124,12 @@ class Task(Protocol):
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(
-        self, model: nn.Module, data: BinarizedMNIST, device: torch.device, named: Named = _unnamed
+        self,
+        model: nn.Module,
+        data: BinarizedMNIST,
+        device: torch.device,
+        named: Named = _unnamed,
+        world: World = SINGLE,
     ) -> dict[str, Any]: ...
     def format_epoch(self, entry: dict[str, Any]) -> str: ...
     def epoch_pictures(self, model: nn.Module, data: BinarizedMNIST, folder: Path, epoch: int) -> str: ...
@@ -206,14 +215,19 @@ class NextPixelTask:
         return pixel_loss(logits.float(), batch, cfg.loss), {"teacher_forcing_prob": eps}
 
     def evaluate(
-        self, model: NextPixelModel, data: BinarizedMNIST, device: torch.device, named: Named = _unnamed
+        self,
+        model: NextPixelModel,
+        data: BinarizedMNIST,
+        device: torch.device,
+        named: Named = _unnamed,
+        world: World = SINGLE,
     ) -> dict[str, Any]:
         conditioned, loss = model.config.num_classes > 0, self.train_cfg.loss
         val_labels, test_labels = (data.val_labels, data.test_labels) if conditioned else (None, None)
         val = None
         if len(data.val):
-            val = evaluate_nll(model, data.val, loss, device, val_labels, named("validation"))
-        test = evaluate_nll(model, data.test, loss, device, test_labels, named("test"))
+            val = evaluate_nll(model, data.val, loss, device, val_labels, named("validation"), world)
+        test = evaluate_nll(model, data.test, loss, device, test_labels, named("test"), world)
         return {
             "val_loss": None if val is None else val["loss"],
             "val_nll_nats": None if val is None else val["nll_nats"],
@@ -306,13 +320,14 @@ class ClassifyTask:
         labels: torch.Tensor,
         device: torch.device,
         progress_desc: str | None = None,
+        world: World = SINGLE,
     ) -> dict[str, float]:
         """Mean cross-entropy and accuracy on uint8 inputs (N, 784); ``progress_desc`` names a
-        progress bar over the batches (none when None)."""
+        progress bar over the batches (none when None). Under torchrun: summed over the ranks."""
         was_training = model.training
         model.eval()
         total_loss, correct = 0.0, 0
-        starts = range(0, len(inputs), EVAL_BATCH_SIZE)
+        starts = my_batches(range(0, len(inputs), EVAL_BATCH_SIZE), world)
         for start in progress(starts, progress_desc or "", unit="batch", enabled=progress_desc is not None):
             x = self.scaled(inputs[start : start + EVAL_BATCH_SIZE].to(device))
             y = labels[start : start + EVAL_BATCH_SIZE].to(device)
@@ -320,17 +335,23 @@ class ClassifyTask:
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(dim=1) == y).sum())
         model.train(was_training)
-        return {"loss": total_loss / len(inputs), "accuracy": correct / len(inputs)}
+        total_loss, correct = all_reduce_sum([total_loss, correct], world, device)
+        return {"loss": total_loss / len(inputs), "accuracy": int(correct) / len(inputs)}
 
     def evaluate(
-        self, model: SequenceClassifier, data: BinarizedMNIST, device: torch.device, named: Named = _unnamed
+        self,
+        model: SequenceClassifier,
+        data: BinarizedMNIST,
+        device: torch.device,
+        named: Named = _unnamed,
+        world: World = SINGLE,
     ) -> dict[str, Any]:
         val_inputs = data.val if self.binarized_input else data.val_grey
         test_inputs = data.test if self.binarized_input else data.test_grey
         val = None
         if len(data.val):
-            val = self.accuracy(model, val_inputs, data.val_labels, device, named("validation"))
-        test = self.accuracy(model, test_inputs, data.test_labels, device, named("test"))
+            val = self.accuracy(model, val_inputs, data.val_labels, device, named("validation"), world)
+        test = self.accuracy(model, test_inputs, data.test_labels, device, named("test"), world)
         return {
             "val_loss": None if val is None else val["loss"],
             "val_accuracy": None if val is None else val["accuracy"],

@@ -11,6 +11,7 @@ the device, seeds, RNG states and arithmetic settings are rnn_mnist/runtime.py's
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -31,6 +32,22 @@ from rnn_mnist.checkpoint import (
 )
 from rnn_mnist.config import TrainConfig
 from rnn_mnist.data import BinarizedMNIST, DataConfig, load_binarized_mnist
+from rnn_mnist.distributed import (
+    RankStopped,
+    World,
+    all_reduce_sum,
+    broadcast_from_writer,
+    check_world,
+    data_parallel,
+    gather_rng,
+    joined,
+    launch_prefix,
+    rank_device,
+    rank_seed,
+    restore_ranks_rng,
+    shard,
+    world_from_env,
+)
 from rnn_mnist.errors import NonFiniteLoss, RnnMnistError, TrainingInterrupted, describe_os_error
 from rnn_mnist.experiment_lock import ExperimentLock
 from rnn_mnist.lr_schedule import LrSchedule
@@ -38,7 +55,7 @@ from rnn_mnist.memory import MemoryNeed, check_fits, training_need
 from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
 from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
-from rnn_mnist.runtime import autocast, capture_rng, compute_record, resolve_device, restore_rng, set_seed
+from rnn_mnist.runtime import autocast, compute_record, resolve_device, set_seed
 from rnn_mnist.tasks import EVAL_BATCH_SIZE, Task, check_task_flags, make_task, pixel_loss
 
 
@@ -116,19 +133,59 @@ def train_experiment(
     """Train (or resume) the experiment described by train.py's ``flags``; returns its history.
 
     ``typed`` names the flags the user typed (``cli.typed_flags``); None: every key of ``flags``.
-    The run holds the experiment folder's lock throughout: a second run there is refused.
+    The run holds the experiment folder's lock throughout: a second run there is refused. Under
+    torchrun (rnn_mnist/distributed.py) every rank trains; rank 0 alone holds the lock and writes.
     """
     check_run_mode(flags)
     if not flags.get("resume"):  # a resumed run's task is the saved one: checked once it is known
         check_task_flags(flags, typed)
     paths = ExperimentPaths.of(flags["exp_dir"], flags["exp_name"])
-    if flags.get("resume") and not paths.checkpoint.exists():  # checked before the lock makes a folder
-        raise RnnMnistError(f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume")
-    with ExperimentLock(paths.root):
-        # Everything that could refuse the run comes before its work, not after an epoch of it.
-        check_writable_folder(paths.root, "experiment folder")
-        paths.remove_stale_temp_files()  # ours to remove: nobody else writes here while we hold the lock
-        return _train_locked(paths, flags, typed, show_progress)
+    with joined(world_from_env()) as world, contextlib.ExitStack() as held:
+
+        def prepare() -> _Run:  # rank 0's, with the lock held: everything that could refuse the run
+            if flags.get("resume") and not paths.checkpoint.exists():  # before the lock makes a folder
+                raise RnnMnistError(
+                    f"cannot resume: no checkpoint at {paths.checkpoint}; start it without --resume"
+                )
+            held.enter_context(ExperimentLock(paths.root))
+            check_writable_folder(paths.root, "experiment folder")
+            paths.remove_stale_temp_files()  # ours to remove: nobody else writes here while we hold the lock
+            run = _resolve_run(paths, flags, typed)
+            check_world(world, resolve_device(run.train_cfg.device), run.train_cfg.batch_size)
+            return run
+
+        try:
+            run = _share_run(world, prepare)
+            return _train_locked(run, world, show_progress and world.is_writer)
+        except RnnMnistError as exc:
+            raise _as_rank(exc, world) from None
+
+
+def _share_run(world: World, prepare: Callable[[], _Run]) -> _Run:
+    """Rank 0 prepares the run and sends it to the other ranks; if it refuses the run, they stop
+    without a word (rank 0 says why)."""
+    if world.is_writer:
+        try:
+            run = prepare()
+        except BaseException:
+            broadcast_from_writer(None, world)
+            raise
+        return broadcast_from_writer(run, world)
+    run = broadcast_from_writer(None, world)
+    if run is None:
+        raise RankStopped("rank 0 refused the run")
+    return run
+
+
+def _as_rank(exc: RnnMnistError, world: World) -> RnnMnistError:
+    """What a rank says of an error: rank 0 says it as one process would; another rank says its
+    own errors with its rank, and nothing of a stop that rank 0 reports."""
+    if world.is_writer:
+        return exc
+    if isinstance(exc, (RankStopped, TrainingInterrupted, NonFiniteLoss)):  # rank 0 says these
+        exc.quiet = True
+        return exc
+    return type(exc)(f"rank {world.rank}: {exc}")
 
 
 @dataclass
@@ -151,39 +208,52 @@ class _Fit:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    generator: torch.Generator  # shuffling and dynamic binarisation
+    generator: torch.Generator  # shuffling and dynamic binarisation: the same on every rank
     device: torch.device
+    world: World
+    draws: torch.Generator  # per-step draws (scheduled sampling): the rank's own under torchrun
+    loss: Callable[..., Any]  # the task's loss of (inputs, labels, step, draws), averaged over ranks
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     rng_note: str | None = None  # restore_rng's line for the log
 
 
-def _train_locked(
-    paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] | None, show_progress: bool
-) -> list[dict[str, Any]]:
-    """Resolve the run, check that it fits in memory, build or restore it, then fit it epoch by epoch."""
-    run = _resolve_run(paths, flags, typed)
-    device = resolve_device(run.train_cfg.device)
-    compute = compute_record(device, run.train_cfg.precision)
+def _train_locked(run: _Run, world: World, show_progress: bool) -> list[dict[str, Any]]:
+    """Check that the run fits in memory, build or restore it, then fit it epoch by epoch."""
+    device = rank_device(world, resolve_device(run.train_cfg.device))
+    compute = {**compute_record(device, run.train_cfg.precision), **world.record(device)}
     set_seed(run.train_cfg.seed)
     generator = torch.Generator().manual_seed(run.train_cfg.seed)  # shuffling and dynamic binarisation
     data = load_binarized_mnist(run.data_cfg)
     _check_memory(run, data, device)
-    fit = _build_or_restore(run, generator, device)
-    log = RunLog(paths.log, append=run.checkpoint is not None)
+    fit = _build_or_restore(run, generator, device, world)
+    log = RunLog(run.paths.log, append=run.checkpoint is not None) if world.is_writer else _silent
     saver = _Saver(run, fit)
     try:
         _announce(run, fit, data, log, saver)
         for epoch in range(fit.start_epoch + 1, run.train_cfg.epochs + 1):
             _fit_epoch(run, fit, data, epoch, compute, saver, log, show_progress)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(
-            f"interrupted; the checkpoint after epoch {saver.saved_epoch} in {paths.root} is intact. "
-            f"Resume with: {resume_command(run.train_cfg.exp_dir, run.train_cfg.exp_name)}"
-        ) from None
+        raise TrainingInterrupted(f"interrupted; {_kept(run, saver, world)}") from None
+    except RankStopped as exc:
+        raise RankStopped(f"{exc}; {_kept(run, saver, world)}") from None
     finally:
         log.close()
     return fit.history
+
+
+def _kept(run: _Run, saver: _Saver, world: World) -> str:
+    """What a stopped run leaves, and the command that continues it (torchrun's, if it was one)."""
+    command = resume_command(run.train_cfg.exp_dir, run.train_cfg.exp_name, launch_prefix(world))
+    where = f"the checkpoint after epoch {saver.saved_epoch} in {run.paths.root}"
+    return f"{where} is intact. Resume with: {command}"
+
+
+def _silent(line: str = "") -> None:
+    """The log of a rank other than 0: it writes nothing."""
+
+
+_silent.close = lambda: None  # type: ignore[attr-defined]
 
 
 def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] | None) -> _Run:
@@ -239,19 +309,29 @@ def _check_memory(run: _Run, data: BinarizedMNIST, device: torch.device) -> None
     )
 
 
-def _build_or_restore(run: _Run, generator: torch.Generator, device: torch.device) -> _Fit:
-    """A fresh model and optimizer, or the checkpoint's, with its RNG states, history and epoch."""
+def _build_or_restore(run: _Run, generator: torch.Generator, device: torch.device, world: World) -> _Fit:
+    """A fresh model and optimizer, or the checkpoint's, with its RNG states, history and epoch.
+    Under torchrun every rank builds the same model (rank 0's seed), then seeds its own streams."""
+    seed = run.train_cfg.seed
     model = run.task.build_model(run.model_cfg).to(device)
-    fit = _Fit(model, torch.optim.Adam(model.parameters(), lr=run.train_cfg.lr), generator, device)
+    if world.rank > 0:
+        set_seed(rank_seed(seed, world.rank))
+    # One process draws from the shared generator, as it always has; ranks cannot share it.
+    draws = generator if world.size == 1 else torch.Generator().manual_seed(rank_seed(seed, world.rank))
+    loss = data_parallel(model, run.task.loss, world, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.train_cfg.lr)
+    fit = _Fit(model, optimizer, generator, device, world, draws, loss)
     checkpoint, path = run.checkpoint, run.paths.checkpoint
     if checkpoint is None:
-        if run.flags.get("overwrite"):
+        if run.flags.get("overwrite") and world.is_writer:
             run.paths.remove_files()  # only now: every check that could refuse the run has passed
         return fit
     load_weights(model, checkpoint["model_state"], path)
     try:
         fit.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        fit.rng_note = restore_rng(checkpoint["rng_state"], generator, device)
+        states = [checkpoint["rng_state"], *checkpoint.get("rank_rng_states", [])]
+        fresh_seed = seed + 7919 * checkpoint["epoch"]
+        fit.rng_note = restore_ranks_rng(states, generator, draws, device, world, fresh_seed)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RnnMnistError(f"{path} does not match its own config ({reason})") from None
@@ -268,9 +348,15 @@ class _Saver:
         self.saved_epoch = fit.start_epoch
 
     def save(self, epoch: int) -> None:
-        """Save after ``epoch``; a failed write (a full disk) is one line saying what is still there."""
+        """Save after ``epoch`` (every rank's RNG states, gathered; rank 0 writes); a failed write
+        (a full disk) is one line saying what is still there."""
+        fit = self.fit
+        states = gather_rng(fit.generator, fit.draws, fit.device, fit.world)
+        if not fit.world.is_writer:
+            self.saved_epoch = epoch
+            return
         try:
-            self._write(epoch)
+            self._write(epoch, states)
         except OSError as exc:
             kept = (
                 f"the checkpoint after epoch {self.saved_epoch} in {self.run.paths.root} is intact"
@@ -280,7 +366,7 @@ class _Saver:
             raise RnnMnistError(f"could not save epoch {epoch}: {describe_os_error(exc)}; {kept}") from None
         self.saved_epoch = epoch
 
-    def _write(self, epoch: int) -> None:
+    def _write(self, epoch: int, states: list[dict[str, Any]]) -> None:
         run, fit = self.run, self.fit
         configs = {
             "config": dict(run.flags),
@@ -295,7 +381,9 @@ class _Saver:
                 "optimizer_state": to_cpu(fit.optimizer.state_dict()),
                 "scheduler_state": {},  # the lr is a function of the batch index (lr_schedule.py)
                 "epoch": epoch,
-                "rng_state": capture_rng(fit.generator, fit.device),
+                "rng_state": states[0],
+                # Ranks 1.. of a torchrun run: their own streams (dropout, scheduled sampling draws).
+                **({"rank_rng_states": states[1:]} if len(states) > 1 else {}),
                 "history": fit.history,
             },
         )
@@ -340,18 +428,7 @@ def _fit_epoch(
     """Train one epoch, add it to the history with the compute record, save, and log its line."""
     try:
         batches_done = sum(len(h["batch_losses"]) for h in fit.history)
-        entry = _train_one_epoch(
-            fit.model,
-            fit.optimizer,
-            data,
-            fit.generator,
-            run.train_cfg,
-            fit.device,
-            epoch,
-            batches_done,
-            show_progress,
-            run.task,
-        )
+        entry = _train_one_epoch(fit, data, run.train_cfg, epoch, batches_done, show_progress, run.task)
     except NonFiniteLoss as exc:
         raise NonFiniteLoss(
             f"{exc}; stopped, and kept the checkpoint after epoch {saver.saved_epoch} in "
@@ -359,40 +436,44 @@ def _fit_epoch(
         ) from None
     fit.history.append({**entry, "compute": compute})
     saver.save(epoch)
-    log(run.task.format_epoch(entry) + run.task.epoch_pictures(fit.model, data, run.paths.samples, epoch))
+    if fit.world.is_writer:
+        log(run.task.format_epoch(entry) + run.task.epoch_pictures(fit.model, data, run.paths.samples, epoch))
 
 
 def _train_one_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    fit: _Fit,
     data: BinarizedMNIST,
-    generator: torch.Generator,
     cfg: TrainConfig,
-    device: torch.device,
     epoch: int,
     batches_done: int,
     show_progress: bool,
     task: Task,
 ) -> dict[str, Any]:
     """One pass over the training digits, then the task's validation and test metrics: the epoch's
-    history entry. ``batches_done``: the mini-batches of earlier epochs (the schedules' clock)."""
+    history entry. ``batches_done``: the mini-batches of earlier epochs (the schedules' clock).
+    Every rank draws the same order; each trains on its shard of every batch."""
     started = time.perf_counter()
-    inputs = task.epoch_inputs(data, generator)
-    order = torch.randperm(len(inputs), generator=generator)
+    inputs = task.epoch_inputs(data, fit.generator)
+    order = torch.randperm(len(inputs), generator=fit.generator)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     lr_at = cfg.lr_at(len(batches))
     batch_losses: list[float] = []
     extras: dict[str, list[float]] = {}  # per-batch numbers a task reports (eps of scheduled sampling)
     seen = 0
-    model.train()
+    fit.model.train()
     bar = progress(batches, f"epoch {epoch}/{cfg.epochs}", unit="batch", enabled=show_progress)
     for batch_index, idx in enumerate(bar):
-        batch = inputs[idx].to(device, non_blocking=True)
-        labels = data.train_labels[idx].to(device)
-        step = batches_done + batch_index
+        mine, share = shard(idx, fit.world)
         try:
             loss, reported = _train_batch(
-                model, optimizer, task, batch, labels, step, lr_at, generator, cfg.clip
+                fit,
+                task,
+                inputs[mine],
+                data.train_labels[mine],
+                share,
+                batches_done + batch_index,
+                lr_at,
+                cfg.clip,
             )
         except NonFiniteLoss as exc:
             bar.close()
@@ -405,12 +486,13 @@ def _train_one_epoch(
         bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{rate:.0f}", refresh=False)
     bar.close()
     train_seconds = time.perf_counter() - started
+    named = _stage_names(epoch, cfg.epochs, show_progress)
     entry = {
         "epoch": epoch,
         "lr": lr_at(batches_done),
         **{key: float(np.mean(values)) for key, values in extras.items()},
         "train_loss": float(np.mean(batch_losses)),
-        **task.evaluate(model, data, device, _stage_names(epoch, cfg.epochs, show_progress)),
+        **task.evaluate(fit.model, data, fit.device, named, fit.world),
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - started,
         "train_sequences_per_second": seen / train_seconds,
@@ -421,22 +503,27 @@ def _train_one_epoch(
 
 
 def _train_batch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    fit: _Fit,
     task: Task,
-    batch: torch.Tensor,
+    inputs: torch.Tensor,
     labels: torch.Tensor,
+    share: float,
     step: int,
     lr_at: LrSchedule,
-    generator: torch.Generator,
     clip: float | None,
 ) -> tuple[float, dict[str, float]]:
-    """One update on a mini-batch at the lr of ``step``, the batch index since the start of
-    training (the schedules' clock); returns its loss and the numbers the task reports for it."""
-    for group in optimizer.param_groups:
+    """One update on this rank's shard of a mini-batch at the lr of ``step``, the batch index since
+    the start of training (the schedules' clock); returns the whole batch's loss (the ranks' shares,
+    summed) and the numbers the task reports for it."""
+    for group in fit.optimizer.param_groups:
         group["lr"] = lr_at(step)
-    value, reported = task.loss(model, batch, labels, step, generator)
-    loss = optimize(model, optimizer, value, clip).item()
+    batch, labels = inputs.to(fit.device, non_blocking=True), labels.to(fit.device)
+    value, reported = fit.loss(batch, labels, step, fit.draws)
+    if fit.world.size > 1:  # the share makes DDP's average of gradients the whole batch's
+        value = value * share
+    loss = optimize(fit.model, fit.optimizer, value, clip).item()
+    if fit.world.size > 1:
+        loss = all_reduce_sum([loss], fit.world, fit.device)[0] / fit.world.size
     if not math.isfinite(loss):
         raise NonFiniteLoss(f"the training loss became {loss}")
     return loss, reported

@@ -30,7 +30,7 @@ def interrupt_in_epoch(monkeypatch, interrupted_epoch: int) -> None:
     real_epoch = training._train_one_epoch
 
     def epoch_or_ctrl_c(*args, **kwargs):
-        if args[6] == interrupted_epoch:  # the epoch argument
+        if args[3] == interrupted_epoch:  # the epoch argument
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
@@ -170,7 +170,7 @@ def test_a_cosine_bf16_run_resumed_after_ctrl_c_equals_an_uninterrupted_one(tmp_
     real_epoch = training._train_one_epoch
 
     def interrupted_in_epoch_2(*args, **kwargs):
-        if args[6] == 2:  # epoch
+        if args[3] == 2:  # epoch
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 

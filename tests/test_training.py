@@ -50,7 +50,7 @@ def test_resume_into_a_read_only_folder_fails_before_training(
     epochs_trained = []
     real_epoch = training._train_one_epoch
     monkeypatch.setattr(
-        training, "_train_one_epoch", lambda *a, **k: epochs_trained.append(a[6]) or real_epoch(*a, **k)
+        training, "_train_one_epoch", lambda *a, **k: epochs_trained.append(a[3]) or real_epoch(*a, **k)
     )
     make_read_only(folder)
     capsys.readouterr()
