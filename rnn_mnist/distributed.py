@@ -25,6 +25,7 @@ exactly as it did before this module existed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import functools
@@ -138,26 +139,32 @@ def threads_per_rank(world: World) -> int:
 
 @contextlib.contextmanager
 def joined(world: World) -> Iterator[World]:
-    """Join the process group for the block and leave it after; yields the world with its backend.
-    Tensors on the CPU travel by gloo and, where there are GPUs, CUDA tensors by NCCL (so the
-    device, known only once a resumed run's settings are read, needs no second group). torchrun's
-    SIGTERM (sent when another rank has ended) becomes a RankStopped. One process: nothing to do."""
+    """Join the process group (once a process: a group left and joined again races on its ports)
+    and yield the world with its backend. Tensors on the CPU travel by gloo and, where there are
+    GPUs, CUDA tensors by NCCL (so the device, known only once a resumed run's settings are read,
+    needs no second group). In the block, torchrun's SIGTERM (sent when another rank has ended)
+    becomes a RankStopped. One process: nothing to do."""
     if world.size == 1:
         yield world
         return
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     torch.set_num_threads(threads_per_rank(world))
-    try:
-        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
-    except (RuntimeError, ValueError) as exc:
-        raise RnnMnistError(f"could not join the other ranks ({_first_line(exc)})") from None
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+        except (RuntimeError, ValueError) as exc:
+            raise RnnMnistError(f"could not join the other ranks ({_first_line(exc)})") from None
+        atexit.register(_leave)
     previous = signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     try:
         yield World(world.rank, world.size, world.local_rank, world.local_size, backend)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        with contextlib.suppress(Exception):  # a peer already gone: nothing left to leave cleanly
-            dist.destroy_process_group()
+
+
+def _leave() -> None:
+    with contextlib.suppress(Exception):  # a peer already gone: nothing left to leave cleanly
+        dist.destroy_process_group()
 
 
 def _stopped_by_torchrun(signum: int, frame: Any) -> None:
@@ -213,8 +220,20 @@ def broadcast_from_writer(obj: Any, world: World) -> Any:
     return box[0]
 
 
+@contextlib.contextmanager
+def peers_watched(world: World) -> Iterator[None]:
+    """A collective in the block failing (a peer killed or gone; DDP's gradient all-reduce inside a
+    backward pass too) is this rank's RankStopped, not a traceback."""
+    if world.size == 1:
+        yield
+        return
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as exc:
+        raise RankStopped(f"another rank stopped ({_first_line(exc)})") from None
+
+
 def _collective(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """A collective whose failure (a peer killed or gone) is this rank's RankStopped."""
     try:
         return call(*args, **kwargs)
     except (RuntimeError, dist.DistError) as exc:

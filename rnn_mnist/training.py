@@ -42,6 +42,7 @@ from rnn_mnist.distributed import (
     gather_rng,
     joined,
     launch_prefix,
+    peers_watched,
     rank_device,
     rank_seed,
     restore_ranks_rng,
@@ -518,10 +519,11 @@ def _train_batch(
     for group in fit.optimizer.param_groups:
         group["lr"] = lr_at(step)
     batch, labels = inputs.to(fit.device, non_blocking=True), labels.to(fit.device)
-    value, reported = fit.loss(batch, labels, step, fit.draws)
-    if fit.world.size > 1:  # the share makes DDP's average of gradients the whole batch's
-        value = value * share
-    loss = optimize(fit.model, fit.optimizer, value, clip).item()
+    with peers_watched(fit.world):
+        value, reported = fit.loss(batch, labels, step, fit.draws)
+        if fit.world.size > 1:  # the share makes DDP's average of gradients the whole batch's
+            value = value * share
+        loss = optimize(fit.model, fit.optimizer, value, clip).item()
     if fit.world.size > 1:
         loss = all_reduce_sum([loss], fit.world, fit.device)[0] / fit.world.size
     if not math.isfinite(loss):
