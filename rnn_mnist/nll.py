@@ -265,7 +265,7 @@ def report(metrics: dict[str, Any]) -> str:
     nats = f"{metrics['nll_nats']:.2f}" + ("" if error is None else f" ± {error:.2f}")
     bits = f"{metrics['bits_per_dim']:.4f}" + ("" if bits_error is None else f" ± {bits_error:.4f}")
     same = metrics["binarization"] == metrics["trained_binarization"]
-    trained = "as in training" if same else f"(the model was trained on {metrics['trained_binarization']})"
+    trained = " as in training" if same else f"; the model was trained on {metrics['trained_binarization']}"
     return "\n".join(
         [
             f"{metrics['experiment']} (epoch {metrics['checkpoint_epoch']}, weights "
@@ -276,7 +276,7 @@ def report(metrics: dict[str, Any]) -> str:
                 if error is not None
                 else "one digit: no standard error"
             ),
-            f"{metrics['test_digits']} test digits, binarised {metrics['binarization']} {trained}; "
+            f"{metrics['test_digits']} test digits, binarised {metrics['binarization']}{trained}; "
             f"{metrics['seconds']:.1f} s on {metrics['device']}",
         ]
     )

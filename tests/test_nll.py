@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import TEST_DIGITS, tiny_train_args
+from conftest import TEST_DIGITS, tiny_train_args, with_flags
 from conftest import run_main as run_script_main
 
 import train
@@ -30,17 +30,9 @@ def experiments(tmp_path_factory, mnist_dir):
 
 
 def _args(exp_dir, mnist_dir, name="plain", *extra):
-    return [
-        "--exp-name",
-        name,
-        "--exp-dir",
-        str(exp_dir),
-        "--data-dir",
-        str(mnist_dir),
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    """The command's flags; a flag of ``extra`` replaces the same one here (--device)."""
+    base = ["--exp-name", name, "--exp-dir", str(exp_dir), "--data-dir", str(mnist_dir), "--device", "cpu"]
+    return with_flags(base, *extra)
 
 
 def _measured(exp_dir, mnist_dir, tmp_path, capsys, name="plain", *extra):
@@ -83,6 +75,16 @@ def test_the_figure_is_the_mean_teacher_forced_nll_with_its_standard_error(
     assert "binarised threshold-0.1 as in training" in printed
     for meaningless in ("accuracy", "agreement", "masked"):
         assert meaningless not in printed
+
+
+def test_the_figure_is_the_same_on_every_device(experiments, mnist_dir, tmp_path, capsys, test_device):
+    on_cpu, _ = _measured(experiments, mnist_dir, tmp_path, capsys, "label", "--marginal")
+    there, printed = _measured(
+        experiments, mnist_dir, tmp_path, capsys, "label", "--marginal", "--device", test_device
+    )
+    assert there["device"].startswith(test_device) and f"s on {there['device']}" in printed
+    assert there["nll_nats"] == pytest.approx(on_cpu["nll_nats"], rel=1e-5)
+    assert there["nll_nats_standard_error"] == pytest.approx(on_cpu["nll_nats_standard_error"], rel=1e-3)
 
 
 def test_num_digits_scores_the_first_n(experiments, mnist_dir, tmp_path, capsys):

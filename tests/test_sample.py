@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_main as run_script_main
-from conftest import tiny_train_args
+from conftest import tiny_train_args, with_flags
 
 import train
 from rnn_mnist import sample
@@ -31,7 +31,10 @@ def experiments(tmp_path_factory, mnist_dir):
 
 
 def _args(exp_dir, out, name="plain", *extra):
-    return ["--exp-name", name, "--exp-dir", str(exp_dir), "--out", str(out), "--device", "cpu", *extra]
+    """The command's flags; a flag of ``extra`` replaces the same one here (--device)."""
+    return with_flags(
+        ["--exp-name", name, "--exp-dir", str(exp_dir), "--out", str(out), "--device", "cpu"], *extra
+    )
 
 
 def _drawn(exp_dir, out, capsys, name="plain", *extra) -> str:
@@ -81,6 +84,16 @@ def test_the_draws_are_the_rollouts_and_their_nll_the_teacher_forced_one(experim
     blank = torch.zeros(2, 784, dtype=torch.uint8)
     first = complete(model, blank, 784, "bernoulli", generator=generator, labels=labels[:2]).completed[:, 0]
     assert torch.equal(first, drawn[:2])
+
+
+def test_drawing_on_each_device(experiments, tmp_path, capsys, test_device):
+    out = tmp_path / f"{test_device}.png"
+    printed = _drawn(experiments, out, capsys, "label", "--num", "1", "--device", test_device)
+    assert iio.imread(out).shape == (10 * TILE + 2, TILE + 2, 3) and f"s on {test_device}" in printed
+    model, _ = load_model(experiments / "label" / "checkpoint.ckpt", torch.device(test_device))
+    labels = torch.arange(10)
+    drawn, nll = sample.draw(model, 10, labels, seed=1, show_progress=False)
+    assert torch.allclose(nll, teacher_forced_nll(model, drawn, labels).double(), rtol=1e-3)
 
 
 def test_digit_on_an_unconditioned_model_is_refused_in_one_line(experiments, tmp_path, capsys):
