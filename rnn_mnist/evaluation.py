@@ -520,6 +520,23 @@ def _write_outputs(
     atomic_write(out_dir / "metrics.json", lambda f: f.write(json_bytes(metrics)))
 
 
+def _pixel_lines(metrics: dict[str, Any], blank: bool) -> list[str]:
+    """The masked pixel accuracy and NLL; from a ``blank`` canvas the drawn digits complete no test
+    digit, so pixel accuracy against the chosen ones (and agreement with their labels, unconditioned)
+    means nothing: say so, and where to find what does."""
+    if not blank:
+        return [
+            f"masked pixel accuracy {metrics['masked_pixel_accuracy']:.4f}, "
+            f"masked NLL {metrics['masked_nll_nats']:.2f} nats (teacher forced)"
+        ]
+    return [
+        f"NLL of the {metrics['num_digits']} test digits {metrics['masked_nll_nats']:.2f} nats (teacher "
+        "forced; `python -m rnn_mnist.nll` gives it in bits/dim too, with its standard error)",
+        "drawn from a blank canvas: pixel accuracy against test digits means nothing here "
+        "(`python -m rnn_mnist.sample` draws digits and prints what does)",
+    ]
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     lines = [
@@ -528,16 +545,18 @@ def summary(metrics: dict[str, Any]) -> str:
         + "), "
         f"mask {metrics['mask']} ({metrics['mask_pixels']} px), on {metrics['device']}: "
         f"{metrics['rollout_seconds']:.2f} s ({metrics['digits_per_second']:,.0f} digits/s)",
-        f"masked pixel accuracy {metrics['masked_pixel_accuracy']:.4f}, "
-        f"masked NLL {metrics['masked_nll_nats']:.2f} nats (teacher forced)",
     ]
+    blank = metrics["mask_pixels"] == NUM_PIXELS
+    lines += _pixel_lines(metrics, blank)
     if "class_agreement" in metrics:
         tested = metrics["judge_test_accuracy"]
         judge = f"judge {metrics['judge']['sha256'][:12]}, " + (
             f"test accuracy {tested:.4f}" if tested is not None else "not tested on this binarisation"
         )
         lines.append(
-            f"class agreement ({judge}): "
+            f"digits read by {judge}"
+            if blank
+            else f"class agreement ({judge}): "
             f"completions {metrics['class_agreement']:.3f}, "
             f"visible pixels only {metrics['class_agreement_prefix_only']:.3f}, "
             f"ground truth {metrics['class_agreement_ground_truth']:.3f}"
@@ -557,9 +576,9 @@ def summary(metrics: dict[str, Any]) -> str:
             f"mean confidence {metrics['mean_judge_confidence']:.3f}"
         )
     per_class = metrics["per_class"]
-    if len(per_class) > 1:
+    if len(per_class) > 1 and not blank:
         lines.append(
-            "per class accuracy: "
+            "masked pixel accuracy by class: "
             + " ".join(f"{d}:{v['masked_pixel_accuracy']:.3f}" for d, v in sorted(per_class.items()))
         )
     lines.append(f"wrote {metrics['out_dir']}/")

@@ -1,8 +1,9 @@
-"""train.py's and evaluate.py's parsers, built from the options declared on the config fields.
+"""The scripts' parsers, built from the options declared on the config fields.
 
     parser = train_parser("Train a recurrent model on MNIST.")
     flags, typed = parse_train_flags(parser, ["--exp-name", "x", "--config", "fast"])
     options = parse_eval_options(evaluate_parser("..."), ["--exp-name", "x"])
+    parser = command_parser("python -m rnn_mnist.nll", "...", options_of(NllOptions), NLL_GROUPS)
 
 Both refuse, in one line, a value out of its range, an option typed twice with different values,
 an option that its declared condition makes meaningless (``only=``), and the combinations listed in
@@ -44,6 +45,37 @@ def evaluate_parser(description: str) -> argparse.ArgumentParser:
     parser = ShortErrorParser(description=description, formatter_class=DefaultsHelpFormatter)
     add_options(parser, eval_options(), EVAL_GROUPS)
     return parser
+
+
+def command_parser(
+    prog: str, description: str, options: list[Option], groups: dict[str, str | None]
+) -> argparse.ArgumentParser:
+    """The parser of a ``python -m rnn_mnist.<command>``: every one of ``options``, grouped as
+    ``groups``, under the name it is run by (not the module's file name)."""
+    parser = ShortErrorParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
+    add_options(parser, options, groups)
+    return parser
+
+
+def parse_command_flags(
+    parser: argparse.ArgumentParser, options: list[Option], argv: list[str] | None = None
+) -> tuple[dict[str, Any], set[str]]:
+    """A command's flags and the destinations typed, once no typed option is refused by its declared
+    condition on the others (conditions on what the checkpoint says wait: ``refuse_ignored``)."""
+    args = parser.parse_args(argv)
+    flags, typed = vars(args), typed_flags(parser, argv)
+    _refuse(parser, refusals(options, flags, typed))
+    return flags, typed
+
+
+def refuse_ignored(
+    options: list[Option], flags: dict[str, Any], typed: set[str], facts: dict[str, Any]
+) -> None:
+    """Once ``facts`` are known (what the checkpoint says), refuse in one line a typed option they
+    would make meaningless."""
+    problems = refusals(options, {**flags, **facts}, typed)
+    if problems:
+        raise RnnMnistError(problems[0])
 
 
 def parse_train_flags(

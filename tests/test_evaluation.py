@@ -437,3 +437,24 @@ def test_a_folder_holding_other_files_is_refused_and_kept(experiment, capsys, mo
     code, err = run_main(_evaluate_into(mine, args, "--num-digits", "2"), capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "notes.txt" in err, err
     assert folder_files(mine) == {"notes.txt": b"mine", "metrics.json": b"{}"}
+
+
+def test_the_summary_names_per_class_figures_and_says_what_a_blank_canvas_means(experiment, capsys):
+    """Issue 21, finding 3: "per class accuracy" was masked pixel accuracy per class, easily read as
+    classification accuracy; from a blank canvas, pixel accuracy against random test digits was shown."""
+    root, args = experiment
+    common = ["--num-digits", "20", "--no-gifs", "--no-judge"]
+    assert evaluate.main([*args, "--out-dir", str(root / "named"), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "masked pixel accuracy by class: " in printed and "per class accuracy" not in printed
+    blank = [*args, "--out-dir", str(root / "named-blank"), "--mask-pixels", "784", "--sampling", "bernoulli"]
+    assert evaluate.main([*blank, *common]) == 0
+    printed = capsys.readouterr().out
+    assert "pixel accuracy against test digits means nothing here" in printed
+    assert "python -m rnn_mnist.sample" in printed and "python -m rnn_mnist.nll" in printed
+    assert "masked pixel accuracy" not in printed and "per class accuracy" not in printed
+    # metrics.json keeps its keys: the per-class figures were always named for what they are.
+    metrics = json.loads((root / "named-blank" / "metrics.json").read_text())
+    assert "masked_pixel_accuracy" in metrics and all(
+        "masked_pixel_accuracy" in v for v in metrics["per_class"].values()
+    )

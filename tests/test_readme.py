@@ -22,7 +22,7 @@ from conftest import REPO
 
 import evaluate
 import train
-from rnn_mnist import compare
+from rnn_mnist import compare, nll, sample
 from rnn_mnist.parsers import parse_eval_options, parse_train_flags
 
 README = REPO / "README.md"
@@ -31,6 +31,8 @@ CONTRACT = ("pip install -r requirements.txt", "python -m pytest -q")
 CLONE_PARTS = ("train.py", "evaluate.py", "rnn_mnist", "configs", "pretrained")
 # Shipped-model commands not run here for their time (30 s to a minute each on 2 cores): parsed only.
 TOO_SLOW = ("--classify", "--num-digits 10000")
+# The commands run as `python -m rnn_mnist.<module>` on an experiment, and their parsers.
+ON_AN_EXPERIMENT = {"rnn_mnist.nll": nll.build_parser, "rnn_mnist.sample": sample.build_parser}
 
 
 def readme_commands() -> list[str]:
@@ -86,15 +88,23 @@ def test_every_readme_command_parses_and_names_an_experiment_that_exists_by_then
             assert flags["exp_name"] in TRAINED_BEFORE[command], "resumes an experiment not trained above"
     elif argv[1] == "evaluate.py":
         options = parse_eval_options(evaluate.build_parser(), argv[2:])
-        if options.exp_dir == "pretrained":
-            assert (REPO / "pretrained" / options.exp_name / "checkpoint.ckpt").is_file()
-        else:
-            assert options.exp_dir == "experiments" and options.exp_name in TRAINED_BEFORE[command]
+        _check_exists(options.exp_dir, options.exp_name, command)
+    elif argv[1] == "-m" and argv[2] in ON_AN_EXPERIMENT:
+        args = ON_AN_EXPERIMENT[argv[2]]().parse_args(argv[3:])
+        _check_exists(args.exp_dir, args.exp_name, command)
     else:
         assert argv[1:3] == ["-m", "rnn_mnist.compare"], f"a command this test does not know: {command}"
         args = compare.build_parser().parse_args(argv[3:])
         for folder in args.exp_dirs:
             assert folder.parent == Path("experiments") and folder.name in TRAINED_BEFORE[command]
+
+
+def _check_exists(exp_dir: str, exp_name: str, command: str) -> None:
+    """A shipped experiment, or one a command above trains."""
+    if exp_dir == "pretrained":
+        assert (REPO / "pretrained" / exp_name / "checkpoint.ckpt").is_file()
+    else:
+        assert exp_dir == "experiments" and exp_name in TRAINED_BEFORE[command]
 
 
 def _real_mnist() -> Path | None:
@@ -145,3 +155,23 @@ def test_readme_commands_on_shipped_models_run_as_typed(command, fresh_clone):
     exp_name = _flag(argv, "--exp-name")
     assert f"wrote plots/{exp_name}/" in result.stdout
     assert (fresh_clone / "plots" / exp_name / "metrics.json").is_file()
+
+
+# The sample command reads no MNIST and takes seconds: run as typed (the likelihood over all
+# 10,000 test digits takes a minute on 2 cores, and is parsed only).
+DRAWN = [c for c in COMMANDS if c.startswith("python -m rnn_mnist.sample") and "--exp-dir pretrained" in c]
+
+
+def test_the_readme_draws_digits_with_a_shipped_model():
+    assert DRAWN
+
+
+@pytest.mark.parametrize("command", DRAWN)
+def test_readme_sample_commands_run_as_typed(command, fresh_clone):
+    argv = shlex.split(command)
+    result = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=fresh_clone, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    picture = Path("plots") / f"{_flag(argv, '--exp-name')}-samples.png"
+    assert f"wrote {picture}" in result.stdout and (fresh_clone / picture).is_file()
