@@ -5,6 +5,10 @@ checked against their headers and each other; torchvision only downloads them wh
 
     data = load_binarized_mnist(DataConfig(data_dir="../shared/mnist"))
     data.train_pixels(generator)   # (N, 784) uint8 in {0, 1}
+    config = checkpoint_data_config(checkpoint["data_config"], experiment=folder)  # its digits, from anywhere
+
+Training records the absolute folder it read (``data_folder``), so that a checkpoint's digits are
+found again from any working directory (``checkpoint_data_folder``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,12 +82,17 @@ class DataConfig:
         0, "--data-seed", kind=rng_seed, help="fixes the validation split and Bernoulli binarisations",
         group="data",
     )  # fmt: skip
+    # Not a flag: the absolute folder the training digits were read from (load_binarized_mnist
+    # records it), so a checkpoint's data is found from any working directory. None: not recorded.
+    data_folder: str | None = None
 
     def __post_init__(self) -> None:
         # The flags range-check their text first (rnn_mnist/cli.py); this catches what a checkpoint,
         # or code, hands over: a threshold of 7.0 or NaN would blank every pixel without a word.
-        if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
-            raise ValueError(f"data_dir must be a folder name, not {self.data_dir!r}")
+        for name in ("data_dir", "data_folder"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str | os.PathLike):
+                raise ValueError(f"{name} must be a folder name, not {value!r}")
         if self.binarize not in BINARIZATIONS:
             raise ValueError(f"binarize must be one of {', '.join(BINARIZATIONS)}, not {self.binarize!r}")
         if not (_is_number(self.threshold) and math.isfinite(self.threshold) and 0 <= self.threshold < 1):
@@ -115,6 +125,48 @@ def _is_number(value: object) -> bool:
 def resolve_data_dir(data_dir: str | None) -> str:
     """The folder that holds ``MNIST/raw``: the flag, else $RNN_MNIST_DATA, else ./data."""
     return data_dir or os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_DIR
+
+
+def checkpoint_data_folder(
+    saved: dict[str, Any], data_dir: str | None = None, experiment: str | Path | None = None
+) -> str | None:
+    """The data folder of a checkpoint's digits (its ``data_config``, ``saved``), the same from any
+    working directory.
+
+    ``data_dir`` (a flag or an argument), else $RNN_MNIST_DATA, as typed (downloaded there if
+    missing); else the first of these that holds MNIST: the absolute folder recorded in training,
+    the folder typed in training, if relative, from where train.py ran for the ``experiment``
+    folder (the one above its --exp-dir, as for experiments/NAME and pretrained/NAME) and from
+    here. None when the checkpoint recorded no folder (the default, ./data). A recorded folder that
+    is nowhere is an RnnMnistError: nothing is downloaded to a guessed place.
+    """
+    chosen = data_dir or os.environ.get(DATA_ENV_VAR)
+    if chosen:
+        return str(chosen)
+    folder, typed = saved.get("data_folder"), saved.get("data_dir")
+    candidates = [Path(folder)] if folder else []
+    if typed and Path(typed).is_absolute():
+        candidates.append(Path(typed))
+    elif typed:
+        bases = [Path(experiment).absolute().parent.parent] if experiment is not None else []
+        candidates += [base / typed for base in [*bases, Path.cwd()]]
+    for candidate in candidates:
+        if find_raw_folder(candidate) is not None:
+            return str(candidate)
+    if not candidates:
+        return None
+    looked = ", ".join(dict.fromkeys(os.path.normpath(c) for c in candidates))
+    raise RnnMnistError(
+        f"MNIST is not in the folder this model was trained on (looked in {looked}): pass --data-dir "
+        f"(data_dir= in Python) or set ${DATA_ENV_VAR} to a folder holding MNIST/raw"
+    )
+
+
+def checkpoint_data_config(
+    saved: dict[str, Any], data_dir: str | None = None, experiment: str | Path | None = None
+) -> DataConfig:
+    """A checkpoint's data config (``saved``) with its data folder found (``checkpoint_data_folder``)."""
+    return DataConfig.from_dict({**saved, "data_dir": checkpoint_data_folder(saved, data_dir, experiment)})
 
 
 def find_raw_folder(root: str | Path) -> Path | None:
@@ -292,7 +344,8 @@ def load_test_digits(config: DataConfig, grey: bool = False) -> tuple[torch.Tens
 
 
 def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
-    """Read MNIST, split off the validation digits and binarise every split."""
+    """Read MNIST, split off the validation digits and binarise every split; record in
+    ``config.data_folder`` the absolute folder read (what a checkpoint saves)."""
     grey, labels = load_mnist_split(config.data_dir, train=True)
     if config.val_size >= len(grey):
         raise RnnMnistError(f"--val-size {config.val_size} leaves no training digits (there are {len(grey)})")
@@ -308,6 +361,8 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
     test_indices = torch.arange(len(test))
     if config.test_subset is not None:
         test_indices = test_indices[: config.test_subset]
+    # abspath, not resolve: a folder reached through a link is recorded as typed, made absolute.
+    config.data_folder = os.path.abspath(resolve_data_dir(config.data_dir))
 
     return BinarizedMNIST(
         config=config,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +33,11 @@ from rnn_mnist.checkpoint import (
 )
 from rnn_mnist.config import EvalOptions
 from rnn_mnist.data import (
-    DATA_ENV_VAR,
     IMAGE_SIDE,
     NUM_PIXELS,
     DataConfig,
     binarization_name,
+    checkpoint_data_config,
     load_test_digits,
 )
 from rnn_mnist.errors import RnnMnistError
@@ -252,9 +251,7 @@ def _prepare(options: EvalOptions) -> _Prepared:
     model, checkpoint = load_model(paths.checkpoint, device)
     # The judge is loaded before any rollout work: a bad judge file fails in a second, not after it.
     judge, judge_info = load_judge(options.judge_path) if options.judge else (None, None)
-    saved_data = checkpoint.get("data_config", {})
-    data_dir = options.data_dir or os.environ.get(DATA_ENV_VAR) or saved_data.get("data_dir")
-    data_config = DataConfig.from_dict({**saved_data, "data_dir": data_dir})
+    data_config = checkpoint_data_config(checkpoint.get("data_config", {}), options.data_dir, paths.root)
     test_pixels, test_labels = load_test_digits(data_config)  # binarised as in training
     chosen = choose_indices(
         test_labels, options.indices, options.num_digits, options.digit, options.seed, options.per_class

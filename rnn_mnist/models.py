@@ -179,17 +179,22 @@ class NextPixelModel(nn.Module):
     def forward(
         self,
         canvas: torch.Tensor,
-        start: int,
-        end: int,
+        start: int = 0,
+        end: int | None = None,
         labels: torch.Tensor | None = None,
         state: State | None = None,
         logits: bool = True,
     ) -> tuple[torch.Tensor | None, State]:
         """Logits (B, end - start) for pixels start..end-1 of ``canvas`` and the state after them.
 
-        ``state`` is the state after pixel start-1 (None at the start of an image). With
-        ``logits=False`` only the state is computed. Which backend runs it is rnn_mnist/steps.py's call.
+        ``model(pixels)`` is every pixel's logit, teacher-forced (``end`` None: to the end of
+        ``canvas``); integer pixels are read as floats. ``state`` is the state after pixel start-1
+        (None at the start of an image). With ``logits=False`` only the state is computed. Which
+        backend runs it is rnn_mnist/steps.py's call.
         """
+        end = canvas.shape[1] if end is None else end
+        if not canvas.is_floating_point():  # uint8 digits as the data module gives them
+            canvas = canvas.float()
         backend = steps.choose(self, canvas.device)
         if backend == steps.FUSED:  # no gradient wanted: the fused C step
             fused_logits, state = steps.fused_step(self, labels).forward(canvas, start, end, state)

@@ -31,7 +31,7 @@ from rnn_mnist.checkpoint import (
     weights_sha256,
 )
 from rnn_mnist.cli import run_cli
-from rnn_mnist.data import DataConfig, load_test_digits
+from rnn_mnist.data import checkpoint_data_config, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
 from rnn_mnist.likelihood import teacher_forced_nll
@@ -45,10 +45,16 @@ def slice_nll(folder: Path, data_dir: str | None, digits: int = CHECK_DIGITS) ->
     """The mean test NLL (nats) of the experiment in ``folder`` on the first ``digits`` test digits,
     binarised as in its training."""
     model, checkpoint = load_model(Path(folder) / "checkpoint.ckpt", torch.device("cpu"))
-    config = DataConfig.from_dict({**checkpoint.get("data_config", {}), "data_dir": data_dir})
+    config = checkpoint_data_config(checkpoint.get("data_config", {}), data_dir, folder)
     pixels, labels = load_test_digits(config)
     labels = labels[:digits] if model.config.num_classes else None
     return teacher_forced_nll(model, pixels[:digits], labels).mean().item()
+
+
+def _without_local_folder(data_config: dict[str, Any]) -> dict[str, Any]:
+    """A data config without the absolute folder training read: a shipped model finds its digits
+    from the folder typed in training, relative to the checkout (rnn_mnist/data.py)."""
+    return {key: value for key, value in data_config.items() if key != "data_folder"}
 
 
 def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[str, Any]:
@@ -64,6 +70,8 @@ def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[s
         for epoch in checkpoint.get("history", [])
     ]
     shipped = {key: checkpoint[key] for key in KEPT_KEYS if key in checkpoint}
+    if "data_config" in shipped:  # this machine's absolute folder means nothing on another one
+        shipped["data_config"] = _without_local_folder(shipped["data_config"])
     shipped.update(
         history=history,
         optimizer_state={},  # required by the format; empty: a shipped model is not resumed
@@ -86,6 +94,8 @@ def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[s
     # checkpoints recorded it themselves.
     metrics = json.loads((source / "metrics.json").read_text())
     metrics[WEIGHTS_HASH_KEY] = shipped[SHIPPED_KEY][WEIGHTS_HASH_KEY]
+    if isinstance(metrics.get("data_config"), dict):
+        metrics["data_config"] = _without_local_folder(metrics["data_config"])
     atomic_write(dest / "metrics.json", lambda f: f.write(json_bytes(metrics)))
     last = metrics["history"][-1]
     return {

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, rebuild_model, weights_sha256
 from rnn_mnist.config import EvalOptions
-from rnn_mnist.data import DATA_ENV_VAR, IMAGE_SIDE, NUM_PIXELS, DataConfig, load_test_digits
+from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS, checkpoint_data_config, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model, output_folder
 from rnn_mnist.likelihood import class_log_likelihoods
@@ -68,19 +67,12 @@ def load_classifier(path: Path, device: torch.device) -> tuple[SequenceClassifie
     return model.to(device).eval(), checkpoint
 
 
-def _data_config(checkpoint: dict[str, Any], data_dir: str | None) -> DataConfig:
-    saved = checkpoint.get("data_config", {})
-    return DataConfig.from_dict(
-        {**saved, "data_dir": data_dir or os.environ.get(DATA_ENV_VAR) or saved.get("data_dir")}
-    )
-
-
 def classifier_test_inputs(
-    checkpoint: dict[str, Any], data_dir: str | None, limit: int | None
+    checkpoint: dict[str, Any], data_dir: str | None, limit: int | None, experiment: Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The test digits as the classifier was trained to read them: floats (N, 784) in [0, 1], their
-    labels, and how they are presented."""
-    data_cfg = _data_config(checkpoint, data_dir)
+    """The test digits as the classifier (of the ``experiment`` folder) was trained to read them:
+    floats (N, 784) in [0, 1], their labels, and how they are presented."""
+    data_cfg = checkpoint_data_config(checkpoint.get("data_config", {}), data_dir, experiment)
     binarized = bool(checkpoint.get("config", {}).get("binarized_input"))
     pixels, labels = load_test_digits(data_cfg, grey=not binarized)
     x = pixels[:limit].float() if binarized else pixels[:limit].float() / 255
@@ -227,8 +219,11 @@ def _describe(checkpoint: dict[str, Any], name: str) -> dict[str, Any]:
 def _classifier_curve(options: EvalOptions, name: str, device: torch.device, show_progress: bool):
     """A classify experiment read on its own test digits: the model, its checkpoint, the inputs, the
     labels, the predictions on whole images and after each pixel, and how the inputs are presented."""
-    model, checkpoint = load_classifier(_checkpoint_path(options.exp_dir, name), device)
-    images, labels, inputs = classifier_test_inputs(checkpoint, options.data_dir, options.test_digits)
+    path = _checkpoint_path(options.exp_dir, name)
+    model, checkpoint = load_classifier(path, device)
+    images, labels, inputs = classifier_test_inputs(
+        checkpoint, options.data_dir, options.test_digits, path.parent
+    )
     final, every = classifier_reading(model, images, options.batch_size, show_progress)
     return model, checkpoint, images, labels, final, every, inputs
 
@@ -341,7 +336,9 @@ def _read_generatively(
         raise RnnMnistError(
             f"--against {options.against} is not a classify experiment (train.py --task classify)"
         )
-    pixels, labels = load_test_digits(_data_config(checkpoint, options.data_dir))
+    pixels, labels = load_test_digits(
+        checkpoint_data_config(checkpoint.get("data_config", {}), options.data_dir, path.parent)
+    )
     pixels, labels = pixels[: options.test_digits], labels[: options.test_digits]
     log_posterior, every = generative_reading(model, pixels, options.batch_size, show_progress)
     metrics = {**_describe(checkpoint, options.exp_name), "evaluation": "generative classifier"}

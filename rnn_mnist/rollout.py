@@ -231,7 +231,9 @@ def _resample(
     count = int(degenerate.sum())
     if not count:
         return None, log_weight, 0
-    offsets = torch.rand(n, 1, generator=generator).to(device)
+    # Drawn where the generator lives: evaluate.py's and the API's is on the model's device.
+    on = generator.device if generator is not None else None
+    offsets = torch.rand(n, 1, generator=generator, device=on).to(device)
     points = (offsets + torch.arange(k, device=device)) / k  # (N, K), one offset per digit
     chosen = torch.searchsorted(weight.cumsum(dim=1), points).clamp_(max=k - 1)
     chosen = torch.where(degenerate[:, None], chosen, torch.arange(k, device=device))
@@ -303,8 +305,10 @@ def complete(
         return result
     if inpaint == "best":  # the fill the model finds most likely, evidence included
         return keep_best(result, filled.log_joint.cpu())
-    pick = torch.multinomial(torch.softmax(filled.log_weight.cpu(), dim=1), 1, generator=generator)
-    return keep_best(result, F.one_hot(pick.squeeze(1), samples).float())
+    on = generator.device if generator is not None else torch.device("cpu")  # draw where it lives
+    pick = torch.multinomial(torch.softmax(filled.log_weight.to(on), dim=1), 1, generator=generator)
+    pick = pick.squeeze(1).cpu()
+    return keep_best(result, F.one_hot(pick, samples).float())
 
 
 def _completion(filled: Particles, n: int, hidden: torch.Tensor, sampling: str, samples: int) -> Completion:

@@ -4,17 +4,32 @@ the digits as documented."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_DIGITS, TRAIN_DIGITS, synthetic_digits, write_idx_images, write_idx_labels
+from conftest import (
+    TEST_DIGITS,
+    TRAIN_DIGITS,
+    make_mnist_folder,
+    run_main,
+    synthetic_digits,
+    tiny_train_args,
+    write_idx_images,
+    write_idx_labels,
+)
 
+import evaluate
+import train
+from rnn_mnist import data as data_module
+from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.data import (
     DataConfig,
     binarize,
+    checkpoint_data_folder,
     load_binarized_mnist,
     load_mnist_split,
     load_test_digits,
@@ -224,6 +239,7 @@ def test_mismatched_or_foreign_files_give_a_clear_reason(tmp_path, mnist_dir, ca
         ("data_seed", -1),
         ("data_seed", 2**32),
         ("data_dir", 5),
+        ("data_folder", 5),
     ],
 )
 def test_a_data_config_value_out_of_its_range_is_refused(field, value):
@@ -239,3 +255,96 @@ def test_data_config_values_in_range_are_accepted():
     DataConfig(threshold=0.0, binarize="static", val_size=0, train_subset=1, test_subset=1)
     DataConfig(data_seed=2**32 - 1, data_dir=Path("."))
     DataConfig(threshold=0, data_dir=None)  # a recipe's threshold = 0 is an int
+
+
+# Issue 21, finding 1: a checkpoint kept its data folder only as typed (../shared/mnist), so its test
+# digits were not found from another working directory, after a download attempt.
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A project folder whose experiment ``rel`` was trained from it with ``--data-dir mnist``."""
+    root = tmp_path_factory.mktemp("project")
+    make_mnist_folder(root / "mnist")
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        assert train.main(tiny_train_args(Path("experiments"), Path("mnist"), "rel", "--epochs", "1")) == 0
+    finally:
+        os.chdir(before)
+    return root
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Fail the test on any download attempt; and no $RNN_MNIST_DATA to fall back on."""
+    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
+
+    def refuse(root):
+        raise AssertionError(f"a download to {root} was attempted")
+
+    monkeypatch.setattr(data_module, "_download", refuse)
+
+
+def test_training_records_the_absolute_data_folder_beside_the_typed_one(project):
+    saved = load_checkpoint(project / "experiments" / "rel" / "checkpoint.ckpt")["data_config"]
+    assert saved["data_dir"] == "mnist" and saved["data_folder"] == str(project / "mnist")
+
+
+def test_loading_the_training_digits_records_the_folder_read(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNN_MNIST_DATA", str(mnist_dir))
+    config = DataConfig(val_size=16)  # no --data-dir: the environment's folder
+    load_binarized_mnist(config)
+    assert config.data_folder == str(mnist_dir)
+    monkeypatch.chdir(mnist_dir.parent)
+    typed = DataConfig(data_dir=mnist_dir.name, val_size=16)
+    load_binarized_mnist(typed)
+    assert typed.data_dir == mnist_dir.name and typed.data_folder == str(mnist_dir)
+
+
+def test_evaluate_finds_a_checkpoints_digits_from_another_working_directory(
+    project, tmp_path, monkeypatch, capsys, no_download
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--exp-dir", str(project / "experiments"), "--exp-name", "rel", "--num-digits", "2", "--no-gifs"]
+    code, err = run_main(evaluate.main, [*argv, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "plots" / "rel" / "metrics.json").is_file()
+
+
+def test_an_older_checkpoint_finds_its_typed_folder_from_where_it_was_trained(project, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    saved = load_checkpoint(project / "experiments" / "rel" / "checkpoint.ckpt")["data_config"]
+    del saved["data_folder"]  # saved before the absolute folder was recorded
+    found = checkpoint_data_folder(saved, experiment=project / "experiments" / "rel")
+    assert found == str(project / "mnist")
+    monkeypatch.chdir(project)  # and from where it was trained, as it always was
+    assert checkpoint_data_folder(saved) == str(project / "mnist")
+
+
+def test_an_explicit_folder_then_the_environment_come_before_the_recorded_one(mnist_dir, monkeypatch):
+    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
+    saved = {"data_dir": "typed", "data_folder": str(mnist_dir)}
+    assert checkpoint_data_folder(saved) == str(mnist_dir)
+    assert checkpoint_data_folder(saved, data_dir="given") == "given"  # as typed: downloaded there if missing
+    monkeypatch.setenv("RNN_MNIST_DATA", "from-env")
+    assert checkpoint_data_folder(saved) == "from-env"
+    assert checkpoint_data_folder(saved, data_dir="given") == "given"
+    monkeypatch.delenv("RNN_MNIST_DATA")
+    assert checkpoint_data_folder({"data_dir": None}) is None  # nothing recorded: the default, ./data
+
+
+def test_a_recorded_folder_that_is_gone_is_one_line_and_nothing_is_downloaded(
+    project, tmp_path, monkeypatch, capsys, no_download
+):
+    moved = tmp_path / "moved"
+    shutil.copytree(project / "experiments", moved / "experiments")
+    path = moved / "experiments" / "rel" / "checkpoint.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["data_config"].update(data_dir="gone", data_folder=str(tmp_path / "gone"))
+    torch.save(checkpoint, path)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--exp-dir", str(moved / "experiments"), "--exp-name", "rel", "--no-gifs", "--device", "cpu"]
+    code, err = run_main(evaluate.main, argv, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "not in the folder this model was trained on" in err and str(tmp_path / "gone") in err
+    assert "--data-dir" in err and "RNN_MNIST_DATA" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved"]  # no folder made for a download

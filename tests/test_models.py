@@ -322,3 +322,23 @@ def test_a_permuted_reading_order_without_a_permutation_seed_is_refused():
     # With a seed the stored order is the truth (another torch may draw another permutation): any
     # permutation loads.
     check_reading_order(pixel_permutation(6), 5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [ModelConfig(hidden_size=8), ModelConfig(hidden_size=8, context=True, position=True, num_classes=10)],
+    ids=["plain", "context-position-label"],
+)
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "no-grad"])
+def test_calling_the_model_on_digits_gives_every_pixels_logit(config, grad):
+    """Issue 21, finding 1: ``model(x)`` failed (forward() wanted start and end); it is now the
+    teacher-forced logits of the whole sequence, and uint8 digits are read as the floats they hold."""
+    torch.manual_seed(0)
+    model = NextPixelModel(config).eval()
+    digits = torch.randint(0, 2, (3, 784), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    labels = torch.tensor([1, 5, 9]) if config.num_classes else None
+    with torch.set_grad_enabled(grad):
+        logits, state = model(digits, labels=labels)
+        expected = model.teacher_forced_logits(digits.float(), labels)
+    assert logits.shape == (3, 784) and state is not None
+    torch.testing.assert_close(logits, expected)

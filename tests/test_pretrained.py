@@ -120,3 +120,6 @@ def test_ship_records_the_weights_sha256_in_the_checkpoint_and_metrics_json(tmp_
     assert checkpoint["weights_sha256"] == checkpoint["shipped"]["weights_sha256"] == expected
     assert metrics["weights_sha256"] == expected
     assert metrics["history"] == json.loads((exp_dir / "small" / "metrics.json").read_text())["history"]
+    # This machine's absolute data folder stays here: the shipped model reads the folder as typed.
+    assert "data_folder" not in checkpoint["data_config"] and "data_folder" not in metrics["data_config"]
+    assert checkpoint["data_config"]["data_dir"] == str(mnist_dir)
