@@ -1,17 +1,19 @@
 """Complete masked test digits with a trained model, pixel by pixel, and show it.
 
 Usage:
-    python evaluate.py --exp-name gru-128
-    python evaluate.py --exp-name gru-128 --indices 3705,3217 --sampling bernoulli --samples 4
-    python evaluate.py --exp-name gru-128 --mask-pixels 392 --digit 7 --num-digits 8
-    python evaluate.py --exp-name gru-128 --num-digits 10000 --no-gifs       # metrics only
-    python evaluate.py --exp-name gru-label --mask-pixels 784 --per-class 10  # 10 x 10 generated digits
-    python evaluate.py --exp-name gru-label --mask-pixels 784 --per-class 10 --sampling bernoulli \
-        --best-of 8 --best-by label-posterior  # keep the draw the model itself reads as its class
-    python evaluate.py --exp-name gru-128 --mask center:14 --inpaint sample --particles 32 \
-        --sampling bernoulli  # in-paint a hole, honouring the pixels after it (sequential Monte Carlo)
+    python evaluate.py --exp-dir pretrained --exp-name fast     # a shipped model (pretrained/fast)
+    python evaluate.py --exp-name gru-128                       # one you trained (experiments/gru-128)
+    python evaluate.py --exp-name gru-128 --checkpoint best     # its best validation epoch (best.ckpt)
+    python evaluate.py --exp-dir pretrained --exp-name fast --indices 3705,3217 --sampling bernoulli \
+        --samples 4
+    python evaluate.py --exp-dir pretrained --exp-name fast --mask-pixels 392 --digit 7 --num-digits 8
+    python evaluate.py --exp-dir pretrained --exp-name fast --num-digits 10000 --no-gifs   # metrics only
+    python evaluate.py --exp-dir pretrained --exp-name fast-label --mask-pixels 784 --per-class 10 \
+        --sampling bernoulli --best-of 8 --best-by label-posterior  # keep the draw read as its class
+    python evaluate.py --exp-dir pretrained --exp-name fast --mask center:14 --inpaint sample \
+        --particles 32 --sampling bernoulli  # in-paint a hole, honouring the pixels after it (SMC)
     python evaluate.py --exp-name smnist                 # a --task classify experiment: accuracy, confusion
-    python evaluate.py --exp-name gru-label --classify --against smnist  # the generative model, read
+    python evaluate.py --exp-dir pretrained --exp-name fast-label --classify --against experiments/smnist
 
 Writes to plots/<exp-name>/: one GIF triptych per digit and sample (given | completion | ground
 truth), completions.png, completions.npz and metrics.json; for a classify experiment (or --classify,

@@ -8,9 +8,11 @@ Usage:
     python train.py --exp-name psmnist --config psmnist   # the same on permuted pixels
     python train.py --exp-name gru-128 --hidden 128 --data-dir ../shared/mnist   # offline
     python train.py --exp-name gru-128 --epochs 20 --resume                      # continue
+    python train.py --exp-name gru-128 --epochs 25 --resume --lr 1e-3            # at a lower lr
 
 Writes experiments/<exp-name>/checkpoint.ckpt and metrics.pkl (plus metrics.json and train.log)
-after every epoch, atomically. Ctrl-C keeps the last complete epoch; --resume picks it up.
+after every epoch, atomically, and best.ckpt, the best validation epoch's checkpoint. Ctrl-C keeps
+the last complete epoch; --resume picks it up.
 """
 
 from __future__ import annotations

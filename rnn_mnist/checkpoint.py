@@ -6,6 +6,10 @@ so it loads on any machine and with torch's safe loader.
     save_checkpoint(paths.checkpoint, {...})
     checkpoint = load_checkpoint(paths.checkpoint)
     model = NextPixelModel(ModelConfig.from_dict(checkpoint["model_config"]))
+    path = experiment_paths("experiments", "fast").checkpoint_file("best")  # best.ckpt, or why not
+
+An experiment keeps two checkpoints: ``checkpoint.ckpt``, the last epoch's (resume continues it), and
+``best.ckpt``, the epoch with the best validation figure so far (training.py writes both).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -46,6 +51,7 @@ KEY_TYPES: dict[str, type] = {
     "rng_state": dict,
     "weights_sha256": str,
     "shipped": dict,
+    "resumes": list,
 }
 # The sha256 of the weights (``weights_sha256``), recorded by save_checkpoint and checked by every
 # load: corrupt weights are refused, not run. Checkpoints saved before it was recorded have none.
@@ -60,6 +66,11 @@ os.umask(_UMASK)
 _EXP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # File systems allow 255 bytes a name; leave room for the temporary files' prefix and suffix.
 MAX_EXP_NAME = 100
+# Which of an experiment's checkpoints to read: the last epoch's, or the best validation epoch's.
+CHECKPOINT_CHOICES = ("last", "best")
+# The shipped models (rnn_mnist/pretrained.py): a missing experiment found there is pointed to.
+PRETRAINED = "pretrained"
+PROJECT_PRETRAINED = Path(__file__).resolve().parent.parent / PRETRAINED
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,36 @@ class ExperimentPaths:
         return self.root / "checkpoint.ckpt"
 
     @property
+    def best(self) -> Path:
+        """The checkpoint of the epoch with the best validation figure (none without a validation split)."""
+        return self.root / "best.ckpt"
+
+    def checkpoint_file(self, which: str = "last") -> Path:
+        """``checkpoint.ckpt`` (last) or ``best.ckpt`` (best); a missing one is one line saying why."""
+        if which not in CHECKPOINT_CHOICES:
+            raise RnnMnistError(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}, not {which!r}")
+        if not self.checkpoint.is_file():
+            raise RnnMnistError(f"no checkpoint in {self.root} (no {self.checkpoint.name})")
+        if which == "last" or self.best.is_file():
+            return self.checkpoint if which == "last" else self.best
+        raise RnnMnistError(f"no best.ckpt in {self.root}: {self._why_no_best()}; use --checkpoint last")
+
+    def _why_no_best(self) -> str:
+        """Why an experiment whose last checkpoint is there has no best one."""
+        try:
+            last = safe_torch_load(self.checkpoint)
+        except Exception:  # the load of the last checkpoint says what is wrong with it
+            return "its checkpoint.ckpt is unreadable"
+        last = last if isinstance(last, dict) else {}
+        if SHIPPED_KEY in last:
+            return "a shipped model keeps one checkpoint, its last epoch's"
+        if (last.get("data_config") or {}).get("val_size") == 0:
+            return "it was trained with --val-size 0: no validation split to choose the best epoch by"
+        if last.get("epoch") == 0:
+            return "no epoch has finished yet"
+        return "it was trained before train.py kept a best checkpoint"
+
+    @property
     def metrics_pkl(self) -> Path:
         return self.root / "metrics.pkl"
 
@@ -108,7 +149,7 @@ class ExperimentPaths:
 
     def remove_files(self) -> None:
         """Delete what train.py writes here, and nothing else the folder may hold."""
-        for path in (self.checkpoint, self.metrics_pkl, self.metrics_json, self.log):
+        for path in (self.checkpoint, self.best, self.metrics_pkl, self.metrics_json, self.log):
             path.unlink(missing_ok=True)
         if self.samples.is_dir():
             for path in [*self.samples.glob("epoch-*.png"), self.samples / "latest.png"]:
@@ -119,9 +160,35 @@ class ExperimentPaths:
 
         Only safe while holding the experiment's lock: another run's temporary file is not stale.
         """
-        for path in (self.checkpoint, self.metrics_pkl, self.metrics_json):
+        for path in (self.checkpoint, self.best, self.metrics_pkl, self.metrics_json):
             for tmp in temp_files_of(path):
                 tmp.unlink(missing_ok=True)
+
+
+def experiment_paths(exp_dir: str, exp_name: str) -> ExperimentPaths:
+    """The folders of an experiment that exists; a missing one is one line, which points to the
+    shipped model of that name when there is one (``--exp-dir pretrained``)."""
+    paths = ExperimentPaths.of(exp_dir, exp_name)
+    if paths.checkpoint.exists():
+        return paths
+    shipped = _shipped_folder(exp_dir, exp_name)
+    if shipped is not None:
+        raise RnnMnistError(
+            f"no experiment {exp_name!r} in {exp_dir}/; a shipped model of that name is in {shipped}/: "
+            f"add --exp-dir {shipped}"
+        )
+    raise RnnMnistError(
+        f"no experiment {exp_name!r} in {exp_dir}/ (no {paths.checkpoint}); train it first with train.py"
+    )
+
+
+def _shipped_folder(exp_dir: str, exp_name: str) -> str | None:
+    """Where a shipped model named ``exp_name`` is, as ``--exp-dir`` would name it (``pretrained``
+    from the project's folder, else its full path), unless ``exp_dir`` is that folder already."""
+    for folder, named in ((Path(PRETRAINED), PRETRAINED), (PROJECT_PRETRAINED, str(PROJECT_PRETRAINED))):
+        if (folder / exp_name / "checkpoint.ckpt").is_file() and Path(exp_dir).resolve() != folder.resolve():
+            return named
+    return None
 
 
 def temp_files_of(path: Path) -> list[Path]:
@@ -165,6 +232,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: name it
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def atomic_copy(source: Path, dest: Path) -> None:
+    """Copy ``source`` over ``dest`` through atomic_write: ``dest`` is the old file or the new one."""
+    with open(source, "rb") as original:
+        atomic_write(dest, lambda f: shutil.copyfileobj(original, f))
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ import math
 import pickle
 import re
 import sys
+import textwrap
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from rnn_mnist.errors import RnnMnistError
 NOT_A_DIFFERENCE = {"exp_name", "exp_dir", "data_dir", "device", "resume", "overwrite", "epochs"}
 # What names the outputs compare-<name>.png/.md: a plain file name, never a path.
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# A legend label longer than this wraps (the flags that differ between runs can be many).
+LEGEND_LABEL_CHARS = 70
 # Per-epoch entries train.py has always written, and what they hold.
 HISTORY_NUMBERS = ("epoch", "seconds", "test_nll_nats", "test_bits_per_pixel")
 CLASSIFY_HISTORY_NUMBERS = ("epoch", "seconds", "test_accuracy", "test_loss")
@@ -334,11 +337,24 @@ def draw(experiments: list[dict[str, Any]], labels: list[str], warning: str | No
     panels = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 1]})
     loss_range, last_epoch, last_minute = _plot_runs(panels, experiments, labels, classify)
     _label_panels(panels, classify, loss_range, last_epoch, last_minute, warning)
-    handles, names = panels[0].get_legend_handles_labels()
-    columns = min(len(names), 3)
-    figure.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.04 + 0.045 * math.ceil(len(names) / columns), 1, 1))
+    _legend_below(figure, *panels[0].get_legend_handles_labels())
     return figure
+
+
+def _legend_below(figure: Any, handles: list[Any], names: list[str]) -> None:
+    """The legend under the panels, inside the picture however many flags differ: long labels wrap,
+    as many columns as fit the width (3 at most), and the figure grows by the legend's height."""
+    wrapped = [textwrap.fill(name, LEGEND_LABEL_CHARS, subsequent_indent="  ") for name in names]
+    renderer = figure.canvas.get_renderer()
+    for columns in range(max(1, min(len(names), 3)), 0, -1):
+        legend = figure.legend(handles, wrapped, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+        if columns == 1 or legend.get_window_extent(renderer).width <= 0.98 * figure.bbox.width:
+            break
+        legend.remove()
+    panels_height = figure.get_figheight()
+    legend_height = legend.get_window_extent(renderer).height / figure.dpi + 0.15  # inches, with a margin
+    figure.set_figheight(panels_height + legend_height)
+    figure.tight_layout(rect=(0, legend_height / (panels_height + legend_height), 1, 1))
 
 
 def _plot_runs(

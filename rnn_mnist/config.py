@@ -15,6 +15,7 @@ import argparse
 from dataclasses import MISSING, dataclass
 from typing import Any
 
+from rnn_mnist.checkpoint import CHECKPOINT_CHOICES
 from rnn_mnist.cli import (
     bounded,
     decay_factor,
@@ -122,8 +123,9 @@ class TrainConfig:
         128, "--batch-size", kind=positive_int, help="digits per batch", group="training"
     )
     lr: float = option(
-        3e-3, "--lr", kind=learning_rate, help="Adam learning rate (the peak)", group="training"
-    )
+        3e-3, "--lr", kind=learning_rate, group="training", on_resume="may change",
+        help="Adam learning rate (the peak); with --resume, the schedule's new base from the next epoch on",
+    )  # fmt: skip
     lr_schedule: str = option(
         "step", "--lr-schedule", choices=LR_SCHEDULES, group="training",
         help="step: times --lr-gamma after each --lr-milestones epoch; cosine: down to 1%% of --lr "
@@ -289,9 +291,15 @@ class EvalOptions:
     """evaluate.py's options; reading.py reads --classify's, evaluation.py the others."""
 
     exp_name: str = option(
-        MISSING, "--exp-name", help="experiment to evaluate (its checkpoint.ckpt)", group="main"
-    )
+        MISSING, "--exp-name", help="experiment to evaluate (its checkpoint.ckpt, or --checkpoint best)",
+        group="main",
+    )  # fmt: skip
     exp_dir: str = exp_dir_option("main")
+    checkpoint: str = option(
+        "last", "--checkpoint", choices=CHECKPOINT_CHOICES, group="main",
+        help="last: checkpoint.ckpt, the last epoch's; best: best.ckpt, the epoch with the best validation "
+        "NLL (accuracy for a classifier)",
+    )  # fmt: skip
     out_dir: str | None = option(
         None, "--out-dir", group="main",
         help="output folder, replaced whole; unset: plots/<exp-name> (--classify: plots/<exp-name>-classify)",
@@ -383,7 +391,8 @@ class EvalOptions:
     )  # fmt: skip
     against: str | None = option(
         None, "--against", metavar="EXP", group="reading", only=CLASSIFYING,
-        help="with --classify: draw this classify experiment's accuracy by pixels read on the same axes",
+        help="with --classify: draw this classify experiment's accuracy by pixels read on the same axes; "
+        "its name in --exp-dir, or its folder (experiments/smnist)",
     )  # fmt: skip
     test_digits: int | None = option(
         None, "--test-digits", kind=positive_int, help="read only the first N test digits (unset: all)",

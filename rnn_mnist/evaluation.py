@@ -26,6 +26,7 @@ from rnn_mnist.checkpoint import (
     ExperimentPaths,
     atomic_write,
     check_writable_folder,
+    experiment_paths,
     json_bytes,
     load_checkpoint,
     rebuild_model,
@@ -239,19 +240,14 @@ def _prepare(options: EvalOptions) -> _Prepared:
     mask_spec = options.mask or f"suffix:{options.mask_pixels}"
     hidden = parse_mask(options.mask, options.seed) if options.mask else suffix_mask(options.mask_pixels)
     check_inpainting(options)
-    paths = ExperimentPaths.of(options.exp_dir, options.exp_name)
-    if not paths.checkpoint.exists():
-        raise RnnMnistError(
-            f"no experiment {options.exp_name!r} in {options.exp_dir}/ (no {paths.checkpoint}); "
-            "train it first with train.py"
-        )
+    path = experiment_paths(options.exp_dir, options.exp_name).checkpoint_file(options.checkpoint)
     out_dir = output_folder(options)
     device = resolve_device(options.device)
     compute = configure_cpu_math()
-    model, checkpoint = load_model(paths.checkpoint, device)
+    model, checkpoint = load_model(path, device)
     # The judge is loaded before any rollout work: a bad judge file fails in a second, not after it.
     judge, judge_info = load_judge(options.judge_path) if options.judge else (None, None)
-    data_config = checkpoint_data_config(checkpoint.get("data_config", {}), options.data_dir, paths.root)
+    data_config = checkpoint_data_config(checkpoint.get("data_config", {}), options.data_dir, path.parent)
     test_pixels, test_labels = load_test_digits(data_config)  # binarised as in training
     chosen = choose_indices(
         test_labels, options.indices, options.num_digits, options.digit, options.seed, options.per_class
@@ -422,6 +418,7 @@ def _measure(
     seconds = rollout.seconds
     metrics = {
         "experiment": options.exp_name,
+        "checkpoint": options.checkpoint,  # last or best (--checkpoint)
         "checkpoint_epoch": checkpoint["epoch"],
         # Which weights these numbers describe: compare shows them only beside the same checkpoint.
         "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),

@@ -107,6 +107,7 @@ def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="python -m rnn_mnist.pretrained",
         description="Copy a trained experiment into a shipped folder (weights and records, no optimizer).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

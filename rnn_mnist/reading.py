@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from rnn_mnist.checkpoint import ExperimentPaths, atomic_write, load_checkpoint, rebuild_model, weights_sha256
+from rnn_mnist.checkpoint import (
+    ExperimentPaths,
+    atomic_write,
+    experiment_paths,
+    load_checkpoint,
+    rebuild_model,
+    weights_sha256,
+)
 from rnn_mnist.config import EvalOptions
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS, checkpoint_data_config, load_test_digits
 from rnn_mnist.errors import RnnMnistError
@@ -36,24 +43,35 @@ from rnn_mnist.evaluation import load_model, output_folder
 from rnn_mnist.likelihood import class_log_likelihoods
 from rnn_mnist.models import CLASSIFIER_KIND, ClassifierConfig, SequenceClassifier
 from rnn_mnist.output_folder import OutputFolder
+from rnn_mnist.progress import progress
 from rnn_mnist.runtime import configure_cpu_math, resolve_device
 from rnn_mnist.tasks import classifier_inputs_name
 
 MISREAD_SHOWN = 100  # misread digits drawn in misread.png (all are listed in metrics.json)
 
 
-def _checkpoint_path(exp_dir: str, exp_name: str) -> Path:
-    path = ExperimentPaths.of(exp_dir, exp_name).checkpoint
-    if not path.exists():
-        raise RnnMnistError(
-            f"no experiment {exp_name!r} in {exp_dir}/ (no {path}); train it first with train.py"
-        )
-    return path
+def _checkpoint_path(exp_dir: str, exp_name: str, which: str = "last") -> Path:
+    return experiment_paths(exp_dir, exp_name).checkpoint_file(which)
+
+
+def against_folder(exp_dir: str, against: str) -> ExperimentPaths:
+    """--against's experiment: a name in --exp-dir (``smnist``), or a folder as compare takes it
+    (``experiments/smnist``, anything with a path separator)."""
+    if os.sep in against or "/" in against:
+        paths = ExperimentPaths(Path(against))
+        if not paths.checkpoint.is_file():
+            raise RnnMnistError(f"--against {against}: no experiment there (no {paths.checkpoint})")
+        return paths
+    return experiment_paths(exp_dir, against)
 
 
 def is_classifier_experiment(exp_dir: str, exp_name: str) -> bool:
     """Whether the experiment was trained with ``--task classify``."""
-    return load_checkpoint(_checkpoint_path(exp_dir, exp_name))["model_config"].get("kind") == CLASSIFIER_KIND
+    return _is_classifier(_checkpoint_path(exp_dir, exp_name))
+
+
+def _is_classifier(path: Path) -> bool:
+    return load_checkpoint(path)["model_config"].get("kind") == CLASSIFIER_KIND
 
 
 def load_classifier(path: Path, device: torch.device) -> tuple[SequenceClassifier, dict[str, Any]]:
@@ -87,7 +105,7 @@ def classifier_reading(
     (N, 784) after 1..784 pixels read (its head on the state then)."""
     device = next(model.parameters()).device
     final, every = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="reading", disable=not show_progress):
+    for start in progress(range(0, len(images), batch_size), "reading", unit="batch", enabled=show_progress):
         x = images[start : start + batch_size].to(device)
         final.append(model(x).argmax(dim=1).cpu())
         every.append(model.logits_after_each_pixel(x).argmax(dim=2).cpu())
@@ -102,7 +120,7 @@ def generative_reading(
     images (N, 784), and its most probable class (N, 784) after 1..784 pixels, all from the same
     ten teacher-forced passes (a uniform prior over classes)."""
     posteriors, every = [], []
-    for start in tqdm(range(0, len(pixels), batch_size), desc="reading", disable=not show_progress):
+    for start in progress(range(0, len(pixels), batch_size), "reading", unit="batch", enabled=show_progress):
         terms = class_log_likelihoods(model, pixels[start : start + batch_size], batch_size, per_pixel=True)
         log_likelihood = terms.sum(dim=2)  # (B, classes)
         posteriors.append(log_likelihood - log_likelihood.logsumexp(dim=1, keepdim=True))
@@ -208,18 +226,21 @@ def _write(out_dir: Path, files: dict[str, bytes], metrics: dict[str, Any]) -> N
     atomic_write(out_dir / "metrics.json", lambda f: f.write(text.encode()))
 
 
-def _describe(checkpoint: dict[str, Any], name: str) -> dict[str, Any]:
+def _describe(checkpoint: dict[str, Any], name: str, which: str) -> dict[str, Any]:
     return {
         "experiment": name,
+        "checkpoint": which,  # last or best (--checkpoint)
         "checkpoint_epoch": checkpoint["epoch"],
         "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
     }
 
 
-def _classifier_curve(options: EvalOptions, name: str, device: torch.device, show_progress: bool):
+def _classifier_curve(
+    options: EvalOptions, paths: ExperimentPaths, device: torch.device, show_progress: bool
+):
     """A classify experiment read on its own test digits: the model, its checkpoint, the inputs, the
     labels, the predictions on whole images and after each pixel, and how the inputs are presented."""
-    path = _checkpoint_path(options.exp_dir, name)
+    path = paths.checkpoint_file(options.checkpoint)
     model, checkpoint = load_classifier(path, device)
     images, labels, inputs = classifier_test_inputs(
         checkpoint, options.data_dir, options.test_digits, path.parent
@@ -242,7 +263,7 @@ class _Reading:
 
 def read_digits(options: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """evaluate.py on a classify experiment, or with ``--classify`` on a label-conditioned one."""
-    path = _checkpoint_path(options.exp_dir, options.exp_name)
+    path = _checkpoint_path(options.exp_dir, options.exp_name, options.checkpoint)
     classifier = _check_reading(options)
     out_dir = output_folder(options)
     device = resolve_device(options.device)
@@ -311,9 +332,12 @@ def _check_reading(options: EvalOptions) -> bool:
 def _read_as_classifier(options: EvalOptions, device: torch.device, show_progress: bool) -> _Reading:
     """A classify experiment read on its own test digits, in its own reading order."""
     model, checkpoint, images, labels, final, every, inputs = _classifier_curve(
-        options, options.exp_name, device, show_progress
+        options, ExperimentPaths.of(options.exp_dir, options.exp_name), device, show_progress
     )
-    metrics: dict[str, Any] = {**_describe(checkpoint, options.exp_name), "evaluation": "classifier"}
+    metrics: dict[str, Any] = {
+        **_describe(checkpoint, options.exp_name, options.checkpoint),
+        "evaluation": "classifier",
+    }
     metrics["inputs"] = inputs
     metrics["permuted"] = model.config.permutation_seed is not None
     metrics["readout"] = model.config.readout
@@ -332,7 +356,8 @@ def _read_generatively(
             "trained without --condition label"
         )
     # Checked before the ten passes, not after them.
-    if options.against is not None and not is_classifier_experiment(options.exp_dir, options.against):
+    against = None if options.against is None else against_folder(options.exp_dir, options.against)
+    if against is not None and not _is_classifier(against.checkpoint):
         raise RnnMnistError(
             f"--against {options.against} is not a classify experiment (train.py --task classify)"
         )
@@ -341,28 +366,34 @@ def _read_generatively(
     )
     pixels, labels = pixels[: options.test_digits], labels[: options.test_digits]
     log_posterior, every = generative_reading(model, pixels, options.batch_size, show_progress)
-    metrics = {**_describe(checkpoint, options.exp_name), "evaluation": "generative classifier"}
+    metrics = {
+        **_describe(checkpoint, options.exp_name, options.checkpoint),
+        "evaluation": "generative classifier",
+    }
     metrics["inputs"] = "binarised pixels, as in training"
     metrics["mean_log_posterior_of_true_class"] = float(log_posterior.gather(1, labels[:, None]).mean())
     curves = {f"{options.exp_name} (generative, Bayes' rule)": accuracy_by_pixels(labels, every)}
-    if options.against is not None:
-        against = _against(options, labels, device, show_progress)
-        curves[f"{options.against} (classifier, its reading order)"] = against["accuracy_by_pixels_read"]
-        metrics["against"] = against
+    if against is not None:
+        other = metrics["against"] = _against(options, against, labels, device, show_progress)
+        curves[f"{other['experiment']} (classifier, its reading order)"] = other["accuracy_by_pixels_read"]
     return _Reading(metrics, curves, pixels.float(), labels, log_posterior.argmax(dim=1))
 
 
 def _against(
-    options: EvalOptions, labels: torch.Tensor, device: torch.device, show_progress: bool
+    options: EvalOptions,
+    paths: ExperimentPaths,
+    labels: torch.Tensor,
+    device: torch.device,
+    show_progress: bool,
 ) -> dict[str, Any]:
     """--against's classify experiment read on the same test digits: its accuracy and its curve."""
     _, other, _, other_labels, other_final, other_every, _ = _classifier_curve(
-        options, options.against, device, show_progress
+        options, paths, device, show_progress
     )
     if not torch.equal(other_labels, labels):
         raise RnnMnistError(f"--against {options.against} reads other test digits than {options.exp_name}")
     return {
-        **_describe(other, options.against),
+        **_describe(other, paths.root.resolve().name, options.checkpoint),
         "test_accuracy": float((other_final == labels).double().mean()),
         **_curve_summary(accuracy_by_pixels(labels, other_every)),
     }

@@ -3,13 +3,15 @@
     typed = typed_flags(parser, argv)                   # rnn_mnist.cli: what the user typed
     checkpoint = load_training_checkpoint(paths.checkpoint)
     flags = resumed_flags(checkpoint["config"], flags, typed)
+    resumes = resume_record(checkpoint, flags)          # every resume, with what it changed
     print(resume_command(exp_dir, exp_name))
 
 An experiment is its saved settings. Where its folder lives is not one of them: a moved, copied or
 renamed folder, or the same one spelled another way, resumes. Only typed flags count: one that
 clashes with the experiment is refused even when it equals the parser's default, and one not typed
 never replaces the saved value (so a resume trains to the experiment's own ``--epochs`` and reads
-its own ``--data-dir``).
+its own ``--data-dir``). What a resume may change (``--epochs``, ``--lr``, ``--device``,
+``--data-dir``) and did change is recorded: the checkpoint and metrics keep a list of resumes.
 """
 
 from __future__ import annotations
@@ -81,6 +83,29 @@ def resumed_flags(saved: dict[str, Any], given: dict[str, Any], typed: set[str])
     now = {key: given[key] for key in LOCATION_FLAGS | RUN_MODE_FLAGS if key in given}
     changes = {key: given[key] for key in typed & RESUMABLE_CHANGES if key in given}
     return {**saved, **now, **changes}
+
+
+def resume_record(checkpoint: dict[str, Any], flags: dict[str, Any]) -> list[dict[str, Any]]:
+    """The experiment's resumes so far (``resumes``, saved in its checkpoint), then this one: the epoch
+    it continues after and what it changes, ``{"lr": {"from": 0.003, "to": 0.001}}``."""
+    saved = checkpoint["config"]
+    changed = {
+        key: {"from": saved.get(key), "to": flags[key]}
+        for key in sorted(RESUMABLE_CHANGES)
+        if key in flags and flags[key] != saved.get(key)
+    }
+    earlier = checkpoint.get("resumes", [])
+    return [
+        *(earlier if isinstance(earlier, list) else []),
+        {"after_epoch": checkpoint["epoch"], "changed": changed},
+    ]
+
+
+def describe_changes(changed: dict[str, dict[str, Any]]) -> str:
+    """``--lr 0.001 (was 0.003), --epochs 4 (was 2)``: a resume's changes, for the log."""
+    return ", ".join(
+        f"--{key.replace('_', '-')} {change['to']} (was {change['from']})" for key, change in changed.items()
+    )
 
 
 def _same_value(key: str, given: Any, saved: Any) -> bool:

@@ -102,10 +102,26 @@ def _unnamed(stage: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class BestBy:
+    """The validation figure that makes an epoch the best one (training.py keeps its best.ckpt)."""
+
+    key: str  # a history entry's key: val_nll_nats, val_accuracy
+    higher: bool = False  # whether a higher value is better
+
+    def epoch(self, history: list[dict[str, Any]]) -> int | None:
+        """The best epoch of ``history`` (the earliest of equals); None without a validation split."""
+        scored = [(entry[self.key], entry["epoch"]) for entry in history if entry.get(self.key) is not None]
+        if not scored:
+            return None
+        return (max if self.higher else min)(scored, key=lambda pair: pair[0])[1]
+
+
 class Task(Protocol):
     """What differs between tasks; training.py's loop calls nothing else task-specific."""
 
     name: str
+    best_by: BestBy  # which epoch's weights best.ckpt keeps
     reads_binarised: bool  # trains on data.train_pixels (dynamic binarisation draws them each epoch)
     size_flags: str  # the flags that make the model smaller (memory.check_fits's advice)
 
@@ -167,6 +183,7 @@ class NextPixelTask:
 
     train_cfg: Any  # training.TrainConfig: loss, precision, scheduled sampling
     name: str = "next-pixel"
+    best_by: BestBy = BestBy("val_nll_nats")
     reads_binarised: bool = True
     size_flags: str = "--hidden, --layers or --head-hidden"
 
@@ -258,6 +275,7 @@ class ClassifyTask:
     train_cfg: Any
     binarized_input: bool = False  # read the binarised pixels (as the next-pixel task) not grey levels
     name: str = "classify"
+    best_by: BestBy = BestBy("val_accuracy", higher=True)
     size_flags: str = "--hidden or --layers"
 
     @property

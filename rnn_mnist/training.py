@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from rnn_mnist.checkpoint import (
     ExperimentPaths,
+    atomic_copy,
     check_writable_folder,
     load_weights,
     save_checkpoint,
@@ -55,7 +56,14 @@ from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.memory import MemoryNeed, check_fits, training_need
 from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
-from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
+from rnn_mnist.resume import (
+    check_run_mode,
+    describe_changes,
+    load_training_checkpoint,
+    resume_command,
+    resume_record,
+    resumed_flags,
+)
 from rnn_mnist.runtime import autocast, compute_record, resolve_device, set_seed
 from rnn_mnist.tasks import EVAL_BATCH_SIZE, Task, check_task_flags, make_task, pixel_loss
 
@@ -201,6 +209,7 @@ class _Run:
     data_cfg: DataConfig
     model_cfg: Any  # the task's: ModelConfig or ClassifierConfig
     task: Task
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # resume.resume_record's, this one last
 
 
 @dataclass
@@ -282,7 +291,8 @@ def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] 
     except (TypeError, ValueError) as exc:
         where = f"{paths.checkpoint} holds an invalid config: " if checkpoint is not None else ""
         raise RnnMnistError(f"{where}{exc}") from None
-    return _Run(paths, flags, checkpoint, train_cfg, data_cfg, model_cfg, task)
+    resumes = [] if checkpoint is None else resume_record(checkpoint, flags)
+    return _Run(paths, flags, checkpoint, train_cfg, data_cfg, model_cfg, task, resumes)
 
 
 def _check_memory(run: _Run, data: BinarizedMNIST, device: torch.device) -> None:
@@ -373,6 +383,7 @@ class _Saver:
             "config": dict(run.flags),
             "model_config": run.model_cfg.to_dict(),
             "data_config": asdict(run.data_cfg),
+            **({"resumes": run.resumes} if run.resumes else {}),
         }
         save_checkpoint(
             run.paths.checkpoint,
@@ -388,8 +399,18 @@ class _Saver:
                 "history": fit.history,
             },
         )
+        best = run.task.best_by.epoch(fit.history)  # None without a validation split: no best.ckpt
+        if best == epoch:  # the best epoch so far: its checkpoint is kept beside the last
+            atomic_copy(run.paths.checkpoint, run.paths.best)
         save_metrics(
-            run.paths, {**configs, "num_parameters": count_parameters(fit.model), "history": fit.history}
+            run.paths,
+            {
+                **configs,
+                "num_parameters": count_parameters(fit.model),
+                "best_epoch": best,  # best.ckpt's epoch (None: no validation split)
+                "best_by": run.task.best_by.key,
+                "history": fit.history,
+            },
         )
 
 
@@ -411,7 +432,11 @@ def _announce(run: _Run, fit: _Fit, data: BinarizedMNIST, log: RunLog, saver: _S
     elif fit.start_epoch >= run.train_cfg.epochs:
         log(f"{root}: already trained {fit.start_epoch} epochs; raise --epochs to train more")
     else:
-        log(f"{root}: resuming after epoch {fit.start_epoch} of {run.train_cfg.epochs}")
+        changed = describe_changes(run.resumes[-1]["changed"])
+        log(
+            f"{root}: resuming after epoch {fit.start_epoch} of {run.train_cfg.epochs}"
+            + (changed and f" with {changed}")
+        )
         if fit.rng_note:
             log(f"{root}: {fit.rng_note}")
 

@@ -30,3 +30,14 @@ def strict_json(text: str):
         raise ValueError(f"{constant} is not JSON")
 
     return json.loads(text, parse_constant=refuse)
+
+
+def scripted_validation(monkeypatch, task_class: type, key: str, values: list[float]) -> None:
+    """Make ``task_class``'s epochs report ``values`` as their validation ``key`` (val_nll_nats,
+    val_accuracy), one per epoch in order: a best epoch that is not the last, on purpose."""
+    real_evaluate, remaining = task_class.evaluate, iter(values)
+
+    def evaluate(self, *args, **kwargs):
+        return {**real_evaluate(self, *args, **kwargs), key: next(remaining)}
+
+    monkeypatch.setattr(task_class, "evaluate", evaluate)

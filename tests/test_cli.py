@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
+from conftest import REPO, tiny_train_args
 from conftest import run_main as run_script_main
-from conftest import tiny_train_args
 
 import evaluate
 import train
@@ -175,3 +178,27 @@ def test_a_flag_typed_twice_with_one_value_is_accepted():
     parser = train.build_parser()
     assert parser.parse_args(["--exp-name", "x", "--lr", "0.001", "--lr", "1e-3"]).lr == 1e-3
     assert evaluate.build_parser().parse_args(["--exp-name", "x", "--no-gifs", "--no-gifs"]).gifs is False
+
+
+def _runnable_modules() -> list[str]:
+    """The package's modules run as ``python -m rnn_mnist.<name>``."""
+    package = REPO / "rnn_mnist"
+    return sorted(
+        ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for path in package.rglob("*.py")
+        if 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
+    )
+
+
+@pytest.mark.parametrize("module", _runnable_modules())
+def test_help_names_the_command_as_typed(module, capsys, monkeypatch):
+    imported = importlib.import_module(module)
+    monkeypatch.setattr(sys, "argv", [imported.__file__, "--help"])  # what python -m sets
+    with pytest.raises(SystemExit) as exit_info:
+        imported.main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m {module} ")
+
+
+def test_the_runnable_modules_are_found():
+    assert {"rnn_mnist.compare", "rnn_mnist.judge", "rnn_mnist.pretrained"} <= set(_runnable_modules())

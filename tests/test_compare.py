@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -254,3 +255,23 @@ def test_compare_reads_shipped_models_from_their_metrics_json(mnist_dir, tmp_pat
         assert rows[name][5] == str(len(history)) and rows[name][8] == f"{history[-1]['test_nll_nats']:.2f}"
     assert rows["gru-128"][10] == f"{accuracy:.4f}" and rows["fast"][10] == "-"
     assert iio.imread(out / "compare-shipped.png").ndim == 3
+
+
+def test_the_legend_fits_in_the_picture_when_runs_differ_in_many_flags(exp_dir, tmp_path):
+    runs = []
+    for i in range(5):  # five runs that differ in a dozen flags each: long labels
+        run = copy.deepcopy(compare.load_experiment(exp_dir / ("h8", "h12")[i % 2], tmp_path))
+        run["name"] = f"sweep-{i}"
+        run["config"].update({f"setting_number_{k}": f"value-{i}-{k}" for k in range(12)})
+        runs.append(run)
+    labels = compare.line_labels(runs)
+    assert min(len(label) for label in labels) > 200
+    figure = compare.draw(runs, labels)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    (legend,) = figure.legends
+    box, page = legend.get_window_extent(renderer), figure.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    assert len(legend.get_texts()) == 5
+    for axes in figure.axes[:3]:  # the panels stay above it, labels and ticks included
+        assert axes.get_tightbbox(renderer).y0 >= box.y1 - 1

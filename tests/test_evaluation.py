@@ -15,10 +15,11 @@ import pytest
 import torch
 from conftest import REPO, TEST_DIGITS, folder_files, tiny_train_args, with_flags
 from conftest import run_main as run_script_main
+from helpers import scripted_validation
 
 import evaluate
 import train
-from rnn_mnist import evaluation, judge, visualise
+from rnn_mnist import evaluation, judge, tasks, visualise
 from rnn_mnist.checkpoint import load_checkpoint, weights_sha256
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import choose_indices
@@ -458,3 +459,46 @@ def test_the_summary_names_per_class_figures_and_says_what_a_blank_canvas_means(
     assert "masked_pixel_accuracy" in metrics and all(
         "masked_pixel_accuracy" in v for v in metrics["per_class"].values()
     )
+
+
+def test_checkpoint_best_evaluates_the_best_validation_epoch(tmp_path, mnist_dir, capsys, monkeypatch):
+    scripted_validation(monkeypatch, tasks.NextPixelTask, "val_nll_nats", [90.0, 80.0, 85.0])
+    assert train.main(tiny_train_args(tmp_path / "experiments", mnist_dir, "best", "--epochs", "3")) == 0
+    folder = tmp_path / "experiments" / "best"
+    args = ["--exp-dir", str(tmp_path / "experiments"), "--exp-name", "best", "--data-dir", str(mnist_dir)]
+    args += ["--num-digits", "4", "--no-gifs", "--no-judge", "--device", "cpu"]
+    for which, epoch, file in (("best", 2, "best.ckpt"), ("last", 3, "checkpoint.ckpt")):
+        out = tmp_path / which
+        code, err = run_main([*args, "--out-dir", str(out), "--checkpoint", which], capsys)
+        assert code == 0, err
+        metrics = json.loads((out / "metrics.json").read_text())
+        weights = load_checkpoint(folder / file)["model_state"]
+        assert (metrics["checkpoint"], metrics["checkpoint_epoch"]) == (which, epoch)
+        assert metrics["checkpoint_sha256"] == weights_sha256(weights)
+
+
+def test_checkpoint_best_without_one_says_why(tmp_path, mnist_dir, capsys):
+    argv = tiny_train_args(tmp_path / "experiments", mnist_dir, "noval", "--val-size", "0", "--epochs", "1")
+    assert train.main(argv) == 0
+    args = ["--exp-dir", str(tmp_path / "experiments"), "--exp-name", "noval"]
+    args += ["--out-dir", str(tmp_path / "o")]
+    code, err = run_main([*args, "--checkpoint", "best"], capsys)
+    assert code == 2 and "no best.ckpt" in err and "--val-size 0" in err and "--checkpoint last" in err
+    assert len(err.strip().splitlines()) == 1
+    shipped = with_flags(args, "--exp-dir", str(REPO / "pretrained"), "--exp-name", "fast")
+    code, err = run_main([*shipped, "--checkpoint", "best"], capsys)
+    assert code == 2 and "shipped model keeps one checkpoint" in err
+
+
+def test_a_missing_experiment_that_is_shipped_points_to_pretrained(tmp_path, capsys, monkeypatch):
+    args = ["--exp-name", "fast", "--out-dir", str(tmp_path / "out")]
+    monkeypatch.chdir(REPO)  # a fresh clone: experiments/ holds no fast, pretrained/ does
+    code, err = run_main([*args, "--exp-dir", str(tmp_path / "experiments")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no experiment 'fast' in" in err and "a shipped model of that name is in pretrained/" in err
+    assert "add --exp-dir pretrained" in err and "train it first" not in err
+    monkeypatch.chdir(tmp_path)  # elsewhere: the project's pretrained/ by its full path
+    code, err = run_main([*args, "--exp-dir", "experiments"], capsys)
+    assert f"add --exp-dir {REPO / 'pretrained'}" in err
+    code, err = run_main([*with_flags(args, "--exp-name", "nope"), "--exp-dir", "experiments"], capsys)
+    assert code == 2 and "train it first" in err and "pretrained" not in err

@@ -12,11 +12,12 @@ from conftest import folder_files, run_main, tiny_train_args
 
 import evaluate
 import train
+from rnn_mnist import progress
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.config import EvalOptions
 from rnn_mnist.likelihood import class_log_posterior
-from rnn_mnist.models import ModelConfig, NextPixelModel
-from rnn_mnist.reading import confusion_matrix, generative_reading, read_digits
+from rnn_mnist.models import ClassifierConfig, ModelConfig, NextPixelModel, SequenceClassifier
+from rnn_mnist.reading import classifier_reading, confusion_matrix, generative_reading, read_digits
 
 
 def _conditioned_model() -> NextPixelModel:
@@ -206,3 +207,35 @@ def test_completion_flags_with_classify_are_refused_in_grammatical_words(experim
         evaluate.main, _evaluate(experiments, tmp_path, "gen", "--classify", "--no-gifs"), capsys
     )
     assert code == 2 and "--no-gifs only changes completions," in err, err
+
+
+def test_against_takes_a_folder_as_compare_does(experiments, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(experiments.parent)
+    for against in (str(experiments / "cls"), f"{experiments.name}/cls"):  # absolute, then relative
+        args = _evaluate(experiments, tmp_path / "out", "gen", "--classify", "--against", against)
+        code, err = run_main(evaluate.main, [*args, "--test-digits", "12"], capsys)
+        assert code == 0, err
+        metrics = json.loads((tmp_path / "out" / "gen" / "metrics.json").read_text())
+        assert (
+            metrics["against"]["experiment"] == "cls"
+            and len(metrics["against"]["accuracy_by_pixels_read"]) == 784
+        )
+    args = _evaluate(
+        experiments, tmp_path / "out", "gen", "--classify", "--against", str(tmp_path / "nothing")
+    )
+    code, err = run_main(evaluate.main, args, capsys)
+    assert code == 2 and "--against" in err and "no experiment there" in err
+
+
+@pytest.mark.parametrize("reader", ["classifier", "generative"])
+def test_reading_progress_in_a_log_is_whole_lines(reader, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)  # a line at every step, as a long reading makes
+    images = _binary_images(6)
+    if reader == "classifier":
+        classifier_reading(SequenceClassifier(ClassifierConfig(hidden_size=4)), images.float(), 2, True)
+    else:
+        generative_reading(_conditioned_model(), images, 2, True)
+    err = capsys.readouterr().err  # stderr is not a terminal here, as in a log file
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert lines and all(line.startswith("reading: ") for line in lines) and "3/3 batch" in lines[-1]

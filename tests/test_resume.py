@@ -3,6 +3,7 @@ experiment resumes, and only typed flags count (issue 11, findings 1 to 4)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -231,3 +232,36 @@ def test_resume_refuses_flags_that_clash_with_the_experiment(tmp_path, mnist_dir
     assert code == 2 and "--hidden-size 16" in err
     # Flags that may change on resume (how far to train) are accepted.
     assert train.main(tiny_args(tmp_path, mnist_dir, "fixed", "--resume", "--epochs", "2")) == 0
+
+
+def test_resume_may_lower_the_lr_from_the_resumed_epoch_on_and_records_it(tmp_path, mnist_dir, capsys):
+    schedule = ("--lr-milestones", "2", "--lr-gamma", "0.5")  # the schedule goes on, on the new base lr
+    assert (
+        train.main(tiny_train_args(tmp_path, mnist_dir, "lower", *schedule, "--lr", "4e-3", "--epochs", "1"))
+        == 0
+    )
+    capsys.readouterr()
+    code, err = run_main(
+        tiny_train_args(tmp_path, mnist_dir, "lower", "--resume", "--epochs", "3", "--lr", "1e-3"), capsys
+    )
+    assert code == 0, err
+    folder = tmp_path / "lower"
+    checkpoint = load_checkpoint(folder / "checkpoint.ckpt")
+    assert [entry["lr"] for entry in checkpoint["history"]] == [4e-3, 1e-3, 5e-4]
+    assert checkpoint["optimizer_state"]["param_groups"][0]["lr"] == 5e-4  # what the last step used
+    assert checkpoint["config"]["lr"] == 1e-3
+    changed = {"epochs": {"from": 1, "to": 3}, "lr": {"from": 4e-3, "to": 1e-3}}
+    assert checkpoint["resumes"] == [{"after_epoch": 1, "changed": changed}]
+    assert json.loads((folder / "metrics.json").read_text())["resumes"] == checkpoint["resumes"]
+    log = (folder / "train.log").read_text()
+    assert "resuming after epoch 1 of 3 with --epochs 3 (was 1), --lr 0.001 (was 0.004)" in log
+    # A second resume keeps the first one's record; --lr typed at the saved value changes nothing.
+    assert (
+        train.main(tiny_train_args(tmp_path, mnist_dir, "lower", "--resume", "--epochs", "4", "--lr", "1e-3"))
+        == 0
+    )
+    resumes = load_checkpoint(folder / "checkpoint.ckpt")["resumes"]
+    assert resumes == [
+        {"after_epoch": 1, "changed": changed},
+        {"after_epoch": 3, "changed": {"epochs": {"from": 3, "to": 4}}},
+    ]

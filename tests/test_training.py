@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, PoisonedGradient, folder_files, tiny_train_args
 from conftest import run_main as run_script_main
 from helpers import run_train as run_main
-from helpers import strict_json, tiny_args
+from helpers import scripted_validation, strict_json, tiny_args
 
 import train
 from rnn_mnist import tasks, training
@@ -64,7 +64,12 @@ def test_resume_into_a_read_only_folder_fails_before_training(
 def test_stale_temp_files_of_a_killed_save_are_cleaned_at_start(tmp_path, mnist_dir, capsys):
     assert train.main(tiny_train_args(tmp_path, mnist_dir, "stale", "--epochs", "1")) == 0
     folder = tmp_path / "stale"
-    stale = [".checkpoint.ckpt.k1ll3d.tmp", ".metrics.pkl.abc123.tmp", ".metrics.json.x_y.tmp"]
+    stale = [
+        ".checkpoint.ckpt.k1ll3d.tmp",
+        ".best.ckpt.b3st.tmp",
+        ".metrics.pkl.abc123.tmp",
+        ".metrics.json.x_y.tmp",
+    ]
     for extra in (["--resume", "--epochs", "2"], ["--overwrite", "--epochs", "1"]):
         for name in stale:
             (folder / name).write_bytes(b"half a checkpoint")
@@ -117,7 +122,8 @@ def test_cli_end_to_end_writes_pkl_and_checkpoint(tmp_path, mnist_dir):
     assert result.returncode == 0, result.stderr
     assert "| epoch   2 |" in result.stdout
     folder = tmp_path / "experiments" / "e2e"
-    assert len(list(folder.glob("*.pkl"))) == 1 and len(list(folder.glob("*.ckpt"))) == 1
+    assert len(list(folder.glob("*.pkl"))) == 1
+    assert {p.name for p in folder.glob("*.ckpt")} == {"checkpoint.ckpt", "best.ckpt"}  # the last, the best
 
     with open(folder / "metrics.pkl", "rb") as f:
         metrics = pickle.load(f)
@@ -243,3 +249,46 @@ def test_mse_training_still_reports_nll(tmp_path, mnist_dir, capsys):
     entry = load_checkpoint(tmp_path / "experiments" / "mse" / "checkpoint.ckpt")["history"][0]
     assert 0 < entry["test_loss"] < 1  # mean squared error of probabilities
     assert entry["test_nll_nats"] > 784 * entry["test_loss"]  # NLL, not MSE, in nats per image
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "values"),
+    [("next-pixel", "val_nll_nats", [90.0, 80.0, 85.0]), ("classify", "val_accuracy", [0.2, 0.6, 0.4])],
+)
+def test_best_ckpt_is_the_best_validation_epochs_checkpoint(
+    tmp_path, mnist_dir, monkeypatch, task, key, values
+):
+    task_class = tasks.ClassifyTask if task == "classify" else tasks.NextPixelTask
+    scripted_validation(monkeypatch, task_class, key, values)  # epoch 2 is the best, 3 the last
+    saved, real_save = {}, training._Saver.save
+
+    def save_and_keep(self, epoch):  # every epoch's weights, as its checkpoint.ckpt held them
+        real_save(self, epoch)
+        saved[epoch] = load_checkpoint(self.run.paths.checkpoint)["model_state"]
+
+    monkeypatch.setattr(training._Saver, "save", save_and_keep)
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "best", "--task", task, "--epochs", "3")) == 0
+    folder = tmp_path / "best"
+    best, last = load_checkpoint(folder / "best.ckpt"), load_checkpoint(folder / "checkpoint.ckpt")
+    assert (best["epoch"], last["epoch"]) == (2, 3)
+    assert [entry[key] for entry in best["history"]] == values[:2]
+    for name, weights in saved[2].items():
+        assert torch.equal(best["model_state"][name], weights), name
+    assert not all(torch.equal(best["model_state"][n], w) for n, w in last["model_state"].items())
+    metrics = strict_json((folder / "metrics.json").read_text())
+    assert (metrics["best_epoch"], metrics["best_by"]) == (2, key)
+    assert not list(folder.glob(".*.tmp"))  # written through atomic_write, nothing left behind
+
+
+def test_without_a_validation_split_there_is_no_best_ckpt(tmp_path, mnist_dir):
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "noval", "--val-size", "0", "--epochs", "1")) == 0
+    assert not (tmp_path / "noval" / "best.ckpt").exists()
+    assert strict_json((tmp_path / "noval" / "metrics.json").read_text())["best_epoch"] is None
+
+
+def test_overwrite_removes_the_old_best_ckpt(tmp_path, mnist_dir):
+    assert train.main(tiny_train_args(tmp_path, mnist_dir, "redo", "--epochs", "1")) == 0
+    assert (tmp_path / "redo" / "best.ckpt").exists()
+    argv = tiny_train_args(tmp_path, mnist_dir, "redo", "--epochs", "1", "--val-size", "0", "--overwrite")
+    assert train.main(argv) == 0
+    assert not (tmp_path / "redo" / "best.ckpt").exists()
