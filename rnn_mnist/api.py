@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnn_mnist.checkpoint import ExperimentPaths
 from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS, checkpoint_data_config, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
@@ -162,14 +163,20 @@ class Model:
         return values
 
 
-def load(source: str | Path, device: str | torch.device = "auto") -> Model:
+def load(source: str | Path, device: str | torch.device = "auto", checkpoint: str = "last") -> Model:
     """The model of an experiment folder (``experiments/NAME``, a shipped ``pretrained/NAME``) or of
     a checkpoint file (``.ckpt``), in eval mode on ``device`` (auto: CUDA, then MPS, then the CPU).
+    ``checkpoint``: a folder's ``last`` epoch (checkpoint.ckpt) or its ``best`` validation epoch
+    (best.ckpt), as evaluate.py's --checkpoint.
 
     A relative path not found from the working directory is looked for in the checkout that holds
     this package, so ``load("pretrained/fast")`` works from anywhere.
     """
     path = _checkpoint_file(Path(source))
+    if checkpoint != "last" or path.name == CHECKPOINT_NAME:
+        if path.name != CHECKPOINT_NAME:
+            raise RnnMnistError(f"checkpoint={checkpoint!r} chooses within an experiment folder, not {path}")
+        path = ExperimentPaths(path.parent).checkpoint_file(checkpoint)
     device = device if isinstance(device, torch.device) else _device(str(device))
     net, checkpoint = load_model(path, device)
     return Model(net, path, device, dict(checkpoint.get("data_config", {})), int(checkpoint.get("epoch", 0)))

@@ -241,3 +241,15 @@ def test_a_moved_experiment_reads_its_digits_from_the_folder_it_was_trained_on(
     model = rnn_mnist.load("elsewhere/gen", device="cpu")
     digits, labels = rnn_mnist.test_digits(model, n=4)
     assert digits.shape == (4, 784) and labels.shape == (4,)
+
+
+def test_the_best_checkpoint_is_selectable(experiments):
+    """Issue 21, item 6: the best validation epoch's checkpoint, by name, beside the last."""
+    folder = experiments / "gen"
+    best = rnn_mnist.load(folder, device="cpu", checkpoint="best")
+    assert best.path == folder / "best.ckpt"
+    assert rnn_mnist.load(folder, device="cpu").path == folder / "checkpoint.ckpt"
+    with pytest.raises(RnnMnistError, match="within an experiment folder"):
+        rnn_mnist.load(folder / "best.ckpt", device="cpu", checkpoint="best")
+    with pytest.raises(RnnMnistError, match="checkpoint must be one of"):
+        rnn_mnist.load(folder, device="cpu", checkpoint="first")
