@@ -55,6 +55,7 @@ from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.memory import MemoryNeed, check_fits, training_need
 from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
+from rnn_mnist.provenance import code_version
 from rnn_mnist.resume import check_run_mode, load_training_checkpoint, resume_command, resumed_flags
 from rnn_mnist.runtime import autocast, compute_record, resolve_device, set_seed
 from rnn_mnist.tasks import EVAL_BATCH_SIZE, Task, check_task_flags, make_task, pixel_loss
@@ -222,7 +223,7 @@ class _Fit:
 def _train_locked(run: _Run, world: World, show_progress: bool) -> list[dict[str, Any]]:
     """Check that the run fits in memory, build or restore it, then fit it epoch by epoch."""
     device = rank_device(world, resolve_device(run.train_cfg.device))
-    compute = {**compute_record(device, run.train_cfg.precision), **world.record(device)}
+    compute = {**compute_record(device, run.train_cfg.precision), **world.record(device), **code_version()}
     set_seed(run.train_cfg.seed)
     generator = torch.Generator().manual_seed(run.train_cfg.seed)  # shuffling and dynamic binarisation
     data = load_binarized_mnist(run.data_cfg)
