@@ -144,6 +144,11 @@ class ExperimentPaths:
         """Pictures of the model after each epoch: epoch-NNN.png and latest.png."""
         return self.root / "samples"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's event files (rnn_mnist/tensorboard.py)."""
+        return self.root / "tensorboard"
+
     def exists(self) -> bool:
         return self.checkpoint.exists() or self.metrics_pkl.exists()
 
@@ -154,6 +159,8 @@ class ExperimentPaths:
         if self.samples.is_dir():
             for path in [*self.samples.glob("epoch-*.png"), self.samples / "latest.png"]:
                 path.unlink(missing_ok=True)
+        for path in self.tensorboard.glob("events.out.tfevents.*"):
+            path.unlink(missing_ok=True)
 
     def remove_stale_temp_files(self) -> None:
         """Delete half-written files that a run killed mid-save (SIGKILL, power cut) left behind.

@@ -35,7 +35,16 @@ from rnn_mnist.data import binarization_name
 from rnn_mnist.errors import RnnMnistError
 
 # Flags that say where or how a run was launched, not what was trained.
-NOT_A_DIFFERENCE = {"exp_name", "exp_dir", "data_dir", "device", "resume", "overwrite", "epochs"}
+NOT_A_DIFFERENCE = {
+    "exp_name",
+    "exp_dir",
+    "data_dir",
+    "device",
+    "resume",
+    "overwrite",
+    "epochs",
+    "tensorboard",
+}
 # What names the outputs compare-<name>.png/.md: a plain file name, never a path.
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # A legend label longer than this wraps (the flags that differ between runs can be many).

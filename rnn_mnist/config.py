@@ -115,6 +115,11 @@ class TrainConfig:
         recipe=False, on_resume="location",
     )  # fmt: skip
     exp_dir: str = exp_dir_option("experiment")
+    tensorboard: bool = option(
+        True, "--no-tensorboard", group="experiment", on_resume="may change",
+        help="write no TensorBoard events (by default <exp-dir>/<exp-name>/tensorboard/ gets per-batch loss "
+        "and lr, per-epoch metrics, the samples and the hyper-parameters: tensorboard --logdir <exp-dir>)",
+    )  # fmt: skip
     epochs: int = option(
         10, "--epochs", kind=non_negative_int, help="total epochs (also when resuming)", group="training",
         on_resume="may change",

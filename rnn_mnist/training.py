@@ -56,6 +56,7 @@ from rnn_mnist.lr_schedule import LrSchedule
 from rnn_mnist.memory import MemoryNeed, check_fits, training_need
 from rnn_mnist.models import NextPixelModel, count_parameters
 from rnn_mnist.progress import progress
+from rnn_mnist.provenance import code_version
 from rnn_mnist.resume import (
     check_run_mode,
     describe_changes,
@@ -66,6 +67,7 @@ from rnn_mnist.resume import (
 )
 from rnn_mnist.runtime import autocast, compute_record, resolve_device, set_seed
 from rnn_mnist.tasks import EVAL_BATCH_SIZE, Task, check_task_flags, make_task, pixel_loss
+from rnn_mnist.tensorboard import Board, NoBoard, open_board
 
 
 def config_from_flags(cls: type, flags: dict[str, Any]) -> Any:
@@ -226,12 +228,13 @@ class _Fit:
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     rng_note: str | None = None  # restore_rng's line for the log
+    board: Board | NoBoard = field(default_factory=NoBoard)  # the live record (rnn_mnist/tensorboard.py)
 
 
 def _train_locked(run: _Run, world: World, show_progress: bool) -> list[dict[str, Any]]:
     """Check that the run fits in memory, build or restore it, then fit it epoch by epoch."""
     device = rank_device(world, resolve_device(run.train_cfg.device))
-    compute = {**compute_record(device, run.train_cfg.precision), **world.record(device)}
+    compute = {**compute_record(device, run.train_cfg.precision), **world.record(device), **code_version()}
     set_seed(run.train_cfg.seed)
     generator = torch.Generator().manual_seed(run.train_cfg.seed)  # shuffling and dynamic binarisation
     data = load_binarized_mnist(run.data_cfg)
@@ -241,6 +244,7 @@ def _train_locked(run: _Run, world: World, show_progress: bool) -> list[dict[str
     saver = _Saver(run, fit)
     try:
         _announce(run, fit, data, log, saver)
+        fit.board = _open_board(run, fit, compute, log)
         for epoch in range(fit.start_epoch + 1, run.train_cfg.epochs + 1):
             _fit_epoch(run, fit, data, epoch, compute, saver, log, show_progress)
     except KeyboardInterrupt:
@@ -248,8 +252,23 @@ def _train_locked(run: _Run, world: World, show_progress: bool) -> list[dict[str
     except RankStopped as exc:
         raise RankStopped(f"{exc}; {_kept(run, saver, world)}") from None
     finally:
+        fit.board.close()
         log.close()
     return fit.history
+
+
+def _open_board(run: _Run, fit: _Fit, compute: dict[str, Any], log: RunLog) -> Board | NoBoard:
+    """Rank 0's TensorBoard writer, unless --no-tensorboard; it continues from the checkpoint's step."""
+    if not (fit.world.is_writer and run.train_cfg.tensorboard):
+        return NoBoard()
+    facts = {"num_parameters": count_parameters(fit.model)}
+    facts.update({key: compute[key] for key in ("git_commit", "git_dirty")})
+    return open_board(run.paths.tensorboard, run.flags, facts, _batches_done(fit.history), log)
+
+
+def _batches_done(history: list[dict[str, Any]]) -> int:
+    """The mini-batches of the epochs in ``history``: the step of the next one."""
+    return sum(len(h["batch_losses"]) for h in history)
 
 
 def _kept(run: _Run, saver: _Saver, world: World) -> str:
@@ -451,9 +470,10 @@ def _fit_epoch(
     log: RunLog,
     show_progress: bool,
 ) -> None:
-    """Train one epoch, add it to the history with the compute record, save, and log its line."""
+    """Train one epoch, add it to the history with the compute record, save, log its line and give
+    TensorBoard its points."""
     try:
-        batches_done = sum(len(h["batch_losses"]) for h in fit.history)
+        batches_done = _batches_done(fit.history)
         entry = _train_one_epoch(fit, data, run.train_cfg, epoch, batches_done, show_progress, run.task)
     except NonFiniteLoss as exc:
         raise NonFiniteLoss(
@@ -464,6 +484,8 @@ def _fit_epoch(
     saver.save(epoch)
     if fit.world.is_writer:
         log(run.task.format_epoch(entry) + run.task.epoch_pictures(fit.model, data, run.paths.samples, epoch))
+    last_step = batches_done + len(entry["batch_losses"]) - 1  # the epoch's points sit at its last batch
+    fit.board.epoch(entry, last_step, run.paths.samples / f"epoch-{epoch:03d}.png")
 
 
 def _train_one_epoch(
@@ -507,6 +529,7 @@ def _train_one_epoch(
         for key, number in reported.items():
             extras.setdefault(key, []).append(number)
         batch_losses.append(loss)
+        fit.board.batch(batches_done + batch_index, loss, fit.optimizer.param_groups[0]["lr"])
         seen += len(idx)
         rate = seen / (time.perf_counter() - started)
         bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{rate:.0f}", refresh=False)

@@ -161,8 +161,13 @@ def test_a_last_batch_smaller_than_the_world_still_trains_as_one_process(launche
 
 def test_only_rank_0_writes(launched):
     exp = launched["exp"]
-    listing = lambda name: sorted(p.relative_to(exp / name).as_posix() for p in (exp / name).rglob("*"))  # noqa: E731
-    assert listing("two") == listing("one") and "best.ckpt" in listing("two")
+
+    def listing(name: str) -> list[str]:  # TensorBoard names its event file by time, host and pid
+        paths = [p.relative_to(exp / name).as_posix() for p in (exp / name).rglob("*")]
+        return sorted(path.split(".tfevents.")[0] for path in paths)
+
+    assert listing("two") == listing("one")
+    assert "tensorboard/events.out" in listing("two") and "best.ckpt" in listing("two")
     log = (exp / "two" / "train.log").read_text().splitlines()
     assert sum(line.startswith("| epoch") for line in log) == 2  # not once per rank
     assert launched["output"].count("/two: GRU-8") == 1

@@ -253,7 +253,7 @@ def test_task_and_resume_rules_are_read_off_the_options():
     assert tasks.CLASSIFY_ONLY == {"readout": "last", "permute": False, "binarized_input": False}
     assert set(tasks.NEXT_PIXEL_ONLY) == {"context", "position", "head_hidden", "condition", "loss",
                                           "scheduled_sampling"}  # fmt: skip
-    assert {"epochs", "lr", "device", "data_dir"} == resume.RESUMABLE_CHANGES
+    assert {"epochs", "lr", "device", "data_dir", "tensorboard"} == resume.RESUMABLE_CHANGES
     assert {"exp_dir", "exp_name"} == resume.LOCATION_FLAGS and {
         "resume",
         "overwrite",
