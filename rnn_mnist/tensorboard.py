@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import imageio.v3 as iio
 from rnn_mnist.errors import RnnMnistError, describe_os_error
 
 FLUSH_SECS = 10  # how stale the live view may get within an epoch (every epoch also flushes)
+CLOSE_SECONDS = 15  # the longest a run waits on the way out for its last events
 MISSING_PACKAGE = (
     "note: the tensorboard package is not installed (pip install tensorboard), so this run writes "
     "no TensorBoard curves; --no-tensorboard leaves them out without this note"
@@ -117,9 +119,18 @@ class Board:
 
     def close(self) -> None:
         """Write what is queued and stop the writer's thread. Called on the way out, after an error
-        too: it raises nothing (each epoch has flushed already, and said if that failed)."""
-        with contextlib.suppress(OSError):
-            self.writer.close()
+        too: it raises nothing (each epoch has flushed already, and said if that failed). Ctrl-C can
+        land inside the writer's own locking and leave its close waiting forever (seen once in the
+        suite under load), so the close runs aside and the run ends after CLOSE_SECONDS at most:
+        what is lost then is at most the events since the last flush."""
+
+        def close_writer() -> None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+
+        closer = threading.Thread(target=close_writer, name="tensorboard-close", daemon=True)
+        closer.start()
+        closer.join(timeout=CLOSE_SECONDS)
 
 
 @contextlib.contextmanager
