@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from rnn_mnist.checkpoint import check_writable_folder, json_bytes
+from rnn_mnist.checkpoint import atomic_write, check_writable_folder, json_bytes
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.experiment_lock import ExperimentLock
 
@@ -145,7 +145,7 @@ class OutputFolder:
             kept = b"".join(_line(e) for e in _previous_metrics(self.target))
         if kept and not kept.endswith(b"\n"):  # a line cut short by hand: left as it is, on its own
             kept += b"\n"
-        (self.staging / EVALUATIONS_LOG).write_bytes(kept + _line(metrics))
+        atomic_write(self.staging / EVALUATIONS_LOG, lambda f: f.write(kept + _line(metrics)))
 
     def _clear_leftovers(self) -> None:
         """Undo what killed evaluations into the target left: put back an old folder set aside just
