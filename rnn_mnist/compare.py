@@ -303,8 +303,10 @@ def evaluation_notes(experiments: list[dict[str, Any]], eval_dir: Path) -> list[
     ]
     for e in shown:
         latest = e["evaluation"].get("num_digits")
+        if not _is_number(latest):
+            continue
         larger = [x for x in e["logged"][:-1] if _is_number(x.get("num_digits")) and x["num_digits"] > latest]
-        if _is_number(latest) and larger:
+        if larger:
             most = max(larger, key=lambda x: x["num_digits"])
             notes.append(
                 f"{e['name']}: an earlier evaluation of this checkpoint completed {most['num_digits']:,} "
