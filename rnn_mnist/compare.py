@@ -8,9 +8,13 @@ the flags that differ) and plots/compare-hidden.md (the table, also printed). Ea
 named by its folder. Its metrics.pkl is read with a restricted unpickler that admits plain Python
 values only, so a foreign .pkl cannot run code, and is checked for the shape train.py writes; a
 folder without one (a shipped model in pretrained/) is read from its metrics.json, with no per-batch
-losses. evaluate.py's metrics.json in <eval-dir>/<name>/ (default plots/) adds masked pixel
-accuracy and class agreement, and <eval-dir>/<name>-classify/ the --classify reading's accuracy,
-when they describe the experiment's current checkpoint (same epoch and weights).
+losses. evaluate.py's metrics.json in <eval-dir>/<name>/ (default plots/) adds the digits evaluated,
+masked pixel accuracy and class agreement beside its floor (the visible pixels alone: what a blank
+completion scores) and ceiling (the true digits), and <eval-dir>/<name>-classify/ the --classify
+reading's accuracy, when they describe the experiment's current checkpoint (same epoch and weights).
+That is the folder's latest evaluation; the table says how many of that checkpoint its
+evaluations.jsonl keeps, and a line under it when an earlier one evaluated more digits. Experiments
+evaluated on different digits (or masks, settings, judges) are warned about.
 Classify experiments (train.py --task classify) get their own table, of accuracy rather than NLL;
 their curves are drawn only when every experiment compared is one (the losses do not compare).
 """
@@ -33,6 +37,7 @@ from rnn_mnist.checkpoint import atomic_write, load_checkpoint, weights_sha256
 from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, run_cli
 from rnn_mnist.data import binarization_name
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.output_folder import read_log
 
 # Flags that say where or how a run was launched, not what was trained.
 NOT_A_DIFFERENCE = {
@@ -49,6 +54,10 @@ NOT_A_DIFFERENCE = {
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # A legend label longer than this wraps (the flags that differ between runs can be many).
 LEGEND_LABEL_CHARS = 70
+# How an evaluation completed its digits: experiments evaluated differently get a warning.
+EVALUATION_SETTINGS = (
+    "mask", "inpaint", "particles", "sampling", "temperature", "samples", "best_of", "best_by",
+)  # fmt: skip
 # Per-epoch entries train.py has always written, and what they hold.
 HISTORY_NUMBERS = ("epoch", "seconds", "test_nll_nats", "test_bits_per_pixel")
 CLASSIFY_HISTORY_NUMBERS = ("epoch", "seconds", "test_accuracy", "test_loss")
@@ -162,6 +171,7 @@ def load_experiment(folder: Path, eval_dir: Path, notes: list[str] | None = None
     name = folder.resolve().name
     metrics["name"] = name
     metrics["evaluation"], note = matching_evaluation(folder, eval_dir / name / "metrics.json")
+    metrics["logged"] = _logged_of_checkpoint(eval_dir / name, metrics["evaluation"])
     # evaluate.py --classify reads a next-pixel model as a classifier into a folder of its own.
     reading, reading_note = (None, None)
     if not is_classify(metrics):
@@ -170,6 +180,17 @@ def load_experiment(folder: Path, eval_dir: Path, notes: list[str] | None = None
     if notes is not None:
         notes += [n for n in (note, reading_note) if n]
     return metrics
+
+
+def _logged_of_checkpoint(folder: Path, evaluation: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The evaluations ``folder``'s log keeps of the checkpoint ``evaluation`` describes (none shown:
+    none), oldest first; the last is the one shown."""
+    if evaluation is None:
+        return []
+    checkpoint = evaluation.get("checkpoint_epoch"), evaluation.get("checkpoint_sha256")
+    return [
+        e for e in read_log(folder) if (e.get("checkpoint_epoch"), e.get("checkpoint_sha256")) == checkpoint
+    ]
 
 
 def load_metrics(folder: Path) -> tuple[Any, Path]:
@@ -243,6 +264,69 @@ def binarization_warning(experiments: list[dict[str, Any]]) -> str | None:
     return f"these experiments binarise the digits differently ({listed}): their NLLs do not compare"
 
 
+def _digits_evaluated(evaluation: dict[str, Any]) -> str:
+    """Which digits an evaluation completed, in words."""
+    sha = evaluation.get("digits_sha256")
+    return (
+        f"{evaluation.get('num_digits', '?')} digits, seed {evaluation.get('seed', '?')}, "
+        f"{evaluation.get('binarization', 'binarisation unrecorded')}, "
+        + (f"digits {sha[:12]}" if isinstance(sha, str) else "digits unrecorded")
+    )
+
+
+def evaluation_warnings(experiments: list[dict[str, Any]]) -> list[str]:
+    """Why the evaluations shown do not compare: different test digits (by the fingerprint of the
+    digits evaluated; an evaluation that recorded none cannot be told the same), different masks or
+    completion settings, class agreement by different judges."""
+    shown = {e["name"]: e["evaluation"] for e in experiments if e.get("evaluation")}
+    if len(shown) < 2:
+        return []
+    warnings = []
+    fingerprints = {name: e.get("digits_sha256") for name, e in shown.items()}
+    if len(set(fingerprints.values())) > 1 or None in fingerprints.values():
+        listed = "; ".join(f"{name}: {_digits_evaluated(e)}" for name, e in shown.items())
+        warnings.append(
+            f"these evaluations completed different test digits, or did not record which ({listed}): "
+            "their figures do not compare; evaluate them with the same --num-digits, --seed, --indices"
+        )
+    differing = [k for k in EVALUATION_SETTINGS if len({repr(e.get(k)) for e in shown.values()}) > 1]
+    if differing:
+        listed = "; ".join(
+            f"{name}: " + ", ".join(f"{k}={e.get(k)}" for k in differing) for name, e in shown.items()
+        )
+        warnings.append(f"these evaluations completed the digits differently ({listed})")
+    judges = {name: e["judge"].get("sha256") for name, e in shown.items() if isinstance(e.get("judge"), dict)}
+    if len(set(judges.values())) > 1:
+        listed = ", ".join(f"{name}: {str(sha)[:12]}" for name, sha in judges.items())
+        warnings.append(f"different judges gave the class agreements ({listed}): they do not compare")
+    return warnings
+
+
+def evaluation_notes(experiments: list[dict[str, Any]], eval_dir: Path) -> list[str]:
+    """Lines under the table: which evaluation it shows, and any earlier one of more digits."""
+    shown = [e for e in experiments if e.get("evaluation")]
+    if not shown:
+        return []
+    notes = [
+        "Evaluation columns: each experiment's latest evaluation of its current checkpoint "
+        f"({eval_dir}/<name>/metrics.json; every evaluation is kept in {eval_dir}/<name>/evaluations.jsonl). "
+        "Floor: the judge's class agreement on the visible pixels alone (what a blank completion "
+        "scores); ceiling: on the true digits."
+    ]
+    for e in shown:
+        latest = e["evaluation"].get("num_digits")
+        if not _is_number(latest):
+            continue
+        larger = [x for x in e["logged"][:-1] if _is_number(x.get("num_digits")) and x["num_digits"] > latest]
+        if larger:
+            most = max(larger, key=lambda x: x["num_digits"])
+            notes.append(
+                f"{e['name']}: an earlier evaluation of this checkpoint completed {most['num_digits']:,} "
+                f"digits ({most.get('evaluated_at', 'undated')}); the table shows the latest, of {latest:,}"
+            )
+    return notes
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if _is_number(value) and not math.isnan(value) else "-"
 
@@ -288,9 +372,11 @@ def nll_table(experiments: list[dict[str, Any]]) -> str:
     readings = any(e.get("reading") for e in experiments)
     header = (
         "| experiment | cell | hidden | layers | parameters | epochs | training time | best val NLL "
-        "| test NLL (nats) | test bits/px | masked px acc | class agreement |"
+        "| test NLL (nats) | test bits/px | eval digits | masked px acc | class agreement | floor | ceiling |"
     ) + (" --classify acc |" if readings else "")
-    rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if readings else "")
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + (
+        "---:|" if readings else ""
+    )
     lines = [header, rule]
     for e in experiments:
         model, history, evaluation = e["model_config"], e["history"], e["evaluation"] or {}
@@ -301,12 +387,23 @@ def nll_table(experiments: list[dict[str, Any]]) -> str:
             e["name"], model["cell"], model["hidden_size"], model.get("num_layers", "-"),
             f"{e['num_parameters']:,}", len(history), f"{minutes:.1f} min", _fmt(min(vals, default=None)),
             _fmt(last.get("test_nll_nats")), _fmt(last.get("test_bits_per_pixel"), 4),
+            _evaluated(evaluation, len(e.get("logged", []))),
             _fmt(evaluation.get("masked_pixel_accuracy"), 4), _fmt(evaluation.get("class_agreement"), 3),
+            _fmt(evaluation.get("class_agreement_prefix_only"), 3),
+            _fmt(evaluation.get("class_agreement_ground_truth"), 3),
         ]  # fmt: skip
         if readings:
             cells.append(_fmt((e.get("reading") or {}).get("test_accuracy"), 4))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _evaluated(evaluation: dict[str, Any], logged: int) -> str:
+    """The digits the evaluation shown completed, and of how many of the checkpoint it is the latest."""
+    digits = evaluation.get("num_digits")
+    if not _is_number(digits):
+        return "-"
+    return f"{digits:,}" + (f" (latest of {logged})" if logged > 1 else "")
 
 
 def batch_curve(experiment: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -461,10 +558,15 @@ def compare(folders: list[Path], name: str, out_dir: Path, eval_dir: Path = Path
     for note in notes:
         warn(note)
     # Grey classifiers read no binarisation: only the next-pixel experiments' NLLs can disagree.
-    warning = binarization_warning([e for e in experiments if not is_classify(e)])
+    generative = [e for e in experiments if not is_classify(e)]
+    warning = binarization_warning(generative)
     if warning:
         warn(warning)
-    markdown = table(experiments)
+    unlike = evaluation_warnings(generative)
+    for line in unlike:
+        warn(line)
+    below = evaluation_notes(generative, Path(eval_dir)) + [f"Warning: {line}." for line in unlike]
+    markdown = table(experiments) + "".join(f"\n\n{line}" for line in below)
     drawn = [e for e in experiments if not is_classify(e)] or experiments
     if len(drawn) < len(experiments):
         warn("classify experiments are in their own table but not in the picture (their losses are not NLLs)")

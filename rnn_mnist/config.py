@@ -73,6 +73,9 @@ NOT_GREEDY = unless(
     "use it with --sampling bernoulli or mean",
 )
 BEST_OF = unless("best_of", None, says="{flags} chooses among --best-of K samples; give --best-of too")
+WITH_GIFS = when("gifs", says="--no-gifs writes no GIFs: drop {flags}, or --no-gifs")
+# GIFs an evaluation writes unless --gifs says otherwise: enough to look at, seconds to write.
+DEFAULT_GIFS = 16
 CLASSIFYING = when("classify", says="{flags} adds a classifier's curve to --classify's: give --classify too")
 
 
@@ -382,7 +385,12 @@ class EvalOptions:
         "fp32", "--precision", choices=PRECISIONS, group="main", only=COMPLETING,
         help="bf16: the rollout's GEMMs in bf16 (state and probabilities fp32); NLLs are always fp32",
     )  # fmt: skip
-    gifs: bool = option(True, "--no-gifs", help="skip the GIFs (large runs)", group="main", only=COMPLETING)
+    gifs: bool = option(True, "--no-gifs", help="skip the GIFs (--gifs 0)", group="main", only=COMPLETING)
+    max_gifs: int = option(  # a GIF takes about 0.5 s to write, a digit's rollout well under 1 ms
+        DEFAULT_GIFS, "--gifs", kind=bounded(int, 0), metavar="N", group="main",
+        only=(COMPLETING, WITH_GIFS),
+        help="GIFs of at most N digits, spread over the chosen ones (0: none); metrics are of every digit",
+    )  # fmt: skip
     judge_path: str | None = option(  # None: the shipped judge (rnn_mnist/weights/judge.pt)
         None, "--judge", metavar="PATH", group="judge", only=COMPLETING,
         help="a judge made by `python -m rnn_mnist.judge --out PATH`; unset: the shipped one "

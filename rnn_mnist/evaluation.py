@@ -5,16 +5,19 @@
 
 The model and the binarisation of the test digits come from the checkpoint alone. The outputs are
 written into a fresh folder that then replaces the output folder whole (rnn_mnist/output_folder.py),
-under a lock: they are all of one evaluation.
+under a lock: they are all of one evaluation, and its evaluations.jsonl keeps a line for every
+evaluation into it. GIFs are written for at most --gifs digits (16), the metrics are of every digit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +140,23 @@ def choose_indices(
     return candidates[order[:num_digits]].sort().values
 
 
+def digits_sha256(targets: torch.Tensor, labels: torch.Tensor) -> str:
+    """A fingerprint of the evaluated digits (N, 784) in {0, 1} and their labels (N,): two evaluations
+    completed the same digits, binarised the same way, exactly when theirs are equal."""
+    digest = hashlib.sha256(targets.to(torch.uint8).contiguous().numpy().tobytes())
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gif_digits(digits: int, cap: int) -> list[int]:
+    """Which of ``digits`` completed digits get GIFs: at most ``cap``, spread evenly over them (so that
+    a --per-class grid's GIFs cover the classes), first and last included."""
+    if cap >= digits:
+        return list(range(digits))
+    # Steps of (digits - 1) / (cap - 1) >= 1: rounding keeps them distinct.
+    return [round(i * (digits - 1) / max(cap - 1, 1)) for i in range(cap)]
+
+
 def check_inpainting(options: EvalOptions) -> None:
     """Refuse combinations of --inpaint, --particles, --samples and --best-of that mean nothing."""
     if options.inpaint not in INPAINTS:
@@ -228,6 +248,7 @@ def evaluate_experiment(options: EvalOptions, show_progress: bool = True) -> dic
         rollout = _roll_out(prepared, options, batching, show_progress)
         metrics = _measure(prepared, options, rollout, show_progress)
         _write_outputs(prepared, options, outputs.staging, rollout.completed, metrics, show_progress)
+        outputs.keep_log(metrics)
         outputs.swap_in()
     metrics["out_dir"] = str(prepared.out_dir)
     return metrics
@@ -311,7 +332,7 @@ def _check_memory(prepared: _Prepared, options: EvalOptions, batching: _Batching
             mask_pixels=int(prepared.hidden.sum()),
             device=prepared.device,
             judge=options.judge,
-            gifs=options.gifs,
+            gifs=options.gifs and options.max_gifs > 0,
             label_posterior=options.best_by == "label-posterior",
         )
 
@@ -433,6 +454,10 @@ def _measure(
         "best_by": options.best_by if options.best_of else None,
         "seed": options.seed,
         "num_digits": digits,
+        # Which digits: compare warns when experiments were evaluated on different ones.
+        "binarization": binarization_name(prepared.data_config.binarize, prepared.data_config.threshold),
+        "digits_sha256": digits_sha256(prepared.targets, prepared.labels),
+        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "conditioned_on_label": prepared.conditioned,
         **completion_metrics(rollout.completed, prepared.targets, prepared.labels, nll, hidden),
         # In-painting: the mean effective sample size when particles were weighed (K when nothing
@@ -488,8 +513,8 @@ def _write_outputs(
     metrics: dict[str, Any],
     show_progress: bool,
 ) -> None:
-    """completions.npz and .png, a GIF per completion (unless --no-gifs), and metrics.json last, into
-    ``out_dir``: the fresh folder that replaces the output folder once they are all written."""
+    """completions.npz and .png, a GIF per completion of at most --gifs digits, and metrics.json last,
+    into ``out_dir``: the fresh folder that replaces the output folder once they are all written."""
     targets, labels, chosen, hidden = prepared.targets, prepared.labels, prepared.chosen, prepared.hidden
     n, k = completed.shape[:2]
     side = (IMAGE_SIDE, IMAGE_SIDE)
@@ -503,14 +528,15 @@ def _write_outputs(
     )
     grid = visualise.completion_grid(completed.numpy(), hidden.numpy(), columns=options.per_class)
     atomic_write(out_dir / "completions.png", lambda f: f.write(visualise.png_bytes(grid)))
-    if options.gifs:
-        for i in progress(range(n), "GIFs", unit="digit", enabled=show_progress):
-            for sample in range(k):
-                name = f"{labels[i]}-{chosen[i]}" + (f"-{sample}" if k > 1 else "") + ".gif"
-                frames = visualise.triptych_frames(
-                    completed[i, sample].numpy(), targets[i].numpy(), int(labels[i]), hidden.numpy()
-                )
-                visualise.save_gif(out_dir / name, frames)
+    drawn = gif_digits(n, options.max_gifs if options.gifs else 0)
+    metrics["gif_digits"] = len(drawn)
+    for i in progress(drawn, "GIFs", unit="digit", enabled=show_progress and bool(drawn)):
+        for sample in range(k):
+            name = f"{labels[i]}-{chosen[i]}" + (f"-{sample}" if k > 1 else "") + ".gif"
+            frames = visualise.triptych_frames(
+                completed[i, sample].numpy(), targets[i].numpy(), int(labels[i]), hidden.numpy()
+            )
+            visualise.save_gif(out_dir / name, frames)
     atomic_write(out_dir / "metrics.json", lambda f: f.write(json_bytes(metrics)))
 
 
@@ -575,5 +601,11 @@ def summary(metrics: dict[str, Any]) -> str:
             "masked pixel accuracy by class: "
             + " ".join(f"{d}:{v['masked_pixel_accuracy']:.3f}" for d, v in sorted(per_class.items()))
         )
-    lines.append(f"wrote {metrics['out_dir']}/")
+    lines.append(f"wrote {metrics['out_dir']}/" + _gifs_written(metrics))
     return "\n".join(lines)
+
+
+def _gifs_written(metrics: dict[str, Any]) -> str:
+    """Says when GIFs were drawn for only some of the digits (--gifs N), so none is looked for in vain."""
+    drawn, digits = metrics.get("gif_digits", 0), metrics["num_digits"]
+    return f" (GIFs of {drawn} of the {digits:,} digits: --gifs N for more)" if 0 < drawn < digits else ""

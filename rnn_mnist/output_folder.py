@@ -3,7 +3,9 @@
     check_replaceable(Path("plots/gru-128"), "--out-dir")  # before any work: nothing but our files
     with OutputFolder(Path("plots/gru-128")) as outputs:   # locked: a second evaluation here stops
         ...write every file into outputs.staging...         # plots/.gru-128.tmp-<pid>
+        outputs.keep_log(metrics)                           # evaluations.jsonl: the old lines + this one
         outputs.swap_in()                                   # the whole folder replaced at once
+    read_log(Path("plots/gru-128"))                         # every evaluation into it, oldest first
 
 The files are written into a fresh folder beside the target (so on the same file system), which
 then takes the target's place: in one step on Linux (renameat2 RENAME_EXCHANGE swaps the two
@@ -12,6 +14,10 @@ the old folder back before it starts. So a kill at any moment leaves at the targ
 outputs or the complete new ones, never a mix, and no old GIF outlives a new evaluation. What a
 killed evaluation left beside the target is removed by the next one into the same folder, under
 its lock: no other evaluation can be writing it then.
+
+One file outlives the evaluations: evaluations.jsonl, a line per evaluation into the folder (its
+metrics), carried into the new folder with the new evaluation's line appended, under the lock, so
+that it arrives with the swap: an earlier evaluation is kept, never silently replaced.
 
 The lock is rnn_mnist/experiment_lock.py's flock on ``.<name>.lock`` beside the target (not in it:
 the target is replaced). Since the whole folder is replaced, one holding files that evaluate.py
@@ -23,23 +29,28 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from rnn_mnist.checkpoint import check_writable_folder
+from rnn_mnist.checkpoint import atomic_write, check_writable_folder, json_bytes
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.experiment_lock import ExperimentLock
 
 # What evaluate.py writes (rnn_mnist/evaluation.py, rnn_mnist/reading.py): completions, a GIF per
-# digit and sample (<label>-<index>[-<sample>].gif), a reading's figures, and half-written files
-# atomic_write left when an older version was killed (.<name>.<random>.tmp).
+# digit and sample (<label>-<index>[-<sample>].gif), a reading's figures, the log of evaluations,
+# and half-written files atomic_write left when an older version was killed (.<name>.<random>.tmp).
+EVALUATIONS_LOG = "evaluations.jsonl"
 COMPLETION_FILES = ("metrics.json", "completions.npz", "completions.png")
 READING_FILES = ("metrics.json", "confusion.png", "misread.png", "accuracy-by-pixels.png")
-OUTPUT_FILES = frozenset(COMPLETION_FILES + READING_FILES)
+OUTPUT_FILES = frozenset((*COMPLETION_FILES, *READING_FILES, EVALUATIONS_LOG))
+# What the log leaves out of an evaluation's metrics: per-class and per-digit detail, in metrics.json.
+UNLOGGED = frozenset({"per_class", "misread", "confusion_matrix", "accuracy_by_pixels_read", "against"})
 OUTPUT_PATTERN = re.compile(r"\d+-\d+(-\d+)?\.gif|\..+\.[^.]+\.tmp")
 SHOWN_FOREIGN = 3  # names shown in the refusal
 
@@ -124,6 +135,18 @@ class OutputFolder:
             shutil.rmtree(aside, ignore_errors=True)
         self._swapped = True
 
+    def keep_log(self, metrics: dict[str, Any]) -> None:
+        """Write the target's evaluations.jsonl, with this evaluation's ``metrics`` appended (less
+        UNLOGGED), into ``staging``: the log arrives with the swap, whole. A folder evaluated before
+        there was a log starts it with its metrics.json, so that this evaluation does not drop that one."""
+        try:
+            kept = (self.target / EVALUATIONS_LOG).read_bytes()
+        except FileNotFoundError:
+            kept = b"".join(_line(e) for e in _previous_metrics(self.target))
+        if kept and not kept.endswith(b"\n"):  # a line cut short by hand: left as it is, on its own
+            kept += b"\n"
+        atomic_write(self.staging / EVALUATIONS_LOG, lambda f: f.write(kept + _line(metrics)))
+
     def _clear_leftovers(self) -> None:
         """Undo what killed evaluations into the target left: put back an old folder set aside just
         before a kill, remove half-written ones. Safe only under the lock, which the caller holds."""
@@ -136,6 +159,37 @@ class OutputFolder:
             leftovers.remove(set_aside[-1])
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def read_log(folder: Path) -> list[dict[str, Any]]:
+    """The evaluations logged in ``folder``'s evaluations.jsonl, oldest first; lines that are not
+    a JSON object are passed over (none: an empty list)."""
+    try:
+        lines = (Path(folder) / EVALUATIONS_LOG).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
+
+
+def _line(metrics: dict[str, Any]) -> bytes:
+    """One line of the log: the metrics less UNLOGGED, strict JSON (json_bytes: a NaN as null)."""
+    entry = json.loads(json_bytes({k: v for k, v in metrics.items() if k not in UNLOGGED}))
+    return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+
+
+def _previous_metrics(target: Path) -> list[dict[str, Any]]:
+    """The metrics.json of an evaluation made before the log existed, as the log's first entry."""
+    try:
+        metrics = json.loads((target / "metrics.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    return [metrics] if isinstance(metrics, dict) else []
 
 
 @lru_cache(maxsize=1)

@@ -22,6 +22,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,7 @@ def read_digits(options: EvalOptions, show_progress: bool = True) -> dict[str, A
     with OutputFolder(out_dir) as outputs:  # a second evaluation into it stops here
         metrics, files = _read_and_draw(options, classifier, path, device, show_progress)
         _write(outputs.staging, files, metrics)
+        outputs.keep_log(metrics)
         outputs.swap_in()
     metrics["out_dir"] = str(out_dir)
     return metrics
@@ -300,6 +302,7 @@ def _read_and_draw(
             "seconds": seconds,
             "device": str(device),
             "compute": compute,
+            "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
     title = f"{options.exp_name}: accuracy {metrics['test_accuracy']:.4f} on {len(labels):,} test digits"

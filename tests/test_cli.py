@@ -62,6 +62,8 @@ EVALUATE_IGNORED = [
     (["--classify", "--mask", "center:14", "--particles", "4"], ["--mask", "--particles", "only change"]),
     (["--classify", "--inpaint", "best", "--samples", "2"], ["--inpaint", "--samples", "only change"]),
     (["--classify", "--no-gifs"], ["--no-gifs", "--classify reads whole test digits"]),
+    (["--classify", "--gifs", "3"], ["--gifs", "only change"]),
+    (["--gifs", "3", "--no-gifs"], ["--gifs", "--no-gifs writes no GIFs"]),  # which one meant?
     # Issue 23, finding 9: each did nothing, without a word.
     (["--inpaint", "sample"], ["--inpaint sample", "blind filling", "--particles K > 1"]),
     (["--inpaint", "best", "--sampling", "bernoulli"], ["--inpaint best", "--particles K > 1"]),

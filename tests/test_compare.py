@@ -114,14 +114,14 @@ def test_an_evaluation_is_shown_only_beside_the_checkpoint_it_describes(mnist_di
         )
         return table_rows((out / "compare-x.md").read_text())
 
-    assert shown("a")["a"][10] == accuracy
+    assert shown("a")["a"][11] == accuracy
     # A copy is named by its folder, and has no evaluation of its own until one is made...
     shutil.copytree(experiments / "a", experiments / "copy")
     rows = shown("a", "copy")
-    assert set(rows) == {"a", "copy"} and rows["copy"][10] == "-" and rows["a"][10] == accuracy
+    assert set(rows) == {"a", "copy"} and rows["copy"][11] == "-" and rows["a"][11] == accuracy
     # ... while an evaluation of the same weights, wherever it came from, describes it.
     shutil.copytree(evaluations / "a", evaluations / "copy")
-    assert shown("copy")["copy"][10] == accuracy
+    assert shown("copy")["copy"][11] == accuracy
     # After --overwrite the old evaluation describes another model: not shown, and said why.
     assert (
         train.main(
@@ -129,13 +129,13 @@ def test_an_evaluation_is_shown_only_beside_the_checkpoint_it_describes(mnist_di
         )
         == 0
     )
-    assert shown("a")["a"][10:] == ["-", "-"]
+    assert shown("a")["a"][10:] == ["-"] * 5
     assert "describes another checkpoint" in capsys.readouterr().err
     # An evaluation from before checkpoints were recorded in it is not shown either.
     (evaluations / "copy" / "metrics.json").write_text(
         '{"masked_pixel_accuracy": 0.5, "class_agreement": 0.5}'
     )
-    assert shown("copy")["copy"][10:] == ["-", "-"]
+    assert shown("copy")["copy"][10:] == ["-"] * 5
 
 
 @pytest.mark.parametrize(
@@ -212,17 +212,17 @@ def test_compare_two_tiny_experiments(tmp_path, mnist_dir, capsys):
     assert iio.imread(out / "compare-hidden.png").ndim == 3
     markdown = (out / "compare-hidden.md").read_text()
     assert markdown.strip() in capsys.readouterr().out
-    rows = [line.split("|")[1:-1] for line in markdown.splitlines()[2:]]
-    for row, name in zip(rows, ("h8", "h12"), strict=True):
+    rows = table_rows(markdown)
+    assert list(rows) == ["h8", "h12"]
+    for name, cells in rows.items():
         with open(exp_dir / name / "metrics.pkl", "rb") as f:
             metrics = pickle.load(f)
         last = metrics["history"][-1]
-        cells = [c.strip() for c in row]
         assert cells[0] == name and cells[2] == str(metrics["model_config"]["hidden_size"])
         assert cells[4] == f"{metrics['num_parameters']:,}" and cells[5] == str(len(metrics["history"]))
         assert cells[7] == f"{min(h['val_nll_nats'] for h in metrics['history']):.2f}"
         assert cells[8] == f"{last['test_nll_nats']:.2f}" and cells[9] == f"{last['test_bits_per_pixel']:.4f}"
-        assert cells[10:] == (["0.8123", "0.765"] if name == "h8" else ["-", "-"])
+        assert cells[10:] == (["-", "0.8123", "0.765", "-", "-"] if name == "h8" else ["-"] * 5)
     experiments = [compare.load_experiment(exp_dir / n, out) for n in ("h8", "h12")]
     assert compare.differences(experiments) == ["hidden_size=8", "hidden_size=12"]
 
@@ -253,7 +253,7 @@ def test_compare_reads_shipped_models_from_their_metrics_json(mnist_dir, tmp_pat
     for name in ("gru-128", "fast"):
         history = json.loads((shipped / name / "metrics.json").read_text())["history"]
         assert rows[name][5] == str(len(history)) and rows[name][8] == f"{history[-1]['test_nll_nats']:.2f}"
-    assert rows["gru-128"][10] == f"{accuracy:.4f}" and rows["fast"][10] == "-"
+    assert rows["gru-128"][11] == f"{accuracy:.4f}" and rows["fast"][11] == "-"
     assert iio.imread(out / "compare-shipped.png").ndim == 3
 
 
@@ -275,3 +275,101 @@ def test_the_legend_fits_in_the_picture_when_runs_differ_in_many_flags(exp_dir, 
     assert len(legend.get_texts()) == 5
     for axes in figure.axes[:3]:  # the panels stay above it, labels and ticks included
         assert axes.get_tightbbox(renderer).y0 >= box.y1 - 1
+
+
+def _evaluated(exp_dir, evaluations, name: str, **figures) -> dict:
+    """An evaluation of experiment ``name``'s current checkpoint, as evaluate.py writes it."""
+    checkpoint = load_checkpoint(exp_dir / name / "checkpoint.ckpt")
+    evaluation = {
+        "checkpoint_epoch": checkpoint["epoch"],
+        "checkpoint_sha256": weights_sha256(checkpoint["model_state"]),
+        "num_digits": 200,
+        "seed": 0,
+        "binarization": "threshold-0.1",
+        "digits_sha256": "d" * 64,
+        "mask": "suffix:284",
+        "sampling": "greedy",
+        "judge": {"sha256": "j" * 64},
+        "masked_pixel_accuracy": 0.9,
+        "class_agreement": 0.8,
+        "class_agreement_prefix_only": 0.8,
+        "class_agreement_ground_truth": 0.99,
+        **figures,
+    }
+    (evaluations / name).mkdir(parents=True, exist_ok=True)
+    (evaluations / name / "metrics.json").write_text(json.dumps(evaluation))
+    return evaluation
+
+
+def _compared(exp_dir, evaluations, out, capsys) -> tuple[str, str]:
+    """compare.main on h8 and h12: the .md it wrote and what it warned."""
+    capsys.readouterr()
+    argv = [str(exp_dir / "h8"), str(exp_dir / "h12"), "--name", "x", "--out-dir", str(out)]
+    assert compare.main([*argv, "--eval-dir", str(evaluations)]) == 0
+    return (out / "compare-x.md").read_text(), capsys.readouterr().err
+
+
+def test_the_table_shows_class_agreement_beside_its_floor_and_ceiling_and_the_digits(
+    exp_dir, tmp_path, capsys
+):
+    """Issue 21, finding 4: a sweep showed class agreement 0.800 for every model, all of them blank
+    completions: the floor (the visible pixels alone), which the table did not show, nor how many
+    digits were judged."""
+    evaluations, out = tmp_path / "evaluations", tmp_path / "plots"
+    _evaluated(exp_dir, evaluations, "h8", num_digits=1000)
+    _evaluated(exp_dir, evaluations, "h12", num_digits=1000, class_agreement=0.85)
+    markdown, err = _compared(exp_dir, evaluations, out, capsys)
+    header = [c.strip() for c in markdown.splitlines()[0].split("|")[1:-1]]
+    assert header[10:] == ["eval digits", "masked px acc", "class agreement", "floor", "ceiling"]
+    rows = table_rows(markdown)
+    assert rows["h8"][10:] == ["1,000", "0.9000", "0.800", "0.800", "0.990"]  # a blank completion's score
+    assert rows["h12"][12:] == ["0.850", "0.800", "0.990"]
+    assert "Floor: the judge's class agreement on the visible pixels alone" in markdown
+    assert "latest evaluation" in markdown and "warning" not in err  # same digits, same settings
+
+
+def test_experiments_evaluated_on_different_digits_are_warned_about(exp_dir, tmp_path, capsys):
+    """Issue 21, finding 4: experiments evaluated on different test subsets got no warning."""
+    evaluations, out = tmp_path / "evaluations", tmp_path / "plots"
+    _evaluated(exp_dir, evaluations, "h8", num_digits=16, seed=3, digits_sha256="a" * 64)
+    _evaluated(exp_dir, evaluations, "h12")
+    markdown, err = _compared(exp_dir, evaluations, out, capsys)
+    said = "these evaluations completed different test digits"
+    assert said in err and "h8: 16 digits, seed 3, threshold-0.1, digits aaaaaaaaaaaa" in err
+    assert f"Warning: {said}" in markdown
+    # Digits told apart only by their fingerprint (say --indices, or another binarisation's pixels).
+    _evaluated(exp_dir, evaluations, "h8", digits_sha256="a" * 64)
+    assert said in _compared(exp_dir, evaluations, out, capsys)[1]
+    # An evaluation that did not record its digits cannot be told to be on the same ones.
+    _evaluated(exp_dir, evaluations, "h8", digits_sha256=None)
+    assert "digits unrecorded" in _compared(exp_dir, evaluations, out, capsys)[1]
+    # Same digits, another hole or another judge: warned about too.
+    _evaluated(exp_dir, evaluations, "h8", mask="center:14", judge={"sha256": "k" * 64})
+    markdown, err = _compared(exp_dir, evaluations, out, capsys)
+    assert said not in err and "h8: mask=center:14; h12: mask=suffix:284" in err
+    assert "different judges gave the class agreements (h8: kkkkkkkkkkkk, h12: jjjjjjjjjjjj)" in markdown
+    _evaluated(exp_dir, evaluations, "h8")
+    assert "warning" not in _compared(exp_dir, evaluations, out, capsys)[1]
+
+
+def test_earlier_evaluations_are_kept_and_the_table_says_which_it_shows(mnist_dir, tmp_path, capsys):
+    """Issue 21, finding 4: a later 16-digit evaluation silently replaced a 200-digit one."""
+    experiments, evaluations, out = tmp_path / "experiments", tmp_path / "evaluations", tmp_path / "plots"
+    assert train.main(tiny_train_args(experiments, mnist_dir, "a", "--epochs", "1")) == 0
+    common = ["--exp-name", "a", "--exp-dir", str(experiments), "--data-dir", str(mnist_dir),
+              "--out-dir", str(evaluations / "a"), "--no-gifs"]  # fmt: skip
+    assert evaluate.main([*common, "--num-digits", "6"]) == 0
+    assert evaluate.main([*common, "--num-digits", "2", "--no-judge"]) == 0
+    capsys.readouterr()
+    argv = [str(experiments / "a"), "--name", "x", "--out-dir", str(out), "--eval-dir", str(evaluations)]
+    assert compare.main(argv) == 0
+    markdown = (out / "compare-x.md").read_text()
+    latest = json.loads((evaluations / "a" / "metrics.json").read_text())
+    assert (
+        table_rows(markdown)["a"][10:]
+        == ["2 (latest of 2)", f"{latest['masked_pixel_accuracy']:.4f}"] + ["-"] * 3
+    )
+    first = json.loads((evaluations / "a" / "evaluations.jsonl").read_text().splitlines()[0])
+    assert first["num_digits"] == 6 and 0 <= first["class_agreement_prefix_only"] <= 1
+    note = f"a: an earlier evaluation of this checkpoint completed 6 digits ({first['evaluated_at']})"
+    assert note in markdown and "the table shows the latest, of 2" in markdown

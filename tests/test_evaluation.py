@@ -369,7 +369,7 @@ def test_sigkill_while_gifs_are_written_leaves_the_old_outputs_whole(experiment,
     # Many GIFs (40 digits x 3 samples): seconds of writing them, time enough to kill the run midway.
     # fmt: off
     argv = _evaluate_into(out, args, "--num-digits", "40", "--seed", "1", "--sampling", "bernoulli",
-                          "--samples", "3")
+                          "--samples", "3", "--gifs", "40")
     # fmt: on
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     process = subprocess.Popen([sys.executable, "evaluate.py", *argv], cwd=REPO, **quiet)
@@ -389,7 +389,10 @@ def test_sigkill_while_gifs_are_written_leaves_the_old_outputs_whole(experiment,
     # The next evaluation removes what the killed one left, and its outputs are all its own.
     assert evaluate.main(_evaluate_into(out, args, "--num-digits", "2", "--seed", "2", "--no-gifs")) == 0
     assert not list(root.glob(".killed.*"))
-    assert sorted(p.name for p in out.iterdir()) == ["completions.npz", "completions.png", "metrics.json"]
+    outputs = ["completions.npz", "completions.png", "evaluations.jsonl", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == outputs
+    logged = [json.loads(line)["seed"] for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert logged == [0, 2]  # the killed evaluation left no line
 
 
 def test_a_second_evaluation_into_the_same_folder_is_refused_in_one_line(experiment, capsys):
@@ -502,3 +505,70 @@ def test_a_missing_experiment_that_is_shipped_points_to_pretrained(tmp_path, cap
     assert f"add --exp-dir {REPO / 'pretrained'}" in err
     code, err = run_main([*with_flags(args, "--exp-name", "nope"), "--exp-dir", "experiments"], capsys)
     assert code == 2 and "train it first" in err and "pretrained" not in err
+
+
+def _fake_gifs(monkeypatch) -> None:
+    """GIFs as empty files: their names and number are what is checked, not their half second each."""
+    monkeypatch.setattr(visualise, "triptych_frames", lambda *a, **k: [])
+    monkeypatch.setattr(visualise, "save_gif", lambda path, frames: path.write_bytes(b""))
+
+
+def test_gifs_are_capped_by_default_and_the_metrics_are_of_every_digit(experiment, capsys, monkeypatch):
+    """Issue 21, finding 5: a 1,000-digit evaluation wrote 1,000 GIFs (100 s of writing for 0.16 s of
+    rollout at 200 digits)."""
+    _fake_gifs(monkeypatch)
+    root, args = experiment
+    out = root / "capped"
+    digits = TEST_DIGITS - 4  # more than the default cap of 16
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", str(digits))) == 0
+    with np.load(out / "completions.npz") as npz:
+        names = [f"{label}-{index}.gif" for label, index in zip(npz["labels"], npz["indices"], strict=True)]
+    gifs = {p.name for p in out.glob("*.gif")}
+    assert len(gifs) == 16 and gifs <= set(names)
+    assert names[0] in gifs and names[-1] in gifs  # spread over the digits, not the first 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_digits"] == digits and metrics["gif_digits"] == 16
+    assert f"GIFs of 16 of the {digits} digits" in capsys.readouterr().out
+    cases = [
+        (["--gifs", "3", "--sampling", "bernoulli", "--samples", "2"], 6),  # each sample of 3 digits
+        (["--gifs", "0"], 0),
+        (["--no-gifs"], 0),
+        (["--gifs", "100"], digits),
+    ]
+    for flags, count in cases:
+        assert evaluate.main(_evaluate_into(out, args, "--num-digits", str(digits), *flags)) == 0
+        assert len(list(out.glob("*.gif"))) == count, flags
+
+
+def test_gif_digits_spread_over_the_chosen_ones():
+    assert evaluation.gif_digits(5, 16) == [0, 1, 2, 3, 4]
+    assert evaluation.gif_digits(100, 0) == [] and evaluation.gif_digits(100, 1) == [0]
+    assert evaluation.gif_digits(100, 10) == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]  # a row of each class
+    for digits, cap in ((17, 16), (1000, 16), (31, 30)):
+        chosen = evaluation.gif_digits(digits, cap)
+        assert len(set(chosen)) == cap and chosen[-1] == digits - 1
+
+
+def test_every_evaluation_into_a_folder_is_kept_in_its_log(experiment, capsys):
+    """Issue 21, finding 4: a later 16-digit evaluation silently replaced a 200-digit one."""
+    root, args = experiment
+    out = root / "logged"
+    out.mkdir()
+    # An evaluation made before the log existed: its metrics.json is the log's first line.
+    (out / "metrics.json").write_text(json.dumps({"experiment": "tiny", "num_digits": 200, "per_class": {}}))
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "6", "--no-gifs")) == 0
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "2", "--no-gifs", "--seed", "1")) == 0
+    assert evaluate.main(_evaluate_into(out, args, "--num-digits", "2", "--no-gifs", "--seed", "1")) == 0
+    logged = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert [e["num_digits"] for e in logged] == [200, 6, 2, 2]
+    assert all("per_class" not in e for e in logged)
+    latest = json.loads((out / "metrics.json").read_text())
+    assert logged[-1] == {k: v for k, v in latest.items() if k != "per_class"}
+    # Which digits, and when: the same digits give the same fingerprint, others another.
+    first, second, third = logged[1:]
+    assert first["evaluated_at"] <= second["evaluated_at"] <= third["evaluated_at"]
+    assert second["digits_sha256"] == third["digits_sha256"] != first["digits_sha256"]
+    assert first["binarization"] == "threshold-0.1" and len(first["digits_sha256"]) == 64
+    with np.load(out / "completions.npz") as npz:
+        targets = torch.from_numpy(npz["targets"]).reshape(2, -1)
+        assert evaluation.digits_sha256(targets, torch.from_numpy(npz["labels"])) == third["digits_sha256"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -80,3 +81,53 @@ def test_only_a_folder_of_evaluation_outputs_is_replaced(tmp_path):
         check_replaceable(tmp_path / "mixed", "--out-dir")
     with pytest.raises(RnnMnistError, match="root of a file system"):
         check_replaceable(Path("/"), "--out-dir")
+
+
+def _evaluate(target: Path, files: dict[str, str], metrics: dict) -> None:
+    with OutputFolder(target) as outputs:
+        _fill(outputs.staging, {**files, "metrics.json": json.dumps(metrics)})
+        outputs.keep_log(metrics)
+        outputs.swap_in()
+
+
+def test_the_log_outlives_every_evaluation_and_nothing_else_does(tmp_path):
+    """Issue 21, findings 4 and 5: plots/<name>/ kept 200 GIFs of an earlier run beside a new
+    metrics.json, and nothing at all of the earlier run's figures."""
+    target = tmp_path / "exp"
+    # An evaluation from before the log: its metrics.json is the log's first line.
+    _fill(
+        target, {"metrics.json": json.dumps({"num_digits": 200, "per_class": {"3": {}}}), "3-17.gif": "old"}
+    )
+    _evaluate(target, {"1-5.gif": "new"}, {"num_digits": 16, "per_class": {}, "nll": float("nan")})
+    assert sorted(p.name for p in target.iterdir()) == [
+        "1-5.gif",
+        output_folder.EVALUATIONS_LOG,
+        "metrics.json",
+    ]
+    assert output_folder.read_log(target) == [
+        {"num_digits": 200},
+        {"num_digits": 16, "nll": None},
+    ]  # strict JSON
+    with (target / output_folder.EVALUATIONS_LOG).open("a") as log:
+        log.write("{cut short")  # by hand, say: passed over when read, kept when carried
+    check_replaceable(target, "--out-dir")  # the log is evaluate.py's own
+    _evaluate(target, {}, {"num_digits": 2, "misread": [1, 2], "confusion_matrix": [[1]]})
+    assert output_folder.read_log(target) == [
+        {"num_digits": 200},
+        {"num_digits": 16, "nll": None},
+        {"num_digits": 2},
+    ]
+    assert "{cut short\n" in (target / output_folder.EVALUATIONS_LOG).read_text()
+    assert sorted(p.name for p in target.iterdir()) == [output_folder.EVALUATIONS_LOG, "metrics.json"]
+
+
+def test_a_run_stopped_before_the_swap_adds_no_line_to_the_log(tmp_path):
+    target = tmp_path / "exp"
+    _evaluate(target, {}, {"num_digits": 4})
+    with pytest.raises(KeyboardInterrupt), OutputFolder(target) as outputs:
+        outputs.keep_log({"num_digits": 8})
+        raise KeyboardInterrupt
+    assert (
+        output_folder.read_log(target) == [{"num_digits": 4}]
+        and output_folder.read_log(tmp_path / "none") == []
+    )

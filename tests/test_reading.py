@@ -166,6 +166,7 @@ def test_classify_reads_into_its_own_folder_beside_the_completions(
 ):
     """Issue 23, finding 5: --classify replaced the completion metrics.json in plots/<exp>/."""
     from rnn_mnist import compare
+    from rnn_mnist.output_folder import read_log
 
     monkeypatch.chdir(tmp_path)  # the default folders, plots/gen and plots/gen-classify, land here
     data_dir = load_checkpoint(experiments / "gen" / "checkpoint.ckpt")["data_config"]["data_dir"]
@@ -177,6 +178,9 @@ def test_classify_reads_into_its_own_folder_beside_the_completions(
     assert folder_files(tmp_path / "plots" / "gen") == completions  # the completions kept, untouched
     reading = json.loads((tmp_path / "plots" / "gen-classify" / "metrics.json").read_text())
     assert reading["evaluation"] == "generative classifier" and reading["num_digits"] == 12
+    # Its log keeps it, less the per-digit detail metrics.json holds (issue 21, finding 4).
+    (logged,) = read_log(tmp_path / "plots" / "gen-classify")
+    assert logged["test_accuracy"] == reading["test_accuracy"] and "misread" not in logged
     # compare finds both: the completions' figures and the reading's accuracy, in its own column.
     experiment = compare.load_experiment(experiments / "gen", tmp_path / "plots")
     assert experiment["evaluation"]["num_digits"] == 2
