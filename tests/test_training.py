@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import signal
 import subprocess
@@ -228,6 +229,10 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path, mnist_dir)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints every thread's stack
+        # A suite started in the background (`pytest &` in a script) ignores SIGINT, and so would
+        # train.py, which inherits it: Ctrl-C is what this test sends, so the child gets it back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     metrics = tmp_path / "experiments" / "stopped" / "metrics.pkl"
     deadline = time.monotonic() + 120
@@ -236,7 +241,12 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path, mnist_dir)
             break
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # say where it hangs, and leave no process behind
+        process.send_signal(signal.SIGABRT)
+        _, err = process.communicate(timeout=30)
+        pytest.fail(f"train.py did not end within 60 s of Ctrl-C; its threads:\n{err[-6000:]}")
     assert process.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     checkpoint = load_checkpoint(tmp_path / "experiments" / "stopped" / "checkpoint.ckpt")
