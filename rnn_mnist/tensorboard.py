@@ -119,10 +119,9 @@ class Board:
 
     def close(self) -> None:
         """Write what is queued and stop the writer's thread. Called on the way out, after an error
-        too: it raises nothing (each epoch has flushed already, and said if that failed). Ctrl-C can
-        land inside the writer's own locking and leave its close waiting forever (seen once in the
-        suite under load), so the close runs aside and the run ends after CLOSE_SECONDS at most:
-        what is lost then is at most the events since the last flush."""
+        too: it raises nothing (each epoch has flushed already, and said if that failed). The close
+        runs aside and the run ends after CLOSE_SECONDS at most, whatever state Ctrl-C left the
+        writer's thread in: what is lost then is at most the events since the last flush."""
 
         def close_writer() -> None:
             with contextlib.suppress(Exception):
