@@ -78,6 +78,18 @@ learning_rate = bounded(float, 0, LR_MAX, low_open=True)
 decay_factor = bounded(float, 0, 1, low_open=True)  # a factor that may only lower the lr
 
 
+def file_path(suffix: str) -> Callable[[str], str]:
+    """The argparse type of a file flag whose name must end in ``suffix`` (``--out x.json``)."""
+
+    def path(text: str) -> str:
+        if not text.endswith(suffix):
+            raise argparse.ArgumentTypeError(f"expected a {suffix} file, got {text!r}")
+        return text
+
+    path.__name__ = f"a {suffix} file"
+    return path
+
+
 def milestones(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())

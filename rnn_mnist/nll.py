@@ -34,7 +34,7 @@ from rnn_mnist.checkpoint import (
     json_bytes,
     weights_sha256,
 )
-from rnn_mnist.cli import fraction, positive_int, rng_seed, run_cli
+from rnn_mnist.cli import file_path, fraction, positive_int, rng_seed, run_cli
 from rnn_mnist.config import device_option, exp_dir_option
 from rnn_mnist.data import (
     BINARIZATIONS,
@@ -87,13 +87,6 @@ def digit_count(text: str) -> int | None:
 digit_count.__name__ = "a number of digits or all"
 
 
-def json_path(text: str) -> str:
-    """The argparse type of --out: a .json file."""
-    if not text.endswith(".json"):
-        raise argparse.ArgumentTypeError(f"expected a .json file, got {text!r}")
-    return text
-
-
 @dataclass
 class NllOptions:
     """The likelihood command's options."""
@@ -134,7 +127,7 @@ class NllOptions:
     )  # fmt: skip
     device: str = device_option("main")
     out: str | None = option(
-        None, "--out", kind=json_path, metavar="PATH", group="main",
+        None, "--out", kind=file_path(".json"), metavar="PATH", group="main",
         help="also write the figures to this .json file (unset: print them only)",
     )  # fmt: skip
 

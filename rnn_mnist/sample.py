@@ -27,7 +27,7 @@ import torch
 
 from rnn_mnist import visualise
 from rnn_mnist.checkpoint import atomic_write, check_writable_folder
-from rnn_mnist.cli import bounded, positive_float, positive_int, rng_seed, run_cli
+from rnn_mnist.cli import bounded, file_path, positive_float, positive_int, rng_seed, run_cli
 from rnn_mnist.config import device_option, exp_dir_option
 from rnn_mnist.data import NUM_PIXELS, DataConfig, binarization_name
 from rnn_mnist.judge import DigitJudge, classify, load_judge
@@ -49,13 +49,6 @@ CONDITIONED_ONLY = when(
     "--condition label and draws digits of every class: drop {them}",
 )
 JUDGING = when("judge", says="--no-judge skips the judge that {flags} names: give one of them")
-
-
-def png_path(text: str) -> str:
-    """The argparse type of --out: a .png file."""
-    if not text.endswith(".png"):
-        raise argparse.ArgumentTypeError(f"expected a .png file, got {text!r}")
-    return text
 
 
 @dataclass
@@ -80,7 +73,7 @@ class SampleOptions:
     )
     seed: int = option(0, "--seed", kind=rng_seed, help="seeds the Bernoulli draws", group="main")
     out: str | None = option(
-        None, "--out", kind=png_path, metavar="PATH", group="main",
+        None, "--out", kind=file_path(".png"), metavar="PATH", group="main",
         help="the grid to write (unset: plots/<exp-name>-samples.png)",
     )  # fmt: skip
     batch_size: int = option(
