@@ -184,9 +184,10 @@ def load(source: str | Path, device: str | torch.device = "auto", checkpoint: st
 
 def test_digits(
     model: Model, n: int | None = 16, data_dir: str | Path | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``n`` MNIST test digits (None: all 10,000) binarised as ``model`` was trained:
-    (n, 784) uint8 in {0, 1}, and their labels (n,).
+    (n, 784) uint8 in {0, 1}, and their labels (n,); None for Larochelle's .amat digits whose
+    labels are unknown (rnn_mnist/data.py's ``require_labels``).
 
     MNIST is read from ``data_dir``, else $RNN_MNIST_DATA, else the folder the model was trained
     on (rnn_mnist/data.py's ``checkpoint_data_folder``: the same from any working directory).
@@ -196,7 +197,7 @@ def test_digits(
     folder = None if data_dir is None else str(data_dir)
     config = checkpoint_data_config(model.data_config, folder, model.path.parent)
     pixels, labels = load_test_digits(config)
-    return pixels[:n], labels[:n]
+    return pixels[:n], None if labels is None else labels[:n]
 
 
 test_digits.__test__ = False  # not a test, whatever its name says to pytest

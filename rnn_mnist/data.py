@@ -27,13 +27,16 @@ import torch
 
 from rnn_mnist.cli import SEED_MAX, fraction, non_negative_int, positive_int, rng_seed
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.options import option, when
+from rnn_mnist.larochelle import AMAT_FILES, amat_folder, find_amat_folder, matching_labels, read_amat
+from rnn_mnist.options import option, unless, when
 
 NUM_PIXELS = 784
 IMAGE_SIDE = 28
 DATA_ENV_VAR = "RNN_MNIST_DATA"
 DEFAULT_DATA_DIR = "data"
-BINARIZATIONS = ("threshold", "dynamic", "static")
+BINARIZATIONS = ("threshold", "dynamic", "static", "larochelle")
+# Test digits that are one Bernoulli draw of MNIST's: they stand in for the benchmark's static set.
+DRAWN = ("dynamic", "static")
 # The raw files, as torchvision names them: train images and labels, then test images and labels.
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -50,6 +53,9 @@ BINARISED_ONLY = when(
     "binarised",
     says="--task classify reads grey levels: {flags} would be ignored without --binarized-input",
 )
+LAROCHELLE_VALIDATION = (
+    "--binarize larochelle validates on its own file (binarized_mnist_valid.amat): drop {flags}"
+)
 
 
 @dataclass
@@ -63,15 +69,17 @@ class DataConfig:
     binarize: str = option(
         "threshold", "--binarize", choices=BINARIZATIONS, group="data", only=BINARISED_ONLY,
         help="threshold: grey > --threshold; dynamic: Bernoulli(grey) redrawn every epoch; "
-        "static: one Bernoulli draw per digit fixed by --data-seed",
+        "static: one Bernoulli draw per digit fixed by --data-seed; larochelle: the benchmark's static "
+        "set, binarized_mnist_{train,valid,test}.amat read from --data-dir or its binarized_mnist/",
     )  # fmt: skip
     threshold: float = option(  # pixel = grey/255 > threshold (binarize=threshold only)
         0.1, "--threshold", kind=fraction, help="grey level for --binarize threshold", group="data",
         only=(BINARISED_ONLY, when("binarize", "threshold")),
     )  # fmt: skip
     val_size: int = option(  # digits held out of the 60k training digits
-        5000, "--val-size", kind=non_negative_int, help="validation digits held out of the 60k", group="data"
-    )
+        5000, "--val-size", kind=non_negative_int, help="validation digits held out of the 60k", group="data",
+        only=unless("binarize", "larochelle", says=LAROCHELLE_VALIDATION),
+    )  # fmt: skip
     train_subset: int | None = option(  # use only the first N training digits (after the val split)
         None, "--train-subset", kind=positive_int, help="train on the first N digits only", group="data"
     )
@@ -151,7 +159,7 @@ def checkpoint_data_folder(
         bases = [Path(experiment).absolute().parent.parent] if experiment is not None else []
         candidates += [base / typed for base in [*bases, Path.cwd()]]
     for candidate in candidates:
-        if find_raw_folder(candidate) is not None:
+        if _holds_digits(candidate, saved.get("binarize")):
             return str(candidate)
     if not candidates:
         return None
@@ -160,6 +168,13 @@ def checkpoint_data_folder(
         f"MNIST is not in the folder this model was trained on (looked in {looked}): pass --data-dir "
         f"(data_dir= in Python) or set ${DATA_ENV_VAR} to a folder holding MNIST/raw"
     )
+
+
+def _holds_digits(folder: Path, method: str | None) -> bool:
+    """Whether ``folder`` holds the digits of a ``method`` binarisation (the .amat files or MNIST)."""
+    if method == "larochelle":
+        return find_amat_folder(folder) is not None
+    return find_raw_folder(folder) is not None
 
 
 def checkpoint_data_config(
@@ -296,7 +311,7 @@ def binarize(
     """
     if method == "threshold":
         return (grey > threshold * 255).to(torch.uint8)
-    if method in ("dynamic", "static"):
+    if method in DRAWN:
         return torch.bernoulli(grey.float().div_(255), generator=generator).to(torch.uint8)
     raise ValueError(f"unknown binarisation {method!r}; choose from {BINARIZATIONS}")
 
@@ -310,17 +325,22 @@ class BinarizedMNIST:
     """Train/validation/test digits as (N, 784) uint8 tensors in {0, 1}, labels beside them."""
 
     config: DataConfig
-    train_grey: torch.Tensor  # (N, 784) uint8 grey levels, kept for dynamic binarisation
+    train_grey: torch.Tensor | None  # (N, 784) uint8 grey levels; None for larochelle (it has none)
     train_fixed: torch.Tensor | None  # (N, 784) uint8, None when binarize=dynamic
-    train_labels: torch.Tensor
+    train_labels: torch.Tensor | None  # None: unknown (larochelle digits MNIST's labels do not fit)
     val: torch.Tensor
-    val_labels: torch.Tensor
+    val_labels: torch.Tensor | None
     test: torch.Tensor
-    test_labels: torch.Tensor
-    test_indices: torch.Tensor  # positions in the 10,000-digit MNIST test set
+    test_labels: torch.Tensor | None
+    test_indices: torch.Tensor  # positions in the test set (MNIST's 10,000, or the .amat file's)
     # Grey levels (N, 784) uint8 of the same validation and test digits: what --task classify reads.
     val_grey: torch.Tensor | None = None
     test_grey: torch.Tensor | None = None
+    notes: tuple[str, ...] = ()  # lines for the run's log: where the digits and their labels come from
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_fixed if self.train_grey is None else self.train_grey)
 
     def train_pixels(self, generator: torch.Generator) -> torch.Tensor:
         """This epoch's training pixels: a fresh Bernoulli draw for dynamic binarisation."""
@@ -336,16 +356,24 @@ def binarize_fixed(grey: torch.Tensor, config: DataConfig, stream: int) -> torch
     return binarize(grey, method, config.threshold, generator)
 
 
-def load_test_digits(config: DataConfig, grey: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test_digits(config: DataConfig, grey: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """All 10,000 test digits binarised exactly as the experiment saw them (``grey``: their grey
-    levels, unbinarised), and their labels."""
+    levels, unbinarised), and their labels (None: unknown, see ``require_labels``)."""
+    if config.binarize == "larochelle":
+        if grey:
+            raise RnnMnistError("--binarize larochelle: the .amat digits have no grey levels to read")
+        digits, labels, _ = _larochelle_split(config, "test")
+        return digits, labels
     levels, labels = load_mnist_split(config.data_dir, train=False)
     return (levels if grey else binarize_fixed(levels, config, _TEST_STREAM)), labels
 
 
 def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
-    """Read MNIST, split off the validation digits and binarise every split; record in
-    ``config.data_folder`` the absolute folder read (what a checkpoint saves)."""
+    """Read MNIST, split off the validation digits and binarise every split (or read the .amat
+    files: ``--binarize larochelle``); record in ``config.data_folder`` the absolute folder read
+    (what a checkpoint saves)."""
+    if config.binarize == "larochelle":
+        return _load_larochelle(config)
     grey, labels = load_mnist_split(config.data_dir, train=True)
     if config.val_size >= len(grey):
         raise RnnMnistError(f"--val-size {config.val_size} leaves no training digits (there are {len(grey)})")
@@ -376,7 +404,88 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
         test_indices=test_indices,
         val_grey=grey[val_idx],
         test_grey=test_grey[test_indices],
+        notes=tuple(note for note in (larochelle_hint(config),) if note),
     )
+
+
+def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
+    """The three .amat files as they are (their own validation split), MNIST's labels where they fit."""
+    train, train_labels, train_note = _larochelle_split(config, "train")
+    val, val_labels, val_note = _larochelle_split(config, "valid", offset=len(train))
+    test, test_labels, test_note = _larochelle_split(config, "test")
+    train_end = len(train) if config.train_subset is None else config.train_subset
+    test_indices = torch.arange(len(test))[: config.test_subset]
+    config.data_folder = os.path.abspath(resolve_data_dir(config.data_dir))
+    return BinarizedMNIST(
+        config=config,
+        train_grey=None,
+        train_fixed=train[:train_end],
+        train_labels=None if train_labels is None else train_labels[:train_end],
+        val=val,
+        val_labels=val_labels,
+        test=test[test_indices],
+        test_labels=None if test_labels is None else test_labels[test_indices],
+        test_indices=test_indices,
+        notes=(
+            f"digits: {amat_folder(resolve_data_dir(config.data_dir))}/binarized_mnist_*.amat; "
+            + _labels_note((train_note, val_note, test_note)),
+        ),
+    )
+
+
+def _labels_note(reasons: tuple[str, ...]) -> str:
+    """Where the splits' labels come from, given each split's reason it has none ("": it has)."""
+    unknown = [reason for reason in dict.fromkeys(reasons) if reason]
+    if not unknown:
+        return "labels: MNIST's, matched by position (every .amat digit fits the MNIST digit there)"
+    return "labels unknown (" + "; ".join(unknown) + ")"
+
+
+def _larochelle_split(
+    config: DataConfig, split: str, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """One .amat split's digits, MNIST's labels when they fit them (``matching_labels``; the valid
+    file's digits follow the ``offset`` train ones in MNIST's train set), and why they are None."""
+    root = resolve_data_dir(config.data_dir)
+    digits = read_amat(amat_folder(root) / AMAT_FILES[split])
+    if find_raw_folder(root) is None:
+        return digits, None, f"no MNIST raw files in {root} to take them from"
+    grey, labels = load_mnist_split(root, train=split != "test")
+    grey, labels = grey[offset : offset + len(digits)], labels[offset : offset + len(digits)]
+    matched = matching_labels(digits, grey, labels)
+    if matched is None:
+        return digits, None, f"{split}: MNIST's digits there do not match the .amat ones by position"
+    return digits, matched, ""
+
+
+def require_labels(labels: torch.Tensor | None, needed_by: str) -> torch.Tensor:
+    """``labels``, or the one-line refusal of ``needed_by`` when they are unknown."""
+    if labels is None:
+        raise RnnMnistError(
+            f"{needed_by} needs the digits' labels, and these have none: Larochelle's .amat files carry "
+            "no labels, and MNIST's raw files (put them in the same --data-dir) were missing or did "
+            "not match them by position"
+        )
+    return labels
+
+
+def larochelle_hint(config: DataConfig) -> str | None:
+    """A note for a Bernoulli binarisation of MNIST when the benchmark's own .amat files are at hand."""
+    if config.binarize not in DRAWN or find_amat_folder(resolve_data_dir(config.data_dir)) is None:
+        return None
+    return "the data folder holds Larochelle's binarized_mnist_*.amat files: --binarize larochelle reads them"
+
+
+def test_set_note(config: DataConfig) -> str | None:
+    """What the test NLL is measured on, for a benchmark binarisation (None: threshold)."""
+    if config.binarize == "larochelle":
+        return "test digits: binarized_mnist_test.amat, the benchmark's standard static test set"
+    if config.binarize in DRAWN:
+        return (
+            f"test digits: one Bernoulli draw of MNIST's (data seed {config.data_seed}), standing in "
+            "for the benchmark's static test set; ± is the standard error over digits"
+        )
+    return None
 
 
 def binarization_name(method: str, threshold: float) -> str:

@@ -43,6 +43,7 @@ from rnn_mnist.data import (
     binarization_name,
     checkpoint_data_config,
     load_test_digits,
+    require_labels,
 )
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.judge import DigitJudge, implausible_judge, load_judge
@@ -270,6 +271,9 @@ def _prepare(options: EvalOptions) -> _Prepared:
     judge, judge_info = load_judge(options.judge_path) if options.judge else (None, None)
     data_config = checkpoint_data_config(checkpoint.get("data_config", {}), options.data_dir, path.parent)
     test_pixels, test_labels = load_test_digits(data_config)  # binarised as in training
+    # The digits are chosen, named, fingerprinted and judged by their class: a larochelle set whose
+    # labels are unknown is refused here rather than scored against made-up ones.
+    test_labels = require_labels(test_labels, "evaluate.py (it picks, names and judges digits by class)")
     chosen = choose_indices(
         test_labels, options.indices, options.num_digits, options.digit, options.seed, options.per_class
     )

@@ -12,16 +12,32 @@ log p(image | class), and Bayes' rule with a uniform prior reads the model as a 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.models import NextPixelModel
 
 # Digits a teacher-forced pass takes at a time (evaluation NLLs, class likelihoods): on torch ops
 # a pass holds (784, B, 3H) input gates, about 600 MB at 500 digits for GRU-128.
 TEACHER_FORCED_BATCH = 500
+
+
+def bits_per_dim(nats: float) -> float:
+    """Nats per digit as bits per dimension (pixel), the benchmark literature's unit: / (784 ln 2)."""
+    return nats / (NUM_PIXELS * math.log(2))
+
+
+def standard_error(count: int, total: float, total_of_squares: float) -> float | None:
+    """The standard error of a mean over ``count`` values from their sum and sum of squares: their
+    standard deviation (N - 1 in the denominator) / sqrt(N); None for fewer than two values."""
+    if count < 2:
+        return None
+    variance = max(total_of_squares - total * total / count, 0.0) / (count - 1)  # rounding: never < 0
+    return math.sqrt(variance / count)
 
 
 @contextlib.contextmanager

@@ -39,14 +39,21 @@ from rnn_mnist.config import device_option, exp_dir_option
 from rnn_mnist.data import (
     BINARIZATIONS,
     DATA_ENV_VAR,
-    NUM_PIXELS,
     DataConfig,
     binarization_name,
     load_test_digits,
+    require_labels,
+    test_set_note,
 )
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
-from rnn_mnist.likelihood import TEACHER_FORCED_BATCH, class_log_likelihoods, teacher_forced_nll
+from rnn_mnist.likelihood import (
+    TEACHER_FORCED_BATCH,
+    bits_per_dim,
+    class_log_likelihoods,
+    standard_error,
+    teacher_forced_nll,
+)
 from rnn_mnist.models import NextPixelModel
 from rnn_mnist.options import Option, option, options_of, when
 from rnn_mnist.parsers import command_parser, parse_command_flags, refuse_ignored
@@ -170,6 +177,8 @@ def describe_binarisation(config: DataConfig) -> str:
     name = binarization_name(config.binarize, config.threshold)
     if config.binarize == "threshold":
         return name
+    if config.binarize == "larochelle":
+        return f"{name} (Larochelle & Murray's static binarisation, from the .amat files)"
     same = ", the same test digits as static" if config.binarize == "dynamic" else ""
     return f"{name} (one Bernoulli draw, data seed {config.data_seed}{same})"
 
@@ -177,7 +186,7 @@ def describe_binarisation(config: DataConfig) -> str:
 def digit_nlls(
     model: NextPixelModel,
     pixels: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     marginal: bool = False,
     batch_size: int = TEACHER_FORCED_BATCH,
     show_progress: bool = True,
@@ -192,14 +201,10 @@ def digit_nlls(
             log_likelihood = class_log_likelihoods(model, pixels[batch], batch_size)  # (B, classes)
             parts.append(math.log(log_likelihood.shape[1]) - log_likelihood.logsumexp(dim=1))
         else:
-            given = labels[batch] if conditioned else None
+            needed = "-log p(image | label) (--marginal needs none)"
+            given = require_labels(labels, needed)[batch] if conditioned else None
             parts.append(teacher_forced_nll(model, pixels[batch], given, batch_size=batch_size).double())
     return torch.cat(parts)
-
-
-def bits_per_dim(nats: float) -> float:
-    """Nats per digit as bits per pixel: / (784 ln 2)."""
-    return nats / (NUM_PIXELS * math.log(2))
 
 
 def likelihood_figures(nll: torch.Tensor) -> dict[str, float | None]:
@@ -207,7 +212,7 @@ def likelihood_figures(nll: torch.Tensor) -> dict[str, float | None]:
     deviation (N - 1 in the denominator) / sqrt(N); None for a single digit."""
     nll = nll.double()
     mean = float(nll.mean())
-    error = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else None
+    error = standard_error(len(nll), float(nll.sum()), float(nll.square().sum()))
     return {
         "nll_nats": mean,
         "nll_nats_standard_error": error,
@@ -232,9 +237,8 @@ def measure(options: NllOptions, typed: set[str], show_progress: bool = True) ->
         raise RnnMnistError(f"--num-digits {options.num_digits}: there are only {len(pixels):,} test digits")
     count = options.num_digits or len(pixels)
     started = time.perf_counter()
-    nll = digit_nlls(
-        model, pixels[:count], labels[:count], options.marginal, options.batch_size, show_progress
-    )
+    labels = None if labels is None else labels[:count]
+    nll = digit_nlls(model, pixels[:count], labels, options.marginal, options.batch_size, show_progress)
     seconds = time.perf_counter() - started
     trained = DataConfig.from_dict(checkpoint.get("data_config", {}))
     return {
@@ -247,6 +251,7 @@ def measure(options: NllOptions, typed: set[str], show_progress: bool = True) ->
         "test_digits": f"the first {count:,} of {len(pixels):,}" if count < len(pixels) else f"all {count:,}",
         "binarization": describe_binarisation(data_config),
         "trained_binarization": describe_binarisation(trained),
+        "test_set": test_set_note(data_config),
         "seconds": seconds,
         "device": str(device),
     }
@@ -271,6 +276,7 @@ def report(metrics: dict[str, Any]) -> str:
             ),
             f"{metrics['test_digits']} test digits, binarised {metrics['binarization']}{trained}; "
             f"{metrics['seconds']:.1f} s on {metrics['device']}",
+            *([metrics["test_set"]] if metrics.get("test_set") else []),
         ]
     )
 

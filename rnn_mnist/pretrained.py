@@ -31,7 +31,7 @@ from rnn_mnist.checkpoint import (
     weights_sha256,
 )
 from rnn_mnist.cli import run_cli
-from rnn_mnist.data import checkpoint_data_config, load_test_digits
+from rnn_mnist.data import checkpoint_data_config, load_test_digits, require_labels
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
 from rnn_mnist.likelihood import teacher_forced_nll
@@ -47,7 +47,10 @@ def slice_nll(folder: Path, data_dir: str | None, digits: int = CHECK_DIGITS) ->
     model, checkpoint = load_model(Path(folder) / "checkpoint.ckpt", torch.device("cpu"))
     config = checkpoint_data_config(checkpoint.get("data_config", {}), data_dir, folder)
     pixels, labels = load_test_digits(config)
-    labels = labels[:digits] if model.config.num_classes else None
+    if model.config.num_classes:
+        labels = require_labels(labels, "a label-conditioned model")[:digits]
+    else:
+        labels = None
     return teacher_forced_nll(model, pixels[:digits], labels).mean().item()
 
 

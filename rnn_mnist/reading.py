@@ -38,7 +38,7 @@ from rnn_mnist.checkpoint import (
     weights_sha256,
 )
 from rnn_mnist.config import EvalOptions
-from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS, checkpoint_data_config, load_test_digits
+from rnn_mnist.data import IMAGE_SIDE, NUM_PIXELS, checkpoint_data_config, load_test_digits, require_labels
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model, output_folder
 from rnn_mnist.likelihood import class_log_likelihoods
@@ -95,6 +95,7 @@ def classifier_test_inputs(
     binarized = bool(checkpoint.get("config", {}).get("binarized_input"))
     pixels, labels = load_test_digits(data_cfg, grey=not binarized)
     x = pixels[:limit].float() if binarized else pixels[:limit].float() / 255
+    labels = require_labels(labels, "scoring a classifier")
     return x, labels[:limit], classifier_inputs_name(data_cfg, binarized)
 
 
@@ -367,6 +368,7 @@ def _read_generatively(
     pixels, labels = load_test_digits(
         checkpoint_data_config(checkpoint.get("data_config", {}), options.data_dir, path.parent)
     )
+    labels = require_labels(labels, "reading a model as a classifier")
     pixels, labels = pixels[: options.test_digits], labels[: options.test_digits]
     log_posterior, every = generative_reading(model, pixels, options.batch_size, show_progress)
     metrics = {

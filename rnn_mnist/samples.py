@@ -49,12 +49,14 @@ def one_thread() -> Iterator[None]:
 
 
 @one_thread()
-def epoch_samples(model: NextPixelModel, test_pixels: torch.Tensor, test_labels: torch.Tensor) -> np.ndarray:
-    """The picture (H, W, 3) uint8: completions of one test digit per class, then (label-conditioned
-    models) one digit per class drawn from a blank canvas."""
-    chosen = one_per_class(test_labels)
+def epoch_samples(
+    model: NextPixelModel, test_pixels: torch.Tensor, test_labels: torch.Tensor | None
+) -> np.ndarray:
+    """The picture (H, W, 3) uint8: completions of one test digit per class (labels unknown: the
+    first ten digits), then (label-conditioned models) one digit per class drawn from a blank canvas."""
+    chosen = torch.arange(min(10, len(test_pixels))) if test_labels is None else one_per_class(test_labels)
     conditioned = model.config.num_classes > 0
-    labels = test_labels[chosen] if conditioned else None
+    labels = test_labels[chosen] if conditioned and test_labels is not None else None
     completed = complete(model, test_pixels[chosen], MASK_PIXELS, "greedy", labels=labels).completed
     rows = [visualise.completion_grid(completed.numpy(), MASK_PIXELS, columns=len(chosen))]
     if conditioned:
@@ -68,7 +70,11 @@ def epoch_samples(model: NextPixelModel, test_pixels: torch.Tensor, test_labels:
 
 
 def write_epoch_samples(
-    model: NextPixelModel, test_pixels: torch.Tensor, test_labels: torch.Tensor, folder: Path, epoch: int
+    model: NextPixelModel,
+    test_pixels: torch.Tensor,
+    test_labels: torch.Tensor | None,
+    folder: Path,
+    epoch: int,
 ) -> Path:
     """Write ``folder``/epoch-NNN.png and latest.png (atomically); return the first."""
     png = visualise.png_bytes(epoch_samples(model, test_pixels, test_labels))

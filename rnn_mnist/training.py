@@ -32,7 +32,7 @@ from rnn_mnist.checkpoint import (
     to_cpu,
 )
 from rnn_mnist.config import TrainConfig
-from rnn_mnist.data import BinarizedMNIST, DataConfig, load_binarized_mnist
+from rnn_mnist.data import BinarizedMNIST, DataConfig, load_binarized_mnist, require_labels, test_set_note
 from rnn_mnist.distributed import (
     RankStopped,
     World,
@@ -238,6 +238,7 @@ def _train_locked(run: _Run, world: World, show_progress: bool) -> list[dict[str
     set_seed(run.train_cfg.seed)
     generator = torch.Generator().manual_seed(run.train_cfg.seed)  # shuffling and dynamic binarisation
     data = load_binarized_mnist(run.data_cfg)
+    _check_labels(run, data)
     _check_memory(run, data, device)
     fit = _build_or_restore(run, generator, device, world)
     log = RunLog(run.paths.log, append=run.checkpoint is not None) if world.is_writer else _silent
@@ -314,6 +315,14 @@ def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] 
     return _Run(paths, flags, checkpoint, train_cfg, data_cfg, model_cfg, task, resumes)
 
 
+def _check_labels(run: _Run, data: BinarizedMNIST) -> None:
+    """Refuse, in one line, a run that needs the digits' labels when they are unknown (larochelle)."""
+    if run.task.name == "classify":
+        require_labels(data.train_labels, "--task classify")
+    elif run.model_cfg.num_classes:
+        require_labels(data.train_labels, "--condition label")
+
+
 def _check_memory(run: _Run, data: BinarizedMNIST, device: torch.device) -> None:
     """Refuse a run whose training would not fit in memory, before the model exists: an allocation
     that does not fit wakes the OOM killer."""
@@ -323,7 +332,7 @@ def _check_memory(run: _Run, data: BinarizedMNIST, device: torch.device) -> None
         return training_need(
             run.task.memory_config(model_cfg),
             batch_size,
-            train_digits=len(data.train_grey),
+            train_digits=data.num_train,
             eval_digits=max(len(data.val), len(data.test)),
             device=device,
             eval_batch_size=EVAL_BATCH_SIZE,
@@ -441,11 +450,14 @@ def _announce(run: _Run, fit: _Fit, data: BinarizedMNIST, log: RunLog, saver: _S
         saver.save(0)
         log(
             f"{root}: {model_cfg.cell.upper()}-{model_cfg.hidden_size} x{model_cfg.num_layers}, "
-            f"{count_parameters(fit.model):,} parameters, {len(data.train_grey):,} train"
+            f"{count_parameters(fit.model):,} parameters, {data.num_train:,} train"
             f" / {len(data.val):,} val / {len(data.test):,} test digits, "
             f"{run.task.describe_inputs(run.data_cfg)}, task {run.task.name}, device {fit.device}"
         )
-        batches = math.ceil(len(data.train_grey) / run.train_cfg.batch_size)
+        for note in (*data.notes, test_set_note(run.data_cfg) if run.task.name != "classify" else None):
+            if note:
+                log(f"{root}: {note}")
+        batches = math.ceil(data.num_train / run.train_cfg.batch_size)
         if note := run.train_cfg.warmup_note(batches):
             log(f"{root}: {note}")
     elif fit.start_epoch >= run.train_cfg.epochs:
@@ -517,7 +529,7 @@ def _train_one_epoch(
                 fit,
                 task,
                 inputs[mine],
-                data.train_labels[mine],
+                None if data.train_labels is None else data.train_labels[mine],
                 share,
                 batches_done + batch_index,
                 lr_at,
@@ -555,7 +567,7 @@ def _train_batch(
     fit: _Fit,
     task: Task,
     inputs: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     share: float,
     step: int,
     lr_at: LrSchedule,
@@ -566,7 +578,8 @@ def _train_batch(
     summed) and the numbers the task reports for it."""
     for group in fit.optimizer.param_groups:
         group["lr"] = lr_at(step)
-    batch, labels = inputs.to(fit.device, non_blocking=True), labels.to(fit.device)
+    batch = inputs.to(fit.device, non_blocking=True)
+    labels = None if labels is None else labels.to(fit.device)  # None: unknown, and not needed
     with peers_watched(fit.world):
         value, reported = fit.loss(batch, labels, step, fit.draws)
         if fit.world.size > 1:  # the share makes DDP's average of gradients the whole batch's

@@ -1,0 +1,128 @@
+"""Larochelle & Murray's statically binarised MNIST: the benchmark's own digits, read from .amat files.
+
+    folder = amat_folder("data")                           # data/ or data/binarized_mnist/
+    train = read_amat(folder / AMAT_FILES["train"])        # (50000, 784) uint8 in {0, 1}
+    labels = matching_labels(train, grey[:50000], mnist_labels[:50000])   # or None
+
+The three files (binarized_mnist_{train,valid,test}.amat, 50,000 / 10,000 / 10,000 digits; Larochelle
+& Murray 2011) hold one digit a line: 784 whitespace-separated 0/1 integers. They carry no labels.
+They were drawn as Bernoulli(grey) from MNIST (train = MNIST train[:50000], valid = train[50000:],
+test = MNIST test, in order), so MNIST's labels are attached by position only where every digit of a
+split fits the MNIST digit at its position (``matching_labels``); otherwise the labels are unknown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnn_mnist.errors import RnnMnistError
+
+AMAT_FILES = {
+    "train": "binarized_mnist_train.amat",
+    "valid": "binarized_mnist_valid.amat",
+    "test": "binarized_mnist_test.amat",
+}
+AMAT_SUBFOLDER = "binarized_mnist"  # looked for inside the data folder too
+AMAT_WIDTH = 784
+# A Bernoulli(grey) draw never turns on a pixel whose grey level is 0, so a digit drawn from the MNIST
+# digit at its position has no on pixel where that digit is blank; another digit has dozens (a digit
+# lights ~100 pixels, mostly outside another's strokes). One stray pixel a digit is forgiven.
+MAX_STRAY_PIXELS = 1
+_SPACE, _NEWLINE, _ZERO, _ONE = 32, 10, 48, 49
+
+
+def amat_folders(root: str | Path) -> tuple[Path, Path]:
+    """Where the .amat files are looked for: the data folder itself, then its binarized_mnist/."""
+    return Path(root), Path(root) / AMAT_SUBFOLDER
+
+
+def find_amat_folder(root: str | Path) -> Path | None:
+    """The first of ``amat_folders(root)`` holding all three files; None when neither does."""
+    for folder in amat_folders(root):
+        if all((folder / name).is_file() for name in AMAT_FILES.values()):
+            return folder
+    return None
+
+
+def amat_folder(root: str | Path) -> Path:
+    """The folder of the three .amat files, or an RnnMnistError naming what is missing where."""
+    found = find_amat_folder(root)
+    if found is not None:
+        return found
+    for folder in amat_folders(root):
+        missing = [name for name in AMAT_FILES.values() if not (folder / name).is_file()]
+        if len(missing) < len(AMAT_FILES):  # some are here: the others are missing
+            raise RnnMnistError(
+                f"--binarize larochelle: {folder / missing[0]} is missing (the three "
+                f"binarized_mnist_{{train,valid,test}}.amat files must sit in one folder)"
+            )
+    first, second = amat_folders(root)
+    raise RnnMnistError(
+        f"--binarize larochelle reads binarized_mnist_{{train,valid,test}}.amat from {first} or "
+        f"{second}: there is no {first / AMAT_FILES['train']} (download Larochelle & Murray's files there)"
+    )
+
+
+def read_amat(path: Path, width: int = AMAT_WIDTH) -> torch.Tensor:
+    """The digits (N, ``width``) uint8 in {0, 1} of an .amat file; a file that is not one digit of
+    ``width`` 0/1 values a line is an RnnMnistError naming the file and the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RnnMnistError(f"could not read {path}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise RnnMnistError(f"{path} is empty: an .amat file holds one digit a line")
+    fast = _canonical_digits(data, width)
+    if fast is not None:
+        return torch.from_numpy(fast)
+    lines = data.split(b"\n")
+    while lines and not lines[-1].strip():  # blank lines at the end only
+        lines.pop()
+    digits = np.empty((len(lines), width), dtype=np.uint8)
+    for number, line in enumerate(lines, start=1):
+        digits[number - 1] = _parse_line(line, width, path, number)
+    return torch.from_numpy(digits)
+
+
+def _canonical_digits(data: bytes, width: int) -> np.ndarray | None:
+    """The digits of a file written as "0 1 ... 0\\n" a line (the published files' layout), read at
+    once; None for any other layout, left to the line-by-line reader (which names a fault)."""
+    line = 2 * width  # width characters, width - 1 spaces, one newline
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if len(raw) % line:
+        return None
+    rows = raw.reshape(-1, line)
+    values, separators = rows[:, 0::2], rows[:, 1::2]
+    if not (
+        ((values == _ZERO) | (values == _ONE)).all()
+        and (separators[:, :-1] == _SPACE).all()
+        and (separators[:, -1] == _NEWLINE).all()
+    ):
+        return None
+    return values - _ZERO
+
+
+def _parse_line(line: bytes, width: int, path: Path, number: int) -> np.ndarray:
+    """One line's ``width`` 0/1 values; an RnnMnistError names the file and line otherwise."""
+    tokens = line.split()
+    if len(tokens) != width:
+        raise RnnMnistError(f"{path}: line {number} has {len(tokens)} values, not {width}")
+    chars = np.frombuffer(b"".join(tokens), dtype=np.uint8)
+    if len(chars) != width or not ((chars == _ZERO) | (chars == _ONE)).all():
+        bad = next(t for t in tokens if t not in (b"0", b"1"))
+        text = bad.decode(errors="replace")[:20]
+        raise RnnMnistError(f"{path}: line {number} holds {text!r}, not 0 or 1")
+    return chars - _ZERO
+
+
+def matching_labels(digits: torch.Tensor, grey: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """``labels`` for ``digits`` (N, 784) when each is a Bernoulli draw of the MNIST digit of the same
+    position in ``grey`` (N, 784): at most MAX_STRAY_PIXELS on pixels where that digit is blank; None
+    when any digit is not (or the counts differ)."""
+    if digits.shape != grey.shape or len(labels) != len(grey):
+        return None
+    stray = ((digits != 0) & (grey == 0)).sum(dim=1)
+    return labels.clone() if bool((stray <= MAX_STRAY_PIXELS).all()) else None
