@@ -372,7 +372,8 @@ def nll_table(experiments: list[dict[str, Any]]) -> str:
     readings = any(e.get("reading") for e in experiments)
     header = (
         "| experiment | cell | hidden | layers | parameters | epochs | training time | best val NLL "
-        "| test NLL (nats) | test bits/px | eval digits | masked px acc | class agreement | floor | ceiling |"
+        "| test NLL (nats) | test bits/dim | eval digits | masked px acc | class agreement "
+        "| floor | ceiling |"
     ) + (" --classify acc |" if readings else "")
     rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + (
         "---:|" if readings else ""
