@@ -256,6 +256,15 @@ def binarization(experiment: dict[str, Any]) -> str:
     return binarization_name(str(method), threshold if _is_number(threshold) else 0.1)
 
 
+def _test_nll_cell(experiment: dict[str, Any], last: dict[str, Any]) -> str:
+    """The last test NLL, ± its standard error over the digits where the test set is the benchmark's
+    or a Bernoulli draw standing in for it (histories written before the error was recorded: none)."""
+    nll, error = _fmt(last.get("test_nll_nats")), last.get("test_nll_se")
+    if _is_number(error) and not binarization(experiment).startswith("threshold"):
+        return f"{nll} ± {error:.2f}"
+    return nll
+
+
 def binarization_warning(experiments: list[dict[str, Any]]) -> str | None:
     kinds = {e["name"]: binarization(e) for e in experiments}
     if len(set(kinds.values())) < 2:
@@ -387,7 +396,7 @@ def nll_table(experiments: list[dict[str, Any]]) -> str:
         cells = [
             e["name"], model["cell"], model["hidden_size"], model.get("num_layers", "-"),
             f"{e['num_parameters']:,}", len(history), f"{minutes:.1f} min", _fmt(min(vals, default=None)),
-            _fmt(last.get("test_nll_nats")), _fmt(last.get("test_bits_per_pixel"), 4),
+            _test_nll_cell(e, last), _fmt(last.get("test_bits_per_pixel"), 4),
             _evaluated(evaluation, len(e.get("logged", []))),
             _fmt(evaluation.get("masked_pixel_accuracy"), 4), _fmt(evaluation.get("class_agreement"), 3),
             _fmt(evaluation.get("class_agreement_prefix_only"), 3),

@@ -113,7 +113,7 @@ class NllOptions:
     binarize: str | None = option(
         None, "--binarize", choices=BINARIZATIONS, group="test digits",
         help="binarise the test digits this way (unset: as the model was trained); dynamic test digits "
-        "are one fixed Bernoulli draw, the same as static ones",
+        "are one fixed Bernoulli draw, the same as static ones; larochelle: binarized_mnist_test.amat",
     )  # fmt: skip
     threshold: float | None = option(
         None, "--threshold", kind=fraction, group="test digits", only=THRESHOLD_ONLY,

@@ -373,3 +373,12 @@ def test_earlier_evaluations_are_kept_and_the_table_says_which_it_shows(mnist_di
     assert first["num_digits"] == 6 and 0 <= first["class_agreement_prefix_only"] <= 1
     note = f"a: an earlier evaluation of this checkpoint completed 6 digits ({first['evaluated_at']})"
     assert note in markdown and "the table shows the latest, of 2" in markdown
+
+
+def test_the_test_nll_cell_carries_its_standard_error_for_benchmark_data():
+    last = {"test_nll_nats": 85.123, "test_nll_se": 0.312}
+    for method in ("static", "dynamic", "larochelle"):
+        assert compare._test_nll_cell({"data_config": {"binarize": method}}, last) == "85.12 ± 0.31"
+    assert compare._test_nll_cell({"data_config": {"binarize": "threshold"}}, last) == "85.12"
+    older = {"test_nll_nats": 85.123}  # a history written before the error was recorded
+    assert compare._test_nll_cell({"data_config": {"binarize": "static"}}, older) == "85.12"
