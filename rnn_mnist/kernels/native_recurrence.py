@@ -45,8 +45,8 @@ def _library() -> ctypes.CDLL:
     if library is None:
         raise RuntimeError(f"the C recurrence is not available: {native.kernel_status()}")
     if library.gru_forward.argtypes is None:
-        library.gru_forward.argtypes, library.gru_forward.restype = _FORWARD_ARGS, None
-        library.gru_backward.argtypes, library.gru_backward.restype = _BACKWARD_ARGS, None
+        library.gru_forward.argtypes, library.gru_forward.restype = _FORWARD_ARGS, ctypes.c_int
+        library.gru_backward.argtypes, library.gru_backward.restype = _BACKWARD_ARGS, ctypes.c_int
     return library
 
 
@@ -82,10 +82,12 @@ def forward(
         hs[0] = h0
         sizes = (2 * hidden, hidden, hidden) if keep else ()
         kept = [gates_x.new_empty(steps, batch, size) for size in sizes]
-        _library().gru_forward(
+        failed = _library().gru_forward(
             torch.get_num_threads(), steps, batch, hidden, padded,
             _ptr(gates_x), _ptr(w_t), _ptr(b_hn), _ptr(hs), *(_ptr(t) for t in kept or [None] * 3),
         )  # fmt: skip
+    if failed:  # its one allocation, the packed weights
+        raise MemoryError("C recurrence: no memory for the packed weights")
     return (hs, *kept)
 
 
@@ -108,9 +110,11 @@ def backward(
         d_gates_x = hs.new_empty(steps, batch, 3 * hidden)
         d_gh = torch.empty_like(d_gates_x)
         dh0 = hs.new_empty(batch, hidden)
-        _library().gru_backward(
+        failed = _library().gru_backward(
             torch.get_num_threads(), steps, batch, hidden, padded,
             _ptr(grad_hs), _ptr(hs), _ptr(rz), _ptr(gh_n), _ptr(n), _ptr(w_pad),
             _ptr(d_gates_x), _ptr(d_gh), _ptr(dh0),
         )  # fmt: skip
+    if failed:
+        raise MemoryError("C recurrence: no memory for the packed weights")
     return d_gates_x, d_gh, dh0
