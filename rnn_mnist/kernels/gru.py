@@ -10,6 +10,11 @@ the steps in reverse with a handful of in-place ops each, and the weight gradien
 all steps. Gate order and weights are ``nn.GRU``'s own (r, z, n), so the same parameters run on
 either; tests check both against each other.
 
+Where it can (fp32 on the CPU, the C library built: native_recurrence.runs decides), the recurrence
+forward and backward runs on fused C loops instead (rnn_mnist/kernels/native_recurrence.py), which
+keep and read the very buffers the torch ops below do; the torch ops run everything else (bf16,
+float64, other devices, RNN_MNIST_NATIVE=0) and are what the C loops are tested against.
+
 Numerics: the state, gates and gradients are fp32. The recurrent matmul runs in bf16 (fp32
 accumulation inside the kernel) when bf16 autocast is on for the CPU, which is how
 ``--precision bf16`` reaches it; otherwise in fp32. tanh is computed as 2 sigmoid(2a) - 1: the
