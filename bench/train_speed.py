@@ -71,11 +71,21 @@ ROWS = {
     "toolkit on nn.GRU, bf16 autocast, CPU settings": ("nn", PLAIN, "bf16", True),
     "toolkit fast GRU, fp32, default settings": ("fast", PLAIN, "fp32", False),
     "toolkit fast GRU, fp32, CPU settings": ("fast", PLAIN, "fp32", True),
+    "toolkit fast GRU + fused C recurrence, fp32, CPU settings": ("fast-c", PLAIN, "fp32", True),
     "toolkit fast GRU, bf16, CPU settings": ("fast", PLAIN, "bf16", True),
     "+ context, position, label: on nn.GRU, fp32, default settings (before)": ("nn", RICH, "fp32", False),
     "+ context, position, label: fast GRU, fp32, CPU settings": ("fast", RICH, "fp32", True),
+    "+ context, position, label: fast GRU + fused C recurrence, fp32, CPU settings": (
+        "fast-c",
+        RICH,
+        "fp32",
+        True,
+    ),
     "+ context, position, label: fast GRU, bf16, CPU settings": ("fast", RICH, "bf16", True),
 }
+# "fast" rows run gru.py's torch-op recurrence (RNN_MNIST_NATIVE=0 in their process), as before the
+# fused C recurrence (rnn_mnist/kernels/native_recurrence.py); "fast-c" rows run the C loops, as
+# training now does in fp32 (bf16 stays on the torch ops either way).
 # The data-parallel table's input sets: name in the table, ModelConfig fields. "fast" is
 # configs/fast.toml's inputs (no label, as the recipe trains).
 DATA_PARALLEL = {
@@ -120,6 +130,7 @@ def step_flops(config: ModelConfig, batch_size: int) -> float:
 def worker(row: str, hidden: int, batch_size: int, steps: int, device: torch.device) -> None:
     """Time ``steps`` training steps of one row in this process; print JSON."""
     kind, inputs, precision, cpu_settings = ROWS[row]
+    os.environ["RNN_MNIST_NATIVE"] = "1" if kind == "fast-c" else "0"  # read when the kernel first loads
     if cpu_settings:
         configure_cpu_math()
     torch.manual_seed(0)
@@ -134,7 +145,7 @@ def worker(row: str, hidden: int, batch_size: int, steps: int, device: torch.dev
             bare_step(model, optimizer, x)
     else:
         model = NextPixelModel(config).to(device)
-        model.fast_gru = kind == "fast"
+        model.fast_gru = kind in ("fast", "fast-c")
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         given = labels if config.num_classes else None
 

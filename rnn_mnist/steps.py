@@ -4,6 +4,7 @@
     step = stepper(model, labels, batch, device)
     logit, state = step(canvas, t, state)      # a rollout's step, prepared once
     describe_step(model, device)               # the line evaluation records as ``rollout_step``
+    describe_recurrence(model, device, "fp32")  # the line training records as ``training_recurrence``
 
 Three backends run the same weights:
 - NN: torch's own ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` over the model's features; every cell, any
@@ -14,6 +15,11 @@ Three backends run the same weights:
   and no dropout to apply (it has none), on the C step of kernels/native.py where it can be built.
   ``model.fused_step = False`` or ``RNN_MNIST_NATIVE=0`` (false, off, no) turns it off; where it
   cannot run, one line on stderr says why, once (kernels/native.py).
+Training (with a gradient) runs on NN or FAST. Under FAST, each GRU layer's recurrence runs on the
+fused C loops of kernels/native_recurrence.py (the same library as FUSED) in fp32 where the library
+is built (``RNN_MNIST_NATIVE`` as above), and on gru.py's torch ops under bf16 autocast or without
+the library; ``native_recurrence.runs`` decides, per layer call, and ``describe_recurrence`` says
+which for the training record.
 The model hands its weights to FAST and FUSED as plain tensors (``model.step_weights()``); the
 kernels never see the model. This is the only module that asks ``native.supports``.
 """
@@ -116,3 +122,18 @@ def describe_step(model: SteppedModel, device: torch.device) -> str:
     if device.type == "cpu" and native.load_kernel() is None:
         return native.kernel_status()  # says why it could not be built
     return "torch ops (the fused step is for a one-layer GRU with a linear head on the CPU)"
+
+
+def describe_recurrence(model: SteppedModel, device: torch.device, precision: str) -> str:
+    """Which recurrence a training step of ``model`` runs under ``precision``, in a line for the
+    compute record: the fused C loops change the numerics a little (summation order, a polynomial
+    exp; -ffast-math), so a run says whether its GRU trained on them."""
+    if not uses_fast_gru(model, device):
+        return f"torch nn.{model.config.cell.upper()}"
+    if precision != "fp32":
+        return f"torch ops (rnn_mnist/kernels/gru.py, {precision})"
+    if model.config.hidden_size > native.MAX_HIDDEN:
+        return f"torch ops (rnn_mnist/kernels/gru.py: over {native.MAX_HIDDEN} units)"
+    if native.load_kernel() is None:
+        return f"torch ops (rnn_mnist/kernels/gru.py): {native.kernel_status()}"
+    return "fused C (gru_step.c gru_forward/gru_backward, fp32, -ffast-math, polynomial exp)"

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rnn_mnist import steps
 from rnn_mnist.checkpoint import (
     ExperimentPaths,
     atomic_copy,
@@ -241,6 +242,8 @@ def _train_locked(run: _Run, world: World, show_progress: bool) -> list[dict[str
     _check_labels(run, data)
     _check_memory(run, data, device)
     fit = _build_or_restore(run, generator, device, world)
+    model = getattr(fit.model, "module", fit.model)  # under DistributedDataParallel, the model it wraps
+    compute["training_recurrence"] = steps.describe_recurrence(model, device, run.train_cfg.precision)
     log = RunLog(run.paths.log, append=run.checkpoint is not None) if world.is_writer else _silent
     saver = _Saver(run, fit)
     try:

@@ -61,6 +61,7 @@ def test_bf16_training_runs_records_its_settings_and_evaluates_in_fp32(tmp_path,
         assert entry["compute"]["precision"] == "bf16"
         assert math.isfinite(entry["test_nll_nats"]) and math.isfinite(entry["train_loss"])
         assert set(entry["compute"]) >= {"float32_matmul_precision", "allocator", "torch", "device"}
+        assert entry["compute"]["training_recurrence"].startswith("torch ops")  # bf16: not the C loops
     assert all(v.dtype == torch.float32 for v in checkpoint["model_state"].values())  # fp32 master weights
 
 

@@ -10,6 +10,11 @@ the steps in reverse with a handful of in-place ops each, and the weight gradien
 all steps. Gate order and weights are ``nn.GRU``'s own (r, z, n), so the same parameters run on
 either; tests check both against each other.
 
+Where it can (fp32 on the CPU, the C library built: native_recurrence.runs decides), the recurrence
+forward and backward runs on fused C loops instead (rnn_mnist/kernels/native_recurrence.py), which
+keep and read the very buffers the torch ops below do; the torch ops run everything else (bf16,
+float64, other devices, RNN_MNIST_NATIVE=0) and are what the C loops are tested against.
+
 Numerics: the state, gates and gradients are fp32. The recurrent matmul runs in bf16 (fp32
 accumulation inside the kernel) when bf16 autocast is on for the CPU, which is how
 ``--precision bf16`` reaches it; otherwise in fp32. tanh is computed as 2 sigmoid(2a) - 1: the
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from rnn_mnist.kernels import native_recurrence
 
 
 @dataclass(frozen=True)
@@ -105,45 +112,67 @@ def _run(
 class _GRURecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, h0, w_hh, b_hn):
-        hs, *kept = _run(gates_x, h0, w_hh, b_hn, keep=True)
+        ctx.native = native_recurrence.runs(gates_x, h0, w_hh, b_hn)  # the one place that decides
+        if ctx.native:
+            hs, rz, gh_n, n = native_recurrence.forward(gates_x, h0, w_hh, b_hn, keep=True)
+            kept = [hs, rz, gh_n, n]  # hs_matmul is hs itself in fp32
+        else:
+            hs, *kept = _run(gates_x, h0, w_hh, b_hn, keep=True)
         ctx.save_for_backward(hs, *kept, w_hh)
         return hs
 
     @staticmethod
     def backward(ctx, grad_hs):
         hs, hs_matmul, rz, gh_n, n, w_hh = ctx.saved_tensors
-        steps, batch, hidden = n.shape
-        dtype = hs_matmul.dtype
+        hidden = n.shape[2]
         with torch.autocast(hs.device.type, enabled=False):
-            grad_hs = grad_hs.contiguous()
-            w = w_hh.to(dtype)
-            # Per step: d_gates_x, the gradient of the input gates (r and z pre-activations, and
-            # the n gate's input part), and d_gh, that of gh = W_hh h + b_hh (the same for r and z,
-            # r times it for n), in the matmul dtype for the two GEMMs that read it.
-            d_gates_x = hs.new_empty(steps, batch, 3 * hidden)
-            d_gh = hs.new_empty(steps, batch, 3 * hidden, dtype=dtype)
-            one = hs.new_ones(())
-            dh = grad_hs[steps].clone()  # dL/dh_t, accumulated backwards
-            tmp, one_minus, d_hn = (hs.new_empty(batch, hidden) for _ in range(3))
-            for t in range(steps - 1, -1, -1):
-                r, z, n_t = rz[t, :, :hidden], rz[t, :, hidden:], n[t]
-                d_r, d_z, d_a = (d_gates_x[t, :, i * hidden : (i + 1) * hidden] for i in range(3))
-                # h = n + z (h_prev - n)
-                torch.sub(one, z, out=one_minus)
-                torch.sub(hs[t], n_t, out=tmp).mul_(dh)
-                torch.mul(tmp, z, out=d_z).mul_(one_minus)  # through z = sigmoid(.)
-                torch.addcmul(one, n_t, n_t, value=-1, out=tmp)  # 1 - n^2: through n = tanh(a)
-                torch.mul(dh, one_minus, out=d_a).mul_(tmp)
-                torch.mul(d_a, r, out=d_hn)  # a = x_n + r * gh_n
-                torch.sub(one, r, out=tmp).mul_(gh_n[t])
-                torch.mul(tmp, d_hn, out=d_r)  # d_a gh_n r (1 - r), as d_hn = d_a r
-                d_gh[t, :, : 2 * hidden].copy_(d_gates_x[t, :, : 2 * hidden])
-                d_gh[t, :, 2 * hidden :].copy_(d_hn)
-                dh = dh.mul_(z).add_(grad_hs[t])
-                dh.add_(torch.mm(d_gh[t], w))
+            if ctx.native:
+                d_gates_x, d_gh, dh = native_recurrence.backward(grad_hs, hs, rz, gh_n, n, w_hh)
+            else:
+                d_gates_x, d_gh, dh = _backward_steps(grad_hs, hs, rz, gh_n, n, w_hh.to(hs_matmul.dtype))
             d_w_hh = d_gh.view(-1, 3 * hidden).t().mm(hs_matmul[:-1].reshape(-1, hidden)).float()
             d_b_hn = d_gh[..., 2 * hidden :].sum((0, 1), dtype=torch.float32)
         return d_gates_x, dh, d_w_hh, d_b_hn
+
+
+def _backward_steps(
+    grad_hs: torch.Tensor,
+    hs: torch.Tensor,
+    rz: torch.Tensor,
+    gh_n: torch.Tensor,
+    n: torch.Tensor,
+    w: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward loop on torch ops (gru_backward.md): d_gates_x, d_gh (in ``w``'s dtype, the
+    matmul dtype) and the gradient of h0, from the gradient of every state ``grad_hs``."""
+    steps, batch, hidden = n.shape
+    dtype = w.dtype
+    grad_hs = grad_hs.contiguous()
+    # Per step: d_gates_x, the gradient of the input gates (r and z pre-activations, and
+    # the n gate's input part), and d_gh, that of gh = W_hh h + b_hh (the same for r and z,
+    # r times it for n), in the matmul dtype for the two GEMMs that read it.
+    d_gates_x = hs.new_empty(steps, batch, 3 * hidden)
+    d_gh = hs.new_empty(steps, batch, 3 * hidden, dtype=dtype)
+    one = hs.new_ones(())
+    dh = grad_hs[steps].clone()  # dL/dh_t, accumulated backwards
+    tmp, one_minus, d_hn = (hs.new_empty(batch, hidden) for _ in range(3))
+    for t in range(steps - 1, -1, -1):
+        r, z, n_t = rz[t, :, :hidden], rz[t, :, hidden:], n[t]
+        d_r, d_z, d_a = (d_gates_x[t, :, i * hidden : (i + 1) * hidden] for i in range(3))
+        # h = n + z (h_prev - n)
+        torch.sub(one, z, out=one_minus)
+        torch.sub(hs[t], n_t, out=tmp).mul_(dh)
+        torch.mul(tmp, z, out=d_z).mul_(one_minus)  # through z = sigmoid(.)
+        torch.addcmul(one, n_t, n_t, value=-1, out=tmp)  # 1 - n^2: through n = tanh(a)
+        torch.mul(dh, one_minus, out=d_a).mul_(tmp)
+        torch.mul(d_a, r, out=d_hn)  # a = x_n + r * gh_n
+        torch.sub(one, r, out=tmp).mul_(gh_n[t])
+        torch.mul(tmp, d_hn, out=d_r)  # d_a gh_n r (1 - r), as d_hn = d_a r
+        d_gh[t, :, : 2 * hidden].copy_(d_gates_x[t, :, : 2 * hidden])
+        d_gh[t, :, 2 * hidden :].copy_(d_hn)
+        dh = dh.mul_(z).add_(grad_hs[t])
+        dh.add_(torch.mm(d_gh[t], w))
+    return d_gates_x, d_gh, dh
 
 
 def gru_recurrence(
@@ -163,7 +192,10 @@ def gru_recurrence(
         with torch.autocast(gates_x.device.type, enabled=False):
             h = gru_cell(gates_x[0], h0, h0.to(dtype), w_hh.t().to(dtype), b_hn)
         return h.unsqueeze(0), h
-    (hs,) = _run(gates_x, h0, w_hh, b_hn, keep=False)  # inference: no buffers kept
+    if native_recurrence.runs(gates_x, h0, w_hh, b_hn):
+        (hs,) = native_recurrence.forward(gates_x, h0, w_hh, b_hn, keep=False)
+    else:
+        (hs,) = _run(gates_x, h0, w_hh, b_hn, keep=False)  # inference: no buffers kept
     return hs[1:], hs[steps]
 
 

@@ -18,6 +18,7 @@
 */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline float bf16_to_float(uint16_t value) {
@@ -147,4 +148,179 @@ void gru_step(
         }
         logits[row] = logit + head_bias;
     }
+}
+
+/* ---- The training recurrence: a one-layer GRU over T steps, forward and backward, fused ----
+
+   gru.py's _GRURecurrence (beside this file) runs on these two functions on the CPU in fp32:
+   gru_forward is its _run (the states, and with `keep` what the backward reads) and gru_backward
+   its backward loop (derived in gru_backward.md), both without a torch op per step. Rows are
+   independent in a GRU, so each thread takes whole blocks of 4 rows through all T steps, with
+   no synchronisation between steps. The per-step products (h @ W_hh^T forward, d_gh @ W_hh
+   backward) run on 4 rows at a time, so each weight loaded from cache serves 4 rows; their
+   output columns are padded to a multiple of 8 (`padded`, done in Python) so that the tiles are
+   whole AVX vectors. The elementwise math is gru_cell's / the backward's, in fp32, with the
+   sigmoid above; sums run in another order than torch's (tests/test_gru_train_kernel.py). */
+
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+/* c[r][0, 8 nv) (+)= sum_k a[r][k] b[k][0, 8 nv) for the 4 rows r, b a panel (depth, 8 nv) stored
+   contiguously: 4 x nv vector accumulators, one weight load per vector per k serving 4 rows. nv is a
+   constant where it is inlined. */
+static inline __attribute__((always_inline)) void tile(
+    const int nv, const int accumulate, const int64_t depth, const float *const a[4],
+    const float *restrict b, float *restrict c, const int64_t ldc)
+{
+    v8 acc[4][3];
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = accumulate ? load8(c + r * ldc + 8 * v) : (v8){0};
+    for (int64_t k = 0; k < depth; k++) {
+        v8 w[3];
+        for (int v = 0; v < nv; v++) w[v] = load8(b + k * 8 * nv + 8 * v);
+        for (int r = 0; r < 4; r++) {
+            const float s = a[r][k];
+            for (int v = 0; v < nv; v++) acc[r][v] += w[v] * s;
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < nv; v++) store8(c + r * ldc + 8 * v, acc[r][v]);
+}
+
+#define PANEL 24 /* columns per panel: 3 vectors; the last panel of a matrix may have 8 or 16 */
+
+/* b (depth, width), width a multiple of 8, as panels of PANEL columns, each (depth, its width)
+   contiguous, the panel of column j at packed + j * depth: the products then read the weights in
+   order (walking down b's columns at a stride measured ~1.5x slower). NULL if out of memory. */
+static float *pack_panels(const float *b, int64_t depth, int64_t width) {
+    float *packed = malloc(sizeof(float) * depth * width);
+    if (!packed) return NULL;
+    const int64_t whole = width % PANEL == 8 && width > PANEL ? width / PANEL - 1 : width / PANEL;
+    for (int64_t j = 0; j < width;) {
+        const int64_t size = j < whole * PANEL ? PANEL : (width - j >= 16 ? 16 : 8);
+        for (int64_t k = 0; k < depth; k++) memcpy(packed + j * depth + k * size, b + k * width + j, sizeof(float) * size);
+        j += size;
+    }
+    return packed;
+}
+
+/* c (4, width) (+)= a (4 rows of depth) @ b (depth, width) packed by pack_panels, c's rows ldc apart */
+static void block_matmul(
+    const int accumulate, const int64_t depth, const float *const a[4], const float *packed,
+    const int64_t width, float *c, const int64_t ldc)
+{
+    /* whole panels, then 16 and 8 columns left, or 32 as two of 16 (an 8-wide tile does a quarter
+       of the arithmetic per load of a 24-wide one); pack_panels cuts its panels the same way */
+    const int64_t whole = width % PANEL == 8 && width > PANEL ? width / PANEL - 1 : width / PANEL;
+    int64_t j = 0;
+    for (; j < whole * PANEL; j += PANEL) tile(3, accumulate, depth, a, packed + j * depth, c + j, ldc);
+    for (; j + 16 <= width; j += 16) tile(2, accumulate, depth, a, packed + j * depth, c + j, ldc);
+    if (j < width) tile(1, accumulate, depth, a, packed + j * depth, c + j, ldc);
+}
+
+/* The 4 rows of the block starting at row0 in a (rows, width) matrix; rows past the end read zeros. */
+static void block_rows(const float *m, int64_t width, int64_t row0, int64_t count, const float *a[4]) {
+    for (int r = 0; r < 4; r++) a[r] = r < count ? m + (row0 + r) * width : zeros;
+}
+
+int gru_forward( /* 0, or -1 when out of memory */
+    int threads, int64_t steps, int64_t rows, int64_t hidden, int64_t padded,
+    const float *gates_x,   /* (T, B, 3H): input gates, b_ih and b_hr, b_hz added */
+    const float *w_t,       /* (H, 3 padded): W_hh^T, each gate's columns padded to `padded` */
+    const float *b_hn,      /* (H,) */
+    float *hs,              /* (T + 1, B, H): hs[0] = h0 on entry */
+    float *rz, float *gh_n, float *n_out) /* (T, B, 2H), (T, B, H), (T, B, H); all NULL: not kept */
+{
+    const int64_t H = hidden, P = padded, blocks = (rows + 3) / 4;
+    float *packed = pack_panels(w_t, H, 3 * P);
+    if (!packed) return -1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t row0 = 4 * block, count = rows - row0 < 4 ? rows - row0 : 4;
+        float g[4 * 3 * MAX_HIDDEN]; /* gh = h @ W_hh^T of the 4 rows, gates `padded` apart */
+        float spare[4 * MAX_HIDDEN]; /* where rz, gh_n, n go when they are not kept */
+        for (int64_t t = 0; t < steps; t++) {
+            const float *h = hs + t * rows * H;
+            const float *a[4];
+            block_rows(h, H, row0, count, a);
+            block_matmul(0, H, a, packed, 3 * P, g, 3 * P);
+            for (int64_t r = 0; r < count; r++) {
+                const int64_t row = t * rows + row0 + r;
+                const float *x = gates_x + row * 3 * H, *gr = g + r * 3 * P, *h_row = a[r];
+                float *out = hs + (row + rows) * H;
+                float *rz_row = rz ? rz + row * 2 * H : spare, *ghn_row = rz ? gh_n + row * H : spare + 2 * H;
+                float *n_row = rz ? n_out + row * H : spare + 3 * H;
+#pragma omp simd
+                for (int64_t j = 0; j < H; j++) {
+                    const float r_ = sigmoid(x[j] + gr[j]);
+                    const float z = sigmoid(x[H + j] + gr[P + j]);
+                    const float ghn = gr[2 * P + j] + b_hn[j];
+                    const float n = 2.0f * sigmoid(2.0f * (x[2 * H + j] + r_ * ghn)) - 1.0f;
+                    rz_row[j] = r_;
+                    rz_row[H + j] = z;
+                    ghn_row[j] = ghn;
+                    n_row[j] = n;
+                    out[j] = n + z * (h_row[j] - n);
+                }
+            }
+        }
+    }
+    free(packed);
+    return 0;
+}
+
+int gru_backward( /* 0, or -1 when out of memory */
+    int threads, int64_t steps, int64_t rows, int64_t hidden, int64_t padded,
+    const float *grad_hs,   /* (T + 1, B, H): the loss's gradient with respect to each state */
+    const float *hs, const float *rz, const float *gh_n, const float *n_in, /* as gru_forward kept them */
+    const float *w_pad,     /* (3H, padded): W_hh, its columns padded to `padded` */
+    float *d_gates_x,       /* (T, B, 3H) */
+    float *d_gh,            /* (T, B, 3H): [d_r, d_z, d_hn], for the weight gradient's GEMM */
+    float *dh0)             /* (B, H) */
+{
+    const int64_t H = hidden, P = padded, blocks = (rows + 3) / 4;
+    float *packed = pack_panels(w_pad, 3 * H, P);
+    if (!packed) return -1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t row0 = 4 * block, count = rows - row0 < 4 ? rows - row0 : 4;
+        float dh[4 * MAX_HIDDEN]; /* dL/dh of the 4 rows, accumulated backwards, `padded` apart */
+        memset(dh, 0, sizeof(float) * 4 * P);
+        for (int64_t r = 0; r < count; r++)
+            memcpy(dh + r * P, grad_hs + (steps * rows + row0 + r) * H, sizeof(float) * H);
+        for (int64_t t = steps - 1; t >= 0; t--) {
+            for (int64_t r = 0; r < count; r++) {
+                const int64_t row = t * rows + row0 + r;
+                const float *rz_row = rz + row * 2 * H, *ghn = gh_n + row * H, *n_row = n_in + row * H;
+                const float *h = hs + row * H, *grad = grad_hs + row * H;
+                float *dgx = d_gates_x + row * 3 * H, *dgh = d_gh + row * 3 * H, *d = dh + r * P;
+#pragma omp simd
+                for (int64_t j = 0; j < H; j++) {
+                    const float r_ = rz_row[j], z = rz_row[H + j], n = n_row[j];
+                    const float d_z = d[j] * (h[j] - n) * z * (1.0f - z);
+                    const float d_a = d[j] * (1.0f - z) * (1.0f - n * n);
+                    const float d_hn = d_a * r_;
+                    const float d_r = d_hn * ghn[j] * (1.0f - r_);
+                    dgx[j] = dgh[j] = d_r;
+                    dgx[H + j] = dgh[H + j] = d_z;
+                    dgx[2 * H + j] = d_a;
+                    dgh[2 * H + j] = d_hn;
+                    d[j] = d[j] * z + grad[j];
+                }
+            }
+            const float *a[4];
+            block_rows(d_gh + t * rows * 3 * H, 3 * H, row0, count, a);
+            block_matmul(1, 3 * H, a, packed, P, dh, P); /* dh += d_gh[t] @ W_hh */
+        }
+        for (int64_t r = 0; r < count; r++) memcpy(dh0 + (row0 + r) * H, dh + r * P, sizeof(float) * H);
+    }
+    free(packed);
+    return 0;
 }

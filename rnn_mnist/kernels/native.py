@@ -33,12 +33,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from rnn_mnist.data import NUM_PIXELS
 from rnn_mnist.kernels import library as _library
-from rnn_mnist.kernels.weights import StepWeights
+
+if TYPE_CHECKING:  # weights.py imports gru.py, which runs its training recurrence on this library
+    from rnn_mnist.kernels.weights import StepWeights
 
 SOURCE = Path(__file__).with_name("gru_step.c")
 # -fno-finite-math-only: the rest of -ffast-math (reassociation, no errno) is what makes the step
@@ -66,12 +69,17 @@ def native_requested() -> bool:
 
 def load_kernel() -> ctypes.CDLL | None:
     """The built library (once per process), or None when it cannot be had here. Then one line on
-    stderr, once, says that rollouts keep the torch-op step and why (metrics record it as well)."""
+    stderr, once, says that rollouts keep the torch-op step and GRU training its torch-op recurrence,
+    and why (metrics and the training record say it as well)."""
     global _loaded
     if _loaded is None:
         _loaded = _load()
         if _loaded[0] is None:
-            print(f"note: rollouts run on torch ops, not the fused C step: {_loaded[1]}", file=sys.stderr)
+            why = _loaded[1]
+            print(
+                f"note: rollouts and GRU training run on torch ops, not the fused C code: {why}",
+                file=sys.stderr,
+            )
     return _loaded[0]
 
 
