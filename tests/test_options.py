@@ -30,6 +30,11 @@ FAST = (
 )
 
 
+# The benchmark recipes' model (issue 22); the epochs and split follow per recipe.
+BENCH = (
+    "--binarize dynamic --context --context-rows 7 --context-width 15 --position --head-hidden 256 "
+    "--precision fp32 --lr-schedule cosine --lr 8e-3 --warmup-batches 200"
+)
 SMNIST = (
     "--task classify --hidden 128 --lr 2e-3 --lr-schedule cosine --warmup-batches 200 --clip 1 "
     "--batch-size 128 --epochs 20"
@@ -43,6 +48,8 @@ RECIPES = {
     "ctx-10ep": "--context --position --epochs 10 --lr-milestones 7,9 --lr-gamma 0.3",
     "smnist": SMNIST,
     "psmnist": SMNIST + " --permute",
+    "bench-quick": BENCH + " --val-size 10000 --epochs 2",
+    "bench-long": BENCH + " --epochs 7",
 }
 
 
