@@ -319,11 +319,17 @@ def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] 
 
 
 def _check_labels(run: _Run, data: BinarizedMNIST) -> None:
-    """Refuse, in one line, a run that needs the digits' labels when they are unknown (larochelle)."""
+    """Refuse, in one line and before any epoch, a run that needs the digits' labels when those of a
+    split it reads are unknown (larochelle matches MNIST's labels split by split)."""
     if run.task.name == "classify":
-        require_labels(data.train_labels, "--task classify")
+        needed_by = "--task classify"
     elif run.model_cfg.num_classes:
-        require_labels(data.train_labels, "--condition label")
+        needed_by = "--condition label"
+    else:
+        return
+    for labels, digits in ((data.train_labels, 1), (data.val_labels, len(data.val)), (data.test_labels, 1)):
+        if digits:  # an empty validation split (--val-size 0) is never read
+            require_labels(labels, needed_by)
 
 
 def _check_memory(run: _Run, data: BinarizedMNIST, device: torch.device) -> None:

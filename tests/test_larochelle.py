@@ -206,3 +206,15 @@ def test_a_bernoulli_run_beside_the_amat_files_points_at_them(amat_dir, tmp_path
 def _nll(tmp_path, capsys, name) -> str:
     assert nll.main(["--exp-dir", str(tmp_path / "experiments"), "--exp-name", name, "--device", "cpu"]) == 0
     return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("needs", [("--condition", "label"), ("--task", "classify", "--binarized-input")])
+def test_unknown_test_labels_are_refused_before_any_epoch(amat_dir, tmp_path, capsys, needs):
+    root, made = amat_dir
+    # Only the test file does not fit MNIST's digits: train and valid labels are known.
+    write_amat(root / "binarized_mnist_test.amat", np.roll(made["test"][0], 1, axis=0))
+    code, err = run_main(train.main, _train_args(tmp_path, root, "t", *needs), capsys)
+    assert code != 0 and f"{needs[0]} {needs[1]} needs the digits' labels" in err
+    assert len(err.strip().splitlines()) == 1
+    folder = tmp_path / "experiments" / "t"
+    assert not (folder / "metrics.json").exists() and not (folder / "checkpoint.ckpt").exists()
