@@ -52,9 +52,14 @@ SWITCH_ENV = "RNN_MNIST_NATIVE"
 _ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 _loaded: tuple[ctypes.CDLL | None, str] | None = None
 
-_p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_ARGTYPES = [ctypes.c_int, _i64, _i64, _i64, _p, _i64, _p, _p, _p, _p, _p, _p, _p, ctypes.c_int]
-_ARGTYPES += [_p, _p, _p, _p, _p, ctypes.c_float, _p]
+_p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+# Each function's (argtypes, restype): gru_step (the rollout step), gru_forward and gru_backward
+# (the training recurrence, rnn_mnist/kernels/native_recurrence.py; 0, or 1 when out of memory).
+_SIGNATURES = {
+    "gru_step": ([_int, _i64, _i64, _i64, _p, _i64, *[_p] * 7, _int, *[_p] * 5, ctypes.c_float, _p], None),
+    "gru_forward": ([_int, _i64, _i64, _i64, _i64, *[_p] * 7], _int),
+    "gru_backward": ([_int, _i64, _i64, _i64, _i64, *[_p] * 9], _int),
+}
 
 
 def native_requested() -> bool:
@@ -102,8 +107,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         if compiler is None:
             return None, "no C compiler found"
         library, path = _library.load_library(SOURCE, COMPILE_FLAGS, compiler)
-        library.gru_step.argtypes = _ARGTYPES
-        library.gru_step.restype = None
+        for name, (argtypes, restype) in _SIGNATURES.items():
+            function = getattr(library, name)
+            function.argtypes, function.restype = argtypes, restype
     except _library.KernelUnavailable as error:
         return None, str(error)
     except (OSError, subprocess.SubprocessError) as error:  # a compiler that cannot be run, a full disk
@@ -111,7 +117,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return library, str(path)
 
 
-def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
+def pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
+    """A tensor's data as the C functions take it (None: NULL)."""
     return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
 
 
@@ -210,13 +217,13 @@ class FusedGRUStep:
             h_new_matmul = None  # fp32: the state itself is what the GEMM reads
         self.library.gru_step(
             torch.get_num_threads(), rows, self.hidden, self.pixel_index.shape[1],
-            _pointer(mirror), mirror.stride(0),
-            _pointer(self.pixel_index[t]), _pointer(self.pixel_exists[t]),
-            _pointer(self.columns), _pointer(self.static[t]),
-            _pointer(self.label_gates), _pointer(labels),
-            _pointer(gh), int(bf16), _pointer(self.b_hn),
-            _pointer(h), _pointer(h_new), _pointer(h_new_matmul),
-            _pointer(self.head_weight), self.head_bias, _pointer(logits),
+            pointer(mirror), mirror.stride(0),
+            pointer(self.pixel_index[t]), pointer(self.pixel_exists[t]),
+            pointer(self.columns), pointer(self.static[t]),
+            pointer(self.label_gates), pointer(labels),
+            pointer(gh), int(bf16), pointer(self.b_hn),
+            pointer(h), pointer(h_new), pointer(h_new_matmul),
+            pointer(self.head_weight), self.head_bias, pointer(logits),
         )  # fmt: skip
 
     def _check(self, mirror, t, rows, h, h_matmul, h_new, h_new_matmul, logits, labels) -> None:

@@ -21,10 +21,7 @@ import ctypes
 import torch
 
 from rnn_mnist.kernels import native
-
-_p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_FORWARD_ARGS = [ctypes.c_int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _p]
-_BACKWARD_ARGS = [ctypes.c_int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _p, _p, _p]
+from rnn_mnist.kernels.native import pointer
 
 
 def runs(gates_x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor) -> bool:
@@ -44,19 +41,12 @@ def _library() -> ctypes.CDLL:
     library = native.load_kernel()
     if library is None:
         raise RuntimeError(f"the C recurrence is not available: {native.kernel_status()}")
-    if library.gru_forward.argtypes is None:
-        library.gru_forward.argtypes, library.gru_forward.restype = _FORWARD_ARGS, ctypes.c_int
-        library.gru_backward.argtypes, library.gru_backward.restype = _BACKWARD_ARGS, ctypes.c_int
     return library
 
 
 def _padded(hidden: int) -> int:
     """Each gate's columns in the C products: H rounded up to whole 8-float vectors."""
     return -(-hidden // 8) * 8
-
-
-def _ptr(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
-    return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
 
 
 def forward(
@@ -84,7 +74,8 @@ def forward(
         kept = [gates_x.new_empty(steps, batch, size) for size in sizes]
         failed = _library().gru_forward(
             torch.get_num_threads(), steps, batch, hidden, padded,
-            _ptr(gates_x), _ptr(w_t), _ptr(b_hn), _ptr(hs), *(_ptr(t) for t in kept or [None] * 3),
+            pointer(gates_x), pointer(w_t), pointer(b_hn), pointer(hs),
+            *(pointer(t) for t in kept or [None] * 3),
         )  # fmt: skip
     if failed:  # its one allocation, the packed weights
         raise MemoryError("C recurrence: no memory for the packed weights")
@@ -112,8 +103,8 @@ def backward(
         dh0 = hs.new_empty(batch, hidden)
         failed = _library().gru_backward(
             torch.get_num_threads(), steps, batch, hidden, padded,
-            _ptr(grad_hs), _ptr(hs), _ptr(rz), _ptr(gh_n), _ptr(n), _ptr(w_pad),
-            _ptr(d_gates_x), _ptr(d_gh), _ptr(dh0),
+            pointer(grad_hs), pointer(hs), pointer(rz), pointer(gh_n), pointer(n), pointer(w_pad),
+            pointer(d_gates_x), pointer(d_gh), pointer(dh0),
         )  # fmt: skip
     if failed:
         raise MemoryError("C recurrence: no memory for the packed weights")
