@@ -67,7 +67,7 @@ def forward(
     with torch.no_grad():
         gates_x, b_hn = gates_x.detach().contiguous(), b_hn.detach().contiguous()
         w_t = w_hh.detach().new_zeros(hidden, 3, padded)  # w_t[k, gate, j] = W_hh[gate H + j, k]
-        w_t[:, :, :hidden] = w_hh.detach().view(3, hidden, hidden).permute(2, 0, 1)
+        w_t[:, :, :hidden] = w_hh.detach().reshape(3, hidden, hidden).permute(2, 0, 1)
         hs = gates_x.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
         sizes = (2 * hidden, hidden, hidden) if keep else ()
