@@ -219,7 +219,12 @@ def test_the_training_record_says_which_recurrence_runs(monkeypatch):
         NextPixelModel(ModelConfig(cell="lstm")),
     )
     assert steps.describe_recurrence(gru_model, cpu, "fp32").startswith("fused C")
-    assert steps.describe_recurrence(gru_model, cpu, "bf16").startswith("torch ops")
+    assert (
+        steps.describe_recurrence(gru_model, cpu, "bf16")
+        == "torch ops (rnn_mnist/kernels/gru.py: under bf16 autocast)"
+    )
+    assert steps.describe_recurrence(gru_model.double(), cpu, "fp32").endswith("float64, not fp32)")
+    gru_model.float()
     assert steps.describe_recurrence(lstm_model, cpu, "fp32") == "torch nn.LSTM"
     gru_model.fast_gru = False
     assert steps.describe_recurrence(gru_model, cpu, "fp32") == "torch nn.GRU"
@@ -227,4 +232,4 @@ def test_the_training_record_says_which_recurrence_runs(monkeypatch):
     monkeypatch.setattr(native, "_loaded", None)
     monkeypatch.setenv("RNN_MNIST_NATIVE", "off")
     line = steps.describe_recurrence(gru_model, cpu, "fp32")
-    assert line.startswith("torch ops") and "RNN_MNIST_NATIVE=off" in line
+    assert line == "torch ops (rnn_mnist/kernels/gru.py: RNN_MNIST_NATIVE=off)"  # said once

@@ -89,10 +89,17 @@ def load_kernel() -> ctypes.CDLL | None:
 
 
 def kernel_status() -> str:
-    """One line for logs and metrics: which rollout step runs, and why."""
+    """One line for logs and metrics: whether the fused C code (the rollout step and the GRU
+    training recurrence) runs, and where its library lies or why it cannot be had."""
     load_kernel()
     library, why = _loaded
     return f"fused C step ({why})" if library is not None else f"torch ops ({why})"
+
+
+def unavailable() -> str | None:
+    """Why the library cannot be had here (as ``kernel_status`` says it), or None: it is loaded."""
+    library = load_kernel()
+    return None if library is not None else _loaded[1]
 
 
 def _load() -> tuple[ctypes.CDLL | None, str]:

@@ -1,6 +1,6 @@
 """The training recurrence of a GRU layer on gru_step.c's fused C loops (gru_forward, gru_backward).
 
-    if runs(gates_x, h0, w_hh, b_hn):                        # the one place that decides
+    if runs(gates_x, h0, w_hh, b_hn):                        # why_not(...) is None: it decides
         hs, rz, gh_n, n = forward(gates_x, h0, w_hh, b_hn, keep=True)
         d_gates_x, d_gh, dh0 = backward(grad_hs, hs, rz, gh_n, n, w_hh)
 
@@ -24,17 +24,29 @@ from rnn_mnist.kernels import native
 from rnn_mnist.kernels.native import pointer
 
 
+def why_not(hidden: int, dtype: torch.dtype, device: torch.device, autocast: bool) -> str | None:
+    """Why the C recurrence does not run a GRU layer of ``hidden`` units whose tensors are ``dtype``
+    on ``device``, with CPU ``autocast`` on or off; None when it runs. The one place that decides:
+    it runs on the CPU, in fp32 without autocast (bf16 autocast keeps the torch ops), at most
+    native.MAX_HIDDEN units, with the library built ($RNN_MNIST_NATIVE not off)."""
+    if device.type != "cpu":
+        return f"on {device.type}, not the CPU"
+    if dtype != torch.float32:
+        return f"{str(dtype).removeprefix('torch.')}, not fp32"
+    if autocast:
+        return "under bf16 autocast"
+    if hidden > native.MAX_HIDDEN:
+        return f"over {native.MAX_HIDDEN} units"
+    return native.unavailable()
+
+
 def runs(gates_x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor) -> bool:
-    """Whether the C recurrence runs this layer: all on the CPU, fp32 (bf16 autocast keeps the torch
-    ops: any CPU autocast does), at most native.MAX_HIDDEN units, and the library built
-    ($RNN_MNIST_NATIVE not off)."""
+    """Whether the C recurrence runs this layer now (``why_not`` says no reason)."""
     tensors = (gates_x, h0, w_hh, b_hn)
-    return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not torch.is_autocast_enabled("cpu")
-        and h0.shape[-1] <= native.MAX_HIDDEN
-        and native.load_kernel() is not None
-    )
+    # The first tensor off the CPU or not fp32, if any, is the one that speaks for them all.
+    device = next((t.device for t in tensors if t.device.type != "cpu"), gates_x.device)
+    dtype = next((t.dtype for t in tensors if t.dtype != torch.float32), torch.float32)
+    return why_not(h0.shape[-1], dtype, device, torch.is_autocast_enabled("cpu")) is None
 
 
 def _library() -> ctypes.CDLL:
