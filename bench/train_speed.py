@@ -175,7 +175,7 @@ def data_parallel_step(
     labels = torch.arange(batch_size) % 10
     mine, share = shard(torch.arange(batch_size), world)
     batch, batch_labels = pixels[mine], labels[mine]
-    task = make_task({}, TrainConfig(exp_name="bench", batch_size=batch_size))
+    task = make_task({}, TrainConfig(exp_name="bench", batch_size=batch_size), DataConfig())
     model = task.build_model(ModelConfig(hidden_size=hidden, **inputs)).to(device)
     loss = data_parallel(model, task.loss, world, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

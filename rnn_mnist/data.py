@@ -476,16 +476,22 @@ def larochelle_hint(config: DataConfig) -> str | None:
     return "the data folder holds Larochelle's binarized_mnist_*.amat files: --binarize larochelle reads them"
 
 
+def is_benchmark(method: str) -> bool:
+    """Whether a ``method`` binarisation's test NLL compares with the literature's: Larochelle's
+    static set, or a Bernoulli draw of MNIST's test digits standing in for it (not threshold)."""
+    return method == "larochelle" or method in DRAWN
+
+
 def test_set_note(config: DataConfig) -> str | None:
     """What the test NLL is measured on, for a benchmark binarisation (None: threshold)."""
+    if not is_benchmark(config.binarize):
+        return None
     if config.binarize == "larochelle":
         return "test digits: binarized_mnist_test.amat, the benchmark's standard static test set"
-    if config.binarize in DRAWN:
-        return (
-            f"test digits: one Bernoulli draw of MNIST's (data seed {config.data_seed}), standing in "
-            "for the benchmark's static test set; ± is the standard error over digits"
-        )
-    return None
+    return (
+        f"test digits: one Bernoulli draw of MNIST's (data seed {config.data_seed}), standing in "
+        "for the benchmark's static test set; ± is the standard error over digits"
+    )
 
 
 def binarization_name(method: str, threshold: float) -> str:

@@ -304,11 +304,12 @@ def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] 
 
     train_cfg = config_from_flags(TrainConfig, flags)
     data_cfg = config_from_flags(DataConfig, flags)
-    task = make_task(flags, train_cfg)
     try:
         if checkpoint is not None:  # the saved configs are the source of truth
-            model_cfg = task.model_config_from_dict(checkpoint["model_config"])
             data_cfg = DataConfig.from_dict({**checkpoint["data_config"], "data_dir": flags["data_dir"]})
+        task = make_task(flags, train_cfg, data_cfg)
+        if checkpoint is not None:
+            model_cfg = task.model_config_from_dict(checkpoint["model_config"])
         else:
             model_cfg = task.model_config(flags)
     except (TypeError, ValueError) as exc:
