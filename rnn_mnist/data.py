@@ -141,12 +141,13 @@ def checkpoint_data_folder(
     """The data folder of a checkpoint's digits (its ``data_config``, ``saved``), the same from any
     working directory.
 
-    ``data_dir`` (a flag or an argument), else $RNN_MNIST_DATA, as typed (downloaded there if
-    missing); else the first of these that holds MNIST: the absolute folder recorded in training,
-    the folder typed in training, if relative, from where train.py ran for the ``experiment``
-    folder (the one above its --exp-dir, as for experiments/NAME and pretrained/NAME) and from
-    here. None when the checkpoint recorded no folder (the default, ./data). A recorded folder that
-    is nowhere is an RnnMnistError: nothing is downloaded to a guessed place.
+    ``data_dir`` (a flag or an argument), else $RNN_MNIST_DATA, as typed (MNIST is downloaded there
+    if missing); else the first of these that holds the digits (MNIST's raw files, or for
+    ``binarize`` "larochelle" the three .amat files): the absolute folder recorded in training, the
+    folder typed in training, if relative, from where train.py ran for the ``experiment`` folder
+    (the one above its --exp-dir, as for experiments/NAME and pretrained/NAME) and from here. None
+    when the checkpoint recorded no folder (the default, ./data). A recorded folder that is nowhere
+    is an RnnMnistError naming what was looked for: nothing is downloaded to a guessed place.
     """
     chosen = data_dir or os.environ.get(DATA_ENV_VAR)
     if chosen:
@@ -164,9 +165,13 @@ def checkpoint_data_folder(
     if not candidates:
         return None
     looked = ", ".join(dict.fromkeys(os.path.normpath(c) for c in candidates))
+    if saved.get("binarize") == "larochelle":
+        what, holding = "Larochelle's .amat files are", "binarized_mnist_{train,valid,test}.amat"
+    else:
+        what, holding = "MNIST is", "MNIST/raw"
     raise RnnMnistError(
-        f"MNIST is not in the folder this model was trained on (looked in {looked}): pass --data-dir "
-        f"(data_dir= in Python) or set ${DATA_ENV_VAR} to a folder holding MNIST/raw"
+        f"{what} not in the folder this model was trained on (looked in {looked}): pass --data-dir "
+        f"(data_dir= in Python) or set ${DATA_ENV_VAR} to a folder holding {holding}"
     )
 
 

@@ -14,7 +14,14 @@ from helpers import make_larochelle_folder, write_amat
 
 import train
 from rnn_mnist import nll
-from rnn_mnist.data import DataConfig, load_binarized_mnist, load_test_digits, require_labels
+from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.data import (
+    DataConfig,
+    checkpoint_data_folder,
+    load_binarized_mnist,
+    load_test_digits,
+    require_labels,
+)
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.larochelle import find_amat_folder, matching_labels, read_amat
 
@@ -218,3 +225,15 @@ def test_unknown_test_labels_are_refused_before_any_epoch(amat_dir, tmp_path, ca
     assert len(err.strip().splitlines()) == 1
     folder = tmp_path / "experiments" / "t"
     assert not (folder / "metrics.json").exists() and not (folder / "checkpoint.ckpt").exists()
+
+
+def test_a_larochelle_checkpoint_whose_folder_is_gone_names_the_amat_files(amat_dir, tmp_path, capsys):
+    root, _ = amat_dir
+    assert run_main(train.main, _train_args(tmp_path, root, "gone"), capsys)[0] == 0
+    saved = load_checkpoint(tmp_path / "experiments" / "gone" / "checkpoint.ckpt")["data_config"]
+    shutil.rmtree(root)
+    with pytest.raises(RnnMnistError) as caught:
+        checkpoint_data_folder(saved)
+    message = str(caught.value)
+    assert "Larochelle's .amat files are not in the folder" in message and "binarized_mnist_{train" in message
+    assert "MNIST/raw" not in message and "\n" not in message
