@@ -27,7 +27,7 @@ import torch
 
 from rnn_mnist.cli import SEED_MAX, fraction, non_negative_int, positive_int, rng_seed
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.larochelle import AMAT_FILES, amat_folder, find_amat_folder, matching_labels, read_amat
+from rnn_mnist.larochelle import amat_folder, find_amat_folder, matching_labels, mnist_position, read_split
 from rnn_mnist.options import option, unless, when
 
 NUM_PIXELS = 784
@@ -367,7 +367,7 @@ def load_test_digits(config: DataConfig, grey: bool = False) -> tuple[torch.Tens
     if config.binarize == "larochelle":
         if grey:
             raise RnnMnistError("--binarize larochelle: the .amat digits have no grey levels to read")
-        digits, labels, _ = _larochelle_split(config, "test")
+        digits, labels, _ = _larochelle_splits(config, ("test",))["test"]
         return digits, labels
     levels, labels = load_mnist_split(config.data_dir, train=False)
     return (levels if grey else binarize_fixed(levels, config, _TEST_STREAM)), labels
@@ -415,9 +415,8 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
 
 def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
     """The three .amat files as they are (their own validation split), MNIST's labels where they fit."""
-    train, train_labels, train_note = _larochelle_split(config, "train")
-    val, val_labels, val_note = _larochelle_split(config, "valid", offset=len(train))
-    test, test_labels, test_note = _larochelle_split(config, "test")
+    splits = _larochelle_splits(config, ("train", "valid", "test"))
+    (train, train_labels, _), (val, val_labels, _), (test, test_labels, _) = splits.values()
     train_end = len(train) if config.train_subset is None else config.train_subset
     test_indices = torch.arange(len(test))[: config.test_subset]
     config.data_folder = os.path.abspath(resolve_data_dir(config.data_dir))
@@ -433,7 +432,7 @@ def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
         test_indices=test_indices,
         notes=(
             f"digits: {amat_folder(resolve_data_dir(config.data_dir))}/binarized_mnist_*.amat; "
-            + _labels_note((train_note, val_note, test_note)),
+            + _labels_note(tuple(reason for _, _, reason in splits.values())),
         ),
     )
 
@@ -446,21 +445,33 @@ def _labels_note(reasons: tuple[str, ...]) -> str:
     return "labels unknown (" + "; ".join(unknown) + ")"
 
 
-def _larochelle_split(
-    config: DataConfig, split: str, offset: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """One .amat split's digits, MNIST's labels when they fit them (``matching_labels``; the valid
-    file's digits follow the ``offset`` train ones in MNIST's train set), and why they are None."""
+def _larochelle_splits(
+    config: DataConfig, splits: tuple[str, ...]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, str]]:
+    """Each .amat split's digits, MNIST's labels when they fit them (``matching_labels``, at the
+    split's ``mnist_position``), and why they are None; each MNIST split is read once."""
     root = resolve_data_dir(config.data_dir)
-    digits = read_amat(amat_folder(root) / AMAT_FILES[split])
-    if find_raw_folder(root) is None:
-        return digits, None, f"no MNIST raw files in {root} to take them from"
-    grey, labels = load_mnist_split(root, train=split != "test")
-    grey, labels = grey[offset : offset + len(digits)], labels[offset : offset + len(digits)]
-    matched = matching_labels(digits, grey, labels)
-    if matched is None:
-        return digits, None, f"{split}: MNIST's digits there do not match the .amat ones by position"
-    return digits, matched, ""
+    folder = amat_folder(root)
+    has_mnist = find_raw_folder(root) is not None
+    mnist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    found = {}
+    for split in splits:
+        digits = read_split(folder, split)
+        if not has_mnist:
+            found[split] = (digits, None, f"no MNIST raw files in {root} to take them from")
+            continue
+        source, start = mnist_position(split)
+        if source not in mnist:
+            mnist[source] = load_mnist_split(root, train=source == "train")
+        grey, labels = (t[start : start + len(digits)] for t in mnist[source])
+        matched = matching_labels(digits, grey, labels)
+        why = (
+            ""
+            if matched is not None
+            else f"{split}: MNIST's digits there do not match the .amat ones by position"
+        )
+        found[split] = (digits, matched, why)
+    return found
 
 
 def require_labels(labels: torch.Tensor | None, needed_by: str) -> torch.Tensor:

@@ -13,6 +13,7 @@ from conftest import run_main
 from helpers import make_larochelle_folder, write_amat
 
 import train
+from rnn_mnist import larochelle as amat
 from rnn_mnist import nll
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.data import (
@@ -27,9 +28,11 @@ from rnn_mnist.larochelle import find_amat_folder, matching_labels, read_amat
 
 
 @pytest.fixture
-def amat_dir(tmp_path):
+def amat_dir(tmp_path, monkeypatch):
     root = tmp_path / "bmnist"
-    return root, make_larochelle_folder(root)
+    # The fixture's files are tiny: the counts they must hold are theirs, not the published ones.
+    monkeypatch.setattr(amat, "AMAT_COUNTS", {"train": 48, "valid": 16, "test": 20})
+    return root, make_larochelle_folder(root, train=48, valid=16, test=20)
 
 
 def larochelle(root, **values) -> DataConfig:
@@ -98,6 +101,9 @@ def _malformed(root, case: str) -> str:
     if case == "blank line":
         path.write_text("\n".join([*lines[:3], "", *lines[3:]]) + "\n")
         return f"{path}: line 4 has 0 values, not 784"
+    if case == "truncated":  # whole lines, cut short: each is a digit, there are too few
+        path.write_text("\n".join(lines[:-1]) + "\n")
+        return f"{path} holds 15 digits, not 16 (a truncated download?)"
     if case == "empty":
         path.write_text("")
         return f"{path} is empty"
@@ -105,7 +111,7 @@ def _malformed(root, case: str) -> str:
     return f"{path} is missing"
 
 
-CASES = ["short line", "not binary", "a float", "blank line", "empty", "missing"]
+CASES = ["short line", "not binary", "a float", "blank line", "truncated", "empty", "missing"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -117,7 +123,7 @@ def test_a_malformed_file_is_one_line_naming_the_file_and_line(amat_dir, case):
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("case", ["short line", "empty", "missing"])
+@pytest.mark.parametrize("case", ["short line", "truncated", "empty", "missing"])
 def test_train_py_refuses_a_malformed_file_in_one_line(amat_dir, tmp_path, capsys, case):
     root, _ = amat_dir
     expected = _malformed(root, case)
