@@ -94,7 +94,7 @@ def evaluate_nll(
     return {
         "loss": total_loss / n,
         "nll_nats": nll_nats,
-        "nll_nats_se": standard_error(n, total_nll, total_squares),
+        "nll_nats_standard_error": standard_error(n, total_nll, total_squares),
         "bits_per_pixel": bits_per_dim(nll_nats),
     }
 
@@ -257,7 +257,7 @@ class NextPixelTask:
             "val_nll_nats": None if val is None else val["nll_nats"],
             "test_loss": test["loss"],
             "test_nll_nats": test["nll_nats"],
-            "test_nll_se": test["nll_nats_se"],
+            "test_nll_se": test["nll_nats_standard_error"],
             "test_bits_per_pixel": test["bits_per_pixel"],
         }
 
