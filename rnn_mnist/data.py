@@ -511,5 +511,5 @@ def test_set_note(config: DataConfig) -> str | None:
 
 
 def binarization_name(method: str, threshold: float) -> str:
-    """A short name of a binarisation: ``threshold-0.1``, ``static`` or ``dynamic``."""
+    """A short name of a binarisation: ``threshold-0.1``, ``static``, ``dynamic`` or ``larochelle``."""
     return f"threshold-{threshold:g}" if method == "threshold" else method

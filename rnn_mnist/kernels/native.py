@@ -1,4 +1,5 @@
-"""The rollout's fused GRU step (gru_step.c, beside this file): built with the system C compiler on first use.
+"""The fused C library (gru_step.c, beside this file): the rollout's GRU step, and the GRU training
+recurrence's loops; built with the system C compiler on first use.
 
     kernel = load_kernel()          # None, with the reason in kernel_status(), if it cannot be built
     step = FusedGRUStep(model.step_weights(), labels, matmul_dtype=torch.bfloat16)
@@ -7,7 +8,9 @@
     logits, state = step.forward(canvas, 0, 784, None)   # NextPixelModel.forward without a gradient
 
 It takes the model's weights as plain tensors (rnn_mnist/kernels/weights.py), never the model;
-rnn_mnist/steps.py decides when it runs.
+rnn_mnist/steps.py decides when the step runs. The same library's gru_forward and gru_backward run
+a GRU layer's training recurrence (rnn_mnist/kernels/native_recurrence.py decides when); this
+module loads it and sets every function's C signature.
 
 Why C: a rollout step of a one-layer GRU-128 over 10,000 digits is one (10000, 128) x (128, 384)
 GEMM and then a dozen elementwise torch ops, each streaming a (10000, 384) tensor through memory;
@@ -22,8 +25,9 @@ The library is built into a private cache (~/.cache/rnn_mnist or $RNN_MNIST_CACH
 the compiler and its flags and the CPU, checked against the hash recorded when it was built before
 each load, and reused (rnn_mnist/kernels/library.py). Its OpenMP is normally the libgomp torch has
 already loaded, and it runs on torch's thread count either way. Where no compiler works, or
-``RNN_MNIST_NATIVE`` is 0 (false, off, no), the model keeps its torch-op step, and one line on stderr
-says why; the two are tested against each other (tests/test_native.py), NaN and inf included.
+``RNN_MNIST_NATIVE`` is 0 (false, off, no), the model keeps its torch-op step and training its
+torch-op recurrence, and one line on stderr says why; each pair is tested against each other
+(tests/test_native.py, tests/test_gru_train_kernel.py), NaN and inf included.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ _loaded: tuple[ctypes.CDLL | None, str] | None = None
 
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 # Each function's (argtypes, restype): gru_step (the rollout step), gru_forward and gru_backward
-# (the training recurrence, rnn_mnist/kernels/native_recurrence.py; 0, or 1 when out of memory).
+# (the training recurrence, rnn_mnist/kernels/native_recurrence.py; 0, or -1 when out of memory).
 _SIGNATURES = {
     "gru_step": ([_int, _i64, _i64, _i64, _p, _i64, *[_p] * 7, _int, *[_p] * 5, ctypes.c_float, _p], None),
     "gru_forward": ([_int, _i64, _i64, _i64, _i64, *[_p] * 7], _int),
