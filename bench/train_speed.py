@@ -14,7 +14,8 @@ median is reported. Each row also gives the step's FLOPs (the GEMMs: forward, an
 backward) and the GFLOP/s they ran at.
 
 Second, data parallelism on the fast GRU with the CPU settings, plain and with configs/fast.toml's
-inputs (3 x 7 context, position): one process on ``--ranks`` threads (each input set's reference)
+inputs (3 x 7 context, position), on gru.py's torch-op recurrence (RNN_MNIST_NATIVE=0, as when
+docs/speed.md's table was recorded): one process on ``--ranks`` threads (each input set's reference)
 against ``torchrun --nproc-per-node RANKS`` (gloo) with one thread a rank, at the same global batch.
 Both run train.py's step: rnn_mnist.distributed's world, shard and DistributedDataParallel around
 the task's loss, rnn_mnist.training.optimize, the loss all-reduced. Sequences/s count the global
@@ -56,6 +57,7 @@ from rnn_mnist.data import (  # noqa: E402
     resolve_data_dir,
 )
 from rnn_mnist.distributed import World, all_reduce_sum, data_parallel, joined, shard, world_from_env  # noqa: E402
+from rnn_mnist.kernels import native  # noqa: E402
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.runtime import configure_cpu_math  # noqa: E402
 from rnn_mnist.tasks import make_task  # noqa: E402
@@ -131,6 +133,8 @@ def worker(row: str, hidden: int, batch_size: int, steps: int, device: torch.dev
     """Time ``steps`` training steps of one row in this process; print JSON."""
     kind, inputs, precision, cpu_settings = ROWS[row]
     os.environ["RNN_MNIST_NATIVE"] = "1" if kind == "fast-c" else "0"  # read when the kernel first loads
+    if kind == "fast-c" and native.load_kernel() is None:  # not torch ops timed under the C row's name
+        raise SystemExit(f"{row}: the fused C recurrence cannot run here: {native.kernel_status()}")
     if cpu_settings:
         configure_cpu_math()
     torch.manual_seed(0)
@@ -175,7 +179,7 @@ def data_parallel_step(
     labels = torch.arange(batch_size) % 10
     mine, share = shard(torch.arange(batch_size), world)
     batch, batch_labels = pixels[mine], labels[mine]
-    task = make_task({}, TrainConfig(exp_name="bench", batch_size=batch_size))
+    task = make_task({}, TrainConfig(exp_name="bench", batch_size=batch_size), DataConfig())
     model = task.build_model(ModelConfig(hidden_size=hidden, **inputs)).to(device)
     loss = data_parallel(model, task.loss, world, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -197,6 +201,9 @@ def data_parallel_worker(inputs: str, hidden: int, batch_size: int, steps: int, 
     """Time one data-parallel row: this process alone on ``threads`` threads, or under torchrun one
     rank of it (its threads are rnn_mnist.distributed's, RNN_MNIST_THREADS). Steps with and without
     the gradient all-reduce alternate; rank 0 prints JSON (mean seconds a step of each)."""
+    # The torch-op recurrence, as when docs/speed.md's data-parallel table was recorded (before the
+    # fused C recurrence): the table keeps measuring the same thing. Read when the kernel first loads.
+    os.environ["RNN_MNIST_NATIVE"] = "0"
     with joined(world_from_env()) as world:
         if world.size == 1:
             torch.set_num_threads(threads)

@@ -35,7 +35,7 @@ from typing import Any
 
 from rnn_mnist.checkpoint import atomic_write, load_checkpoint, weights_sha256
 from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, run_cli
-from rnn_mnist.data import binarization_name
+from rnn_mnist.data import binarization_name, is_benchmark
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.output_folder import read_log
 
@@ -251,16 +251,24 @@ def line_labels(experiments: list[dict[str, Any]]) -> list[str]:
 
 def binarization(experiment: dict[str, Any]) -> str:
     """How the experiment's digits were binarised (its NLLs are of that data set)."""
-    data = experiment.get("data_config") or experiment["config"]
-    method, threshold = data.get("binarize", "threshold"), data.get("threshold", 0.1)
-    return binarization_name(str(method), threshold if _is_number(threshold) else 0.1)
+    threshold = _data_config(experiment).get("threshold", 0.1)
+    return binarization_name(_binarize(experiment), threshold if _is_number(threshold) else 0.1)
+
+
+def _data_config(experiment: dict[str, Any]) -> dict[str, Any]:
+    return experiment.get("data_config") or experiment["config"]
+
+
+def _binarize(experiment: dict[str, Any]) -> str:
+    """The experiment's --binarize method."""
+    return str(_data_config(experiment).get("binarize", "threshold"))
 
 
 def _test_nll_cell(experiment: dict[str, Any], last: dict[str, Any]) -> str:
     """The last test NLL, ± its standard error over the digits where the test set is the benchmark's
     or a Bernoulli draw standing in for it (histories written before the error was recorded: none)."""
     nll, error = _fmt(last.get("test_nll_nats")), last.get("test_nll_se")
-    if _is_number(error) and not binarization(experiment).startswith("threshold"):
+    if _is_number(error) and is_benchmark(_binarize(experiment)):
         return f"{nll} ± {error:.2f}"
     return nll
 

@@ -27,7 +27,7 @@ import torch
 
 from rnn_mnist.cli import SEED_MAX, fraction, non_negative_int, positive_int, rng_seed
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.larochelle import AMAT_FILES, amat_folder, find_amat_folder, matching_labels, read_amat
+from rnn_mnist.larochelle import amat_folder, find_amat_folder, matching_labels, mnist_position, read_split
 from rnn_mnist.options import option, unless, when
 
 NUM_PIXELS = 784
@@ -141,12 +141,13 @@ def checkpoint_data_folder(
     """The data folder of a checkpoint's digits (its ``data_config``, ``saved``), the same from any
     working directory.
 
-    ``data_dir`` (a flag or an argument), else $RNN_MNIST_DATA, as typed (downloaded there if
-    missing); else the first of these that holds MNIST: the absolute folder recorded in training,
-    the folder typed in training, if relative, from where train.py ran for the ``experiment``
-    folder (the one above its --exp-dir, as for experiments/NAME and pretrained/NAME) and from
-    here. None when the checkpoint recorded no folder (the default, ./data). A recorded folder that
-    is nowhere is an RnnMnistError: nothing is downloaded to a guessed place.
+    ``data_dir`` (a flag or an argument), else $RNN_MNIST_DATA, as typed (MNIST is downloaded there
+    if missing); else the first of these that holds the digits (MNIST's raw files, or for
+    ``binarize`` "larochelle" the three .amat files): the absolute folder recorded in training, the
+    folder typed in training, if relative, from where train.py ran for the ``experiment`` folder
+    (the one above its --exp-dir, as for experiments/NAME and pretrained/NAME) and from here. None
+    when the checkpoint recorded no folder (the default, ./data). A recorded folder that is nowhere
+    is an RnnMnistError naming what was looked for: nothing is downloaded to a guessed place.
     """
     chosen = data_dir or os.environ.get(DATA_ENV_VAR)
     if chosen:
@@ -164,9 +165,13 @@ def checkpoint_data_folder(
     if not candidates:
         return None
     looked = ", ".join(dict.fromkeys(os.path.normpath(c) for c in candidates))
+    if saved.get("binarize") == "larochelle":
+        what, holding = "Larochelle's .amat files are", "binarized_mnist_{train,valid,test}.amat"
+    else:
+        what, holding = "MNIST is", "MNIST/raw"
     raise RnnMnistError(
-        f"MNIST is not in the folder this model was trained on (looked in {looked}): pass --data-dir "
-        f"(data_dir= in Python) or set ${DATA_ENV_VAR} to a folder holding MNIST/raw"
+        f"{what} not in the folder this model was trained on (looked in {looked}): pass --data-dir "
+        f"(data_dir= in Python) or set ${DATA_ENV_VAR} to a folder holding {holding}"
     )
 
 
@@ -362,7 +367,7 @@ def load_test_digits(config: DataConfig, grey: bool = False) -> tuple[torch.Tens
     if config.binarize == "larochelle":
         if grey:
             raise RnnMnistError("--binarize larochelle: the .amat digits have no grey levels to read")
-        digits, labels, _ = _larochelle_split(config, "test")
+        digits, labels, _ = _larochelle_splits(config, ("test",))["test"]
         return digits, labels
     levels, labels = load_mnist_split(config.data_dir, train=False)
     return (levels if grey else binarize_fixed(levels, config, _TEST_STREAM)), labels
@@ -410,9 +415,8 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
 
 def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
     """The three .amat files as they are (their own validation split), MNIST's labels where they fit."""
-    train, train_labels, train_note = _larochelle_split(config, "train")
-    val, val_labels, val_note = _larochelle_split(config, "valid", offset=len(train))
-    test, test_labels, test_note = _larochelle_split(config, "test")
+    splits = _larochelle_splits(config, ("train", "valid", "test"))
+    (train, train_labels, _), (val, val_labels, _), (test, test_labels, _) = splits.values()
     train_end = len(train) if config.train_subset is None else config.train_subset
     test_indices = torch.arange(len(test))[: config.test_subset]
     config.data_folder = os.path.abspath(resolve_data_dir(config.data_dir))
@@ -428,7 +432,7 @@ def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
         test_indices=test_indices,
         notes=(
             f"digits: {amat_folder(resolve_data_dir(config.data_dir))}/binarized_mnist_*.amat; "
-            + _labels_note((train_note, val_note, test_note)),
+            + _labels_note(tuple(reason for _, _, reason in splits.values())),
         ),
     )
 
@@ -441,21 +445,33 @@ def _labels_note(reasons: tuple[str, ...]) -> str:
     return "labels unknown (" + "; ".join(unknown) + ")"
 
 
-def _larochelle_split(
-    config: DataConfig, split: str, offset: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """One .amat split's digits, MNIST's labels when they fit them (``matching_labels``; the valid
-    file's digits follow the ``offset`` train ones in MNIST's train set), and why they are None."""
+def _larochelle_splits(
+    config: DataConfig, splits: tuple[str, ...]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, str]]:
+    """Each .amat split's digits, MNIST's labels when they fit them (``matching_labels``, at the
+    split's ``mnist_position``), and why they are None; each MNIST split is read once."""
     root = resolve_data_dir(config.data_dir)
-    digits = read_amat(amat_folder(root) / AMAT_FILES[split])
-    if find_raw_folder(root) is None:
-        return digits, None, f"no MNIST raw files in {root} to take them from"
-    grey, labels = load_mnist_split(root, train=split != "test")
-    grey, labels = grey[offset : offset + len(digits)], labels[offset : offset + len(digits)]
-    matched = matching_labels(digits, grey, labels)
-    if matched is None:
-        return digits, None, f"{split}: MNIST's digits there do not match the .amat ones by position"
-    return digits, matched, ""
+    folder = amat_folder(root)
+    has_mnist = find_raw_folder(root) is not None
+    mnist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    found = {}
+    for split in splits:
+        digits = read_split(folder, split)
+        if not has_mnist:
+            found[split] = (digits, None, f"no MNIST raw files in {root} to take them from")
+            continue
+        source, start = mnist_position(split)
+        if source not in mnist:
+            mnist[source] = load_mnist_split(root, train=source == "train")
+        grey, labels = (t[start : start + len(digits)] for t in mnist[source])
+        matched = matching_labels(digits, grey, labels)
+        why = (
+            ""
+            if matched is not None
+            else f"{split}: MNIST's digits there do not match the .amat ones by position"
+        )
+        found[split] = (digits, matched, why)
+    return found
 
 
 def require_labels(labels: torch.Tensor | None, needed_by: str) -> torch.Tensor:
@@ -476,18 +492,24 @@ def larochelle_hint(config: DataConfig) -> str | None:
     return "the data folder holds Larochelle's binarized_mnist_*.amat files: --binarize larochelle reads them"
 
 
+def is_benchmark(method: str) -> bool:
+    """Whether a ``method`` binarisation's test NLL compares with the literature's: Larochelle's
+    static set, or a Bernoulli draw of MNIST's test digits standing in for it (not threshold)."""
+    return method == "larochelle" or method in DRAWN
+
+
 def test_set_note(config: DataConfig) -> str | None:
     """What the test NLL is measured on, for a benchmark binarisation (None: threshold)."""
+    if not is_benchmark(config.binarize):
+        return None
     if config.binarize == "larochelle":
         return "test digits: binarized_mnist_test.amat, the benchmark's standard static test set"
-    if config.binarize in DRAWN:
-        return (
-            f"test digits: one Bernoulli draw of MNIST's (data seed {config.data_seed}), standing in "
-            "for the benchmark's static test set; ± is the standard error over digits"
-        )
-    return None
+    return (
+        f"test digits: one Bernoulli draw of MNIST's (data seed {config.data_seed}), standing in "
+        "for the benchmark's static test set; ± is the standard error over digits"
+    )
 
 
 def binarization_name(method: str, threshold: float) -> str:
-    """A short name of a binarisation: ``threshold-0.1``, ``static`` or ``dynamic``."""
+    """A short name of a binarisation: ``threshold-0.1``, ``static``, ``dynamic`` or ``larochelle``."""
     return f"threshold-{threshold:g}" if method == "threshold" else method

@@ -1,7 +1,7 @@
 """Larochelle & Murray's statically binarised MNIST: the benchmark's own digits, read from .amat files.
 
     folder = amat_folder("data")                           # data/ or data/binarized_mnist/
-    train = read_amat(folder / AMAT_FILES["train"])        # (50000, 784) uint8 in {0, 1}
+    train = read_split(folder, "train")                    # (50000, 784) uint8 in {0, 1}
     labels = matching_labels(train, grey[:50000], mnist_labels[:50000])   # or None
 
 The three files (binarized_mnist_{train,valid,test}.amat, 50,000 / 10,000 / 10,000 digits; Larochelle
@@ -25,6 +25,8 @@ AMAT_FILES = {
     "valid": "binarized_mnist_valid.amat",
     "test": "binarized_mnist_test.amat",
 }
+# Digits a split's file holds: fewer or more is a broken download, refused (tests shrink these).
+AMAT_COUNTS = {"train": 50_000, "valid": 10_000, "test": 10_000}
 AMAT_SUBFOLDER = "binarized_mnist"  # looked for inside the data folder too
 AMAT_WIDTH = 784
 # A Bernoulli(grey) draw never turns on a pixel whose grey level is 0, so a digit drawn from the MNIST
@@ -64,6 +66,26 @@ def amat_folder(root: str | Path) -> Path:
         f"--binarize larochelle reads binarized_mnist_{{train,valid,test}}.amat from {first} or "
         f"{second}: there is no {first / AMAT_FILES['train']} (download Larochelle & Murray's files there)"
     )
+
+
+def read_split(folder: Path, split: str) -> torch.Tensor:
+    """The digits (AMAT_COUNTS[split], 784) of one split's file in ``folder``; another count is an
+    RnnMnistError in one line."""
+    path = folder / AMAT_FILES[split]
+    digits = read_amat(path)
+    if len(digits) != AMAT_COUNTS[split]:
+        raise RnnMnistError(
+            f"{path} holds {len(digits):,} digits, not {AMAT_COUNTS[split]:,} (a truncated download?)"
+        )
+    return digits
+
+
+def mnist_position(split: str) -> tuple[str, int]:
+    """Where a split's digits were drawn from: the MNIST split ("train" or "test") and the position
+    of its first digit there (valid follows the train file's digits in MNIST's train set)."""
+    if split == "test":
+        return "test", 0
+    return "train", AMAT_COUNTS["train"] if split == "valid" else 0
 
 
 def read_amat(path: Path, width: int = AMAT_WIDTH) -> torch.Tensor:

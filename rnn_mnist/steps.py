@@ -18,21 +18,21 @@ Three backends run the same weights:
 Training (with a gradient) runs on NN or FAST. Under FAST, each GRU layer's recurrence runs on the
 fused C loops of kernels/native_recurrence.py (the same library as FUSED) in fp32 where the library
 is built (``RNN_MNIST_NATIVE`` as above), and on gru.py's torch ops under bf16 autocast or without
-the library; ``native_recurrence.runs`` decides, per layer call, and ``describe_recurrence`` says
-which for the training record.
+the library; ``native_recurrence.why_not`` decides, per layer call and for ``describe_recurrence``,
+which says which for the training record.
 The model hands its weights to FAST and FUSED as plain tensors (``model.step_weights()``); the
 kernels never see the model. This is the only module that asks ``native.supports``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
 
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.kernels import native
+from rnn_mnist.kernels import native, native_recurrence
 from rnn_mnist.kernels.fast_step import FastGRUStep
 from rnn_mnist.kernels.gru import matmul_dtype
 from rnn_mnist.kernels.weights import StepWeights
@@ -54,6 +54,8 @@ class SteppedModel(Protocol):
     fused_step: bool  # False: passes without a gradient stay on torch ops
 
     def step_weights(self) -> StepWeights: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
 
     def step(
         self, canvas: torch.Tensor, t: int, state: State | None, labels: torch.Tensor | None = None
@@ -127,13 +129,12 @@ def describe_step(model: SteppedModel, device: torch.device) -> str:
 def describe_recurrence(model: SteppedModel, device: torch.device, precision: str) -> str:
     """Which recurrence a training step of ``model`` runs under ``precision``, in a line for the
     compute record: the fused C loops change the numerics a little (summation order, a polynomial
-    exp; -ffast-math), so a run says whether its GRU trained on them."""
+    exp; -ffast-math), so a run says whether its GRU trained on them. native_recurrence.why_not
+    decides, as it does for every layer call."""
     if not uses_fast_gru(model, device):
         return f"torch nn.{model.config.cell.upper()}"
-    if precision != "fp32":
-        return f"torch ops (rnn_mnist/kernels/gru.py, {precision})"
-    if model.config.hidden_size > native.MAX_HIDDEN:
-        return f"torch ops (rnn_mnist/kernels/gru.py: over {native.MAX_HIDDEN} units)"
-    if native.load_kernel() is None:
-        return f"torch ops (rnn_mnist/kernels/gru.py): {native.kernel_status()}"
+    dtype = next(model.parameters()).dtype
+    why = native_recurrence.why_not(model.config.hidden_size, dtype, device, autocast=precision != "fp32")
+    if why is not None:
+        return f"torch ops (rnn_mnist/kernels/gru.py: {why})"
     return "fused C (gru_step.c gru_forward/gru_backward, fp32, -ffast-math, polynomial exp)"

@@ -1,6 +1,6 @@
 """What a training task is: its model, its inputs, its loss, its metrics, its epoch line.
 
-    task = make_task(flags, train_cfg)          # flags["task"]: "next-pixel" (default) or "classify"
+    task = make_task(flags, train_cfg, data_cfg)  # flags["task"]: "next-pixel" (default) or "classify"
     model = task.build_model(task.model_config(flags))
     loss, extras = task.loss(model, inputs[idx].to(device), labels[idx].to(device), batch_number, generator)
     entry = task.evaluate(model, data, device)  # val/test metrics for the epoch's history entry
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_mnist.config import TASKS, train_options
-from rnn_mnist.data import DRAWN, BinarizedMNIST, DataConfig, binarization_name
+from rnn_mnist.data import BinarizedMNIST, DataConfig, binarization_name, is_benchmark
 from rnn_mnist.distributed import SINGLE, World, all_reduce_sum, my_batches
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.likelihood import bits_per_dim, standard_error
@@ -44,7 +44,6 @@ from rnn_mnist.samples import write_epoch_samples
 from rnn_mnist.scheduled_sampling import parallel_mixture, resolve_mode, sequential_logits
 
 EVAL_BATCH_SIZE = 500
-BENCHMARK = (*DRAWN, "larochelle")  # binarisations whose test NLL compares with the literature's
 # The flags of one task, with their defaults (declared with task= on their fields): typed on the
 # other task, whatever their value, or set there to another value (a recipe, a Python caller), they
 # are refused.
@@ -95,7 +94,7 @@ def evaluate_nll(
     return {
         "loss": total_loss / n,
         "nll_nats": nll_nats,
-        "nll_nats_se": standard_error(n, total_nll, total_squares),
+        "nll_nats_standard_error": standard_error(n, total_nll, total_squares),
         "bits_per_pixel": bits_per_dim(nll_nats),
     }
 
@@ -175,12 +174,13 @@ def check_task_flags(flags: dict[str, Any], typed: set[str] | None = None) -> No
         raise RnnMnistError(f"{', '.join(stray)} is for {other} only; this experiment is --task {task}")
 
 
-def make_task(flags: dict[str, Any], train_cfg: Any) -> Task:
-    """The task named by ``flags["task"]`` (an experiment saved before tasks existed: next-pixel)."""
+def make_task(flags: dict[str, Any], train_cfg: Any, data_cfg: DataConfig) -> Task:
+    """The task named by ``flags["task"]`` (an experiment saved before tasks existed: next-pixel),
+    for the digits of ``data_cfg`` (a resumed run's: its checkpoint's, not the flags')."""
     check_task_flags(flags)
     if flags.get("task", "next-pixel") == "classify":
         return ClassifyTask(train_cfg, binarized_input=bool(flags.get("binarized_input")))
-    return NextPixelTask(train_cfg, benchmark=flags.get("binarize") in BENCHMARK)
+    return NextPixelTask(train_cfg, benchmark=is_benchmark(data_cfg.binarize))
 
 
 @dataclass
@@ -257,7 +257,7 @@ class NextPixelTask:
             "val_nll_nats": None if val is None else val["nll_nats"],
             "test_loss": test["loss"],
             "test_nll_nats": test["nll_nats"],
-            "test_nll_se": test["nll_nats_se"],
+            "test_nll_se": test["nll_nats_standard_error"],
             "test_bits_per_pixel": test["bits_per_pixel"],
         }
 

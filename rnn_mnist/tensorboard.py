@@ -94,7 +94,7 @@ class Board:
             self.writer.file_writer.add_summary(self.summary(value=values), step)
 
     def epoch(self, entry: dict[str, Any], step: int, picture: Path | None = None) -> None:
-        """One epoch's numbers (NLLs or accuracies, bits/px, sequences/s, seconds) and its samples
+        """One epoch's numbers (NLLs or accuracies, bits/dim, sequences/s, seconds) and its samples
         picture, at ``step``; then everything so far reaches the disk."""
         with _writing(self.folder):
             for tag, value in epoch_tags(entry).items():

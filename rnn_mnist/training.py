@@ -304,11 +304,12 @@ def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] 
 
     train_cfg = config_from_flags(TrainConfig, flags)
     data_cfg = config_from_flags(DataConfig, flags)
-    task = make_task(flags, train_cfg)
     try:
         if checkpoint is not None:  # the saved configs are the source of truth
-            model_cfg = task.model_config_from_dict(checkpoint["model_config"])
             data_cfg = DataConfig.from_dict({**checkpoint["data_config"], "data_dir": flags["data_dir"]})
+        task = make_task(flags, train_cfg, data_cfg)
+        if checkpoint is not None:
+            model_cfg = task.model_config_from_dict(checkpoint["model_config"])
         else:
             model_cfg = task.model_config(flags)
     except (TypeError, ValueError) as exc:
@@ -319,11 +320,17 @@ def _resolve_run(paths: ExperimentPaths, flags: dict[str, Any], typed: set[str] 
 
 
 def _check_labels(run: _Run, data: BinarizedMNIST) -> None:
-    """Refuse, in one line, a run that needs the digits' labels when they are unknown (larochelle)."""
+    """Refuse, in one line and before any epoch, a run that needs the digits' labels when those of a
+    split it reads are unknown (larochelle matches MNIST's labels split by split)."""
     if run.task.name == "classify":
-        require_labels(data.train_labels, "--task classify")
+        needed_by = "--task classify"
     elif run.model_cfg.num_classes:
-        require_labels(data.train_labels, "--condition label")
+        needed_by = "--condition label"
+    else:
+        return
+    for labels, digits in ((data.train_labels, 1), (data.val_labels, len(data.val)), (data.test_labels, 1)):
+        if digits:  # an empty validation split (--val-size 0) is never read
+            require_labels(labels, needed_by)
 
 
 def _check_memory(run: _Run, data: BinarizedMNIST, device: torch.device) -> None:

@@ -64,7 +64,20 @@ def _calls(monkeypatch) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    ("steps", "batch", "hidden"), [(7, 1, 8), (30, 3, 13), (12, 5, 64), (20, 17, 8), (9, 17, 13), (25, 4, 64)]
+    ("steps", "batch", "hidden"),
+    # The last three reach the production tiling: whole panels of 24 columns (24), a last 32 as two
+    # tiles of 16 (32), both (128), with digits in blocks of 4 rows and a partial last block (9, 5, 3).
+    [
+        (7, 1, 8),
+        (30, 3, 13),
+        (12, 5, 64),
+        (20, 17, 8),
+        (9, 17, 13),
+        (25, 4, 64),
+        (6, 5, 128),
+        (5, 9, 24),
+        (5, 3, 32),
+    ],
 )
 def test_the_c_recurrence_equals_the_torch_ops_in_outputs_and_every_gradient(
     steps, batch, hidden, monkeypatch
@@ -80,7 +93,7 @@ def test_the_c_recurrence_equals_the_torch_ops_in_outputs_and_every_gradient(
         torch.testing.assert_close(a, b, **TOLERANCE, msg=name)
 
 
-@pytest.mark.parametrize(("batch", "hidden"), [(1, 8), (5, 13), (17, 64)])
+@pytest.mark.parametrize(("batch", "hidden"), [(1, 8), (5, 13), (17, 64), (9, 128)])
 def test_the_c_recurrence_equals_nn_gru_in_outputs_and_every_gradient(batch, hidden, monkeypatch):
     torch.manual_seed(batch)
     rnn = nn.GRU(3, hidden)
@@ -206,7 +219,12 @@ def test_the_training_record_says_which_recurrence_runs(monkeypatch):
         NextPixelModel(ModelConfig(cell="lstm")),
     )
     assert steps.describe_recurrence(gru_model, cpu, "fp32").startswith("fused C")
-    assert steps.describe_recurrence(gru_model, cpu, "bf16").startswith("torch ops")
+    assert (
+        steps.describe_recurrence(gru_model, cpu, "bf16")
+        == "torch ops (rnn_mnist/kernels/gru.py: under bf16 autocast)"
+    )
+    assert steps.describe_recurrence(gru_model.double(), cpu, "fp32").endswith("float64, not fp32)")
+    gru_model.float()
     assert steps.describe_recurrence(lstm_model, cpu, "fp32") == "torch nn.LSTM"
     gru_model.fast_gru = False
     assert steps.describe_recurrence(gru_model, cpu, "fp32") == "torch nn.GRU"
@@ -214,4 +232,4 @@ def test_the_training_record_says_which_recurrence_runs(monkeypatch):
     monkeypatch.setattr(native, "_loaded", None)
     monkeypatch.setenv("RNN_MNIST_NATIVE", "off")
     line = steps.describe_recurrence(gru_model, cpu, "fp32")
-    assert line.startswith("torch ops") and "RNN_MNIST_NATIVE=off" in line
+    assert line == "torch ops (rnn_mnist/kernels/gru.py: RNN_MNIST_NATIVE=off)"  # said once

@@ -13,16 +13,26 @@ from conftest import run_main
 from helpers import make_larochelle_folder, write_amat
 
 import train
+from rnn_mnist import larochelle as amat
 from rnn_mnist import nll
-from rnn_mnist.data import DataConfig, load_binarized_mnist, load_test_digits, require_labels
+from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.data import (
+    DataConfig,
+    checkpoint_data_folder,
+    load_binarized_mnist,
+    load_test_digits,
+    require_labels,
+)
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.larochelle import find_amat_folder, matching_labels, read_amat
 
 
 @pytest.fixture
-def amat_dir(tmp_path):
+def amat_dir(tmp_path, monkeypatch):
     root = tmp_path / "bmnist"
-    return root, make_larochelle_folder(root)
+    # The fixture's files are tiny: the counts they must hold are theirs, not the published ones.
+    monkeypatch.setattr(amat, "AMAT_COUNTS", {"train": 48, "valid": 16, "test": 20})
+    return root, make_larochelle_folder(root, train=48, valid=16, test=20)
 
 
 def larochelle(root, **values) -> DataConfig:
@@ -91,6 +101,9 @@ def _malformed(root, case: str) -> str:
     if case == "blank line":
         path.write_text("\n".join([*lines[:3], "", *lines[3:]]) + "\n")
         return f"{path}: line 4 has 0 values, not 784"
+    if case == "truncated":  # whole lines, cut short: each is a digit, there are too few
+        path.write_text("\n".join(lines[:-1]) + "\n")
+        return f"{path} holds 15 digits, not 16 (a truncated download?)"
     if case == "empty":
         path.write_text("")
         return f"{path} is empty"
@@ -98,7 +111,7 @@ def _malformed(root, case: str) -> str:
     return f"{path} is missing"
 
 
-CASES = ["short line", "not binary", "a float", "blank line", "empty", "missing"]
+CASES = ["short line", "not binary", "a float", "blank line", "truncated", "empty", "missing"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -110,7 +123,7 @@ def test_a_malformed_file_is_one_line_naming_the_file_and_line(amat_dir, case):
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("case", ["short line", "empty", "missing"])
+@pytest.mark.parametrize("case", ["short line", "truncated", "empty", "missing"])
 def test_train_py_refuses_a_malformed_file_in_one_line(amat_dir, tmp_path, capsys, case):
     root, _ = amat_dir
     expected = _malformed(root, case)
@@ -206,3 +219,27 @@ def test_a_bernoulli_run_beside_the_amat_files_points_at_them(amat_dir, tmp_path
 def _nll(tmp_path, capsys, name) -> str:
     assert nll.main(["--exp-dir", str(tmp_path / "experiments"), "--exp-name", name, "--device", "cpu"]) == 0
     return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("needs", [("--condition", "label"), ("--task", "classify", "--binarized-input")])
+def test_unknown_test_labels_are_refused_before_any_epoch(amat_dir, tmp_path, capsys, needs):
+    root, made = amat_dir
+    # Only the test file does not fit MNIST's digits: train and valid labels are known.
+    write_amat(root / "binarized_mnist_test.amat", np.roll(made["test"][0], 1, axis=0))
+    code, err = run_main(train.main, _train_args(tmp_path, root, "t", *needs), capsys)
+    assert code != 0 and f"{needs[0]} {needs[1]} needs the digits' labels" in err
+    assert len(err.strip().splitlines()) == 1
+    folder = tmp_path / "experiments" / "t"
+    assert not (folder / "metrics.json").exists() and not (folder / "checkpoint.ckpt").exists()
+
+
+def test_a_larochelle_checkpoint_whose_folder_is_gone_names_the_amat_files(amat_dir, tmp_path, capsys):
+    root, _ = amat_dir
+    assert run_main(train.main, _train_args(tmp_path, root, "gone"), capsys)[0] == 0
+    saved = load_checkpoint(tmp_path / "experiments" / "gone" / "checkpoint.ckpt")["data_config"]
+    shutil.rmtree(root)
+    with pytest.raises(RnnMnistError) as caught:
+        checkpoint_data_folder(saved)
+    message = str(caught.value)
+    assert "Larochelle's .amat files are not in the folder" in message and "binarized_mnist_{train" in message
+    assert "MNIST/raw" not in message and "\n" not in message

@@ -63,6 +63,6 @@ def test_an_evaluations_standard_error_is_over_its_digits_nlls(monkeypatch):
     each = teacher_forced_nll(model, images).double()  # (7,) nats, one pass
     figures = tasks.evaluate_nll(model, images, "bce", torch.device("cpu"))
     assert figures["nll_nats"] == pytest.approx(float(each.mean()), rel=1e-5)
-    assert figures["nll_nats_se"] == pytest.approx(float(each.std() / math.sqrt(7)), rel=1e-3)
-    assert figures["nll_nats_se"] > 0
+    assert figures["nll_nats_standard_error"] == pytest.approx(float(each.std() / math.sqrt(7)), rel=1e-3)
+    assert figures["nll_nats_standard_error"] > 0
     assert figures["bits_per_pixel"] == pytest.approx(bits_per_dim(figures["nll_nats"]))

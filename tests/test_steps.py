@@ -133,7 +133,7 @@ def test_a_fallback_to_torch_ops_is_said_once_on_stderr(environment, reason, mon
     with torch.no_grad():
         assert steps.choose(model, CPU) == steps.FAST
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("note: rollouts run on torch ops") and reason in line
+    assert line.startswith("note: rollouts and GRU training run on torch ops") and reason in line
 
 
 def test_the_fused_step_running_says_nothing(monkeypatch):

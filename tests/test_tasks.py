@@ -10,6 +10,8 @@ from helpers import classify_args as _args
 import train
 from rnn_mnist import tasks
 from rnn_mnist.checkpoint import load_checkpoint
+from rnn_mnist.config import TrainConfig
+from rnn_mnist.data import DataConfig, is_benchmark
 from rnn_mnist.models import pixel_permutation
 
 TIMINGS = {"seconds", "train_seconds", "train_sequences_per_second"}
@@ -102,3 +104,17 @@ def test_a_non_finite_classifier_evaluation_is_not_saved(tmp_path, mnist_dir, ca
     code, err = run_main(train.main, _args(tmp_path, mnist_dir, "nan-eval"), capsys)
     assert code == 3 and "test loss" in err and "epoch 1" in err
     assert load_checkpoint(tmp_path / "experiments" / "nan-eval" / "checkpoint.ckpt")["epoch"] == 0
+
+
+def test_the_epoch_line_shows_the_standard_error_for_the_digits_the_run_reads():
+    """The task asks the resolved data config (a resumed run's: its checkpoint's), not the flags."""
+    assert [is_benchmark(m) for m in ("threshold", "dynamic", "static", "larochelle")] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    flags = {"task": "next-pixel", "binarize": "threshold"}  # what the flags say, not what was read
+    train_cfg = TrainConfig(exp_name="x")
+    assert tasks.make_task(flags, train_cfg, DataConfig(binarize="larochelle")).benchmark
+    assert not tasks.make_task({**flags, "binarize": "static"}, train_cfg, DataConfig()).benchmark

@@ -1,5 +1,7 @@
-/* The rollout step of a one-layer GRU next-pixel model, fused: everything but the recurrent GEMM.
+/* Fused C loops for a GRU next-pixel model: the rollout step (gru_step, below) and the training
+   recurrence (gru_forward and gru_backward, further down: native_recurrence.py calls them).
 
+   The rollout step of a one-layer GRU next-pixel model, fused: everything but the recurrent GEMM.
    native.py (beside this file) computes gh = h @ W_hh.T with torch (fp32, or bf16 under --precision bf16)
    and then calls gru_step once per pixel t. For each digit (row) it
      1. reads the pixel inputs of pixel t (the previous pixel and the context pixels above) from

@@ -1,4 +1,5 @@
-"""The rollout's fused GRU step (gru_step.c, beside this file): built with the system C compiler on first use.
+"""The fused C library (gru_step.c, beside this file): the rollout's GRU step, and the GRU training
+recurrence's loops; built with the system C compiler on first use.
 
     kernel = load_kernel()          # None, with the reason in kernel_status(), if it cannot be built
     step = FusedGRUStep(model.step_weights(), labels, matmul_dtype=torch.bfloat16)
@@ -7,7 +8,9 @@
     logits, state = step.forward(canvas, 0, 784, None)   # NextPixelModel.forward without a gradient
 
 It takes the model's weights as plain tensors (rnn_mnist/kernels/weights.py), never the model;
-rnn_mnist/steps.py decides when it runs.
+rnn_mnist/steps.py decides when the step runs. The same library's gru_forward and gru_backward run
+a GRU layer's training recurrence (rnn_mnist/kernels/native_recurrence.py decides when); this
+module loads it and sets every function's C signature.
 
 Why C: a rollout step of a one-layer GRU-128 over 10,000 digits is one (10000, 128) x (128, 384)
 GEMM and then a dozen elementwise torch ops, each streaming a (10000, 384) tensor through memory;
@@ -22,8 +25,9 @@ The library is built into a private cache (~/.cache/rnn_mnist or $RNN_MNIST_CACH
 the compiler and its flags and the CPU, checked against the hash recorded when it was built before
 each load, and reused (rnn_mnist/kernels/library.py). Its OpenMP is normally the libgomp torch has
 already loaded, and it runs on torch's thread count either way. Where no compiler works, or
-``RNN_MNIST_NATIVE`` is 0 (false, off, no), the model keeps its torch-op step, and one line on stderr
-says why; the two are tested against each other (tests/test_native.py), NaN and inf included.
+``RNN_MNIST_NATIVE`` is 0 (false, off, no), the model keeps its torch-op step and training its
+torch-op recurrence, and one line on stderr says why; each pair is tested against each other
+(tests/test_native.py, tests/test_gru_train_kernel.py), NaN and inf included.
 """
 
 from __future__ import annotations
@@ -52,9 +56,14 @@ SWITCH_ENV = "RNN_MNIST_NATIVE"
 _ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 _loaded: tuple[ctypes.CDLL | None, str] | None = None
 
-_p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_ARGTYPES = [ctypes.c_int, _i64, _i64, _i64, _p, _i64, _p, _p, _p, _p, _p, _p, _p, ctypes.c_int]
-_ARGTYPES += [_p, _p, _p, _p, _p, ctypes.c_float, _p]
+_p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+# Each function's (argtypes, restype): gru_step (the rollout step), gru_forward and gru_backward
+# (the training recurrence, rnn_mnist/kernels/native_recurrence.py; 0, or -1 when out of memory).
+_SIGNATURES = {
+    "gru_step": ([_int, _i64, _i64, _i64, _p, _i64, *[_p] * 7, _int, *[_p] * 5, ctypes.c_float, _p], None),
+    "gru_forward": ([_int, _i64, _i64, _i64, _i64, *[_p] * 7], _int),
+    "gru_backward": ([_int, _i64, _i64, _i64, _i64, *[_p] * 9], _int),
+}
 
 
 def native_requested() -> bool:
@@ -84,10 +93,17 @@ def load_kernel() -> ctypes.CDLL | None:
 
 
 def kernel_status() -> str:
-    """One line for logs and metrics: which rollout step runs, and why."""
+    """One line for logs and metrics: whether the fused C code (the rollout step and the GRU
+    training recurrence) runs, and where its library lies or why it cannot be had."""
     load_kernel()
     library, why = _loaded
     return f"fused C step ({why})" if library is not None else f"torch ops ({why})"
+
+
+def unavailable() -> str | None:
+    """Why the library cannot be had here (as ``kernel_status`` says it), or None: it is loaded."""
+    library = load_kernel()
+    return None if library is not None else _loaded[1]
 
 
 def _load() -> tuple[ctypes.CDLL | None, str]:
@@ -102,8 +118,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         if compiler is None:
             return None, "no C compiler found"
         library, path = _library.load_library(SOURCE, COMPILE_FLAGS, compiler)
-        library.gru_step.argtypes = _ARGTYPES
-        library.gru_step.restype = None
+        for name, (argtypes, restype) in _SIGNATURES.items():
+            function = getattr(library, name)
+            function.argtypes, function.restype = argtypes, restype
     except _library.KernelUnavailable as error:
         return None, str(error)
     except (OSError, subprocess.SubprocessError) as error:  # a compiler that cannot be run, a full disk
@@ -111,7 +128,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return library, str(path)
 
 
-def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
+def pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
+    """A tensor's data as the C functions take it (None: NULL)."""
     return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
 
 
@@ -210,13 +228,13 @@ class FusedGRUStep:
             h_new_matmul = None  # fp32: the state itself is what the GEMM reads
         self.library.gru_step(
             torch.get_num_threads(), rows, self.hidden, self.pixel_index.shape[1],
-            _pointer(mirror), mirror.stride(0),
-            _pointer(self.pixel_index[t]), _pointer(self.pixel_exists[t]),
-            _pointer(self.columns), _pointer(self.static[t]),
-            _pointer(self.label_gates), _pointer(labels),
-            _pointer(gh), int(bf16), _pointer(self.b_hn),
-            _pointer(h), _pointer(h_new), _pointer(h_new_matmul),
-            _pointer(self.head_weight), self.head_bias, _pointer(logits),
+            pointer(mirror), mirror.stride(0),
+            pointer(self.pixel_index[t]), pointer(self.pixel_exists[t]),
+            pointer(self.columns), pointer(self.static[t]),
+            pointer(self.label_gates), pointer(labels),
+            pointer(gh), int(bf16), pointer(self.b_hn),
+            pointer(h), pointer(h_new), pointer(h_new_matmul),
+            pointer(self.head_weight), self.head_bias, pointer(logits),
         )  # fmt: skip
 
     def _check(self, mirror, t, rows, h, h_matmul, h_new, h_new_matmul, logits, labels) -> None:

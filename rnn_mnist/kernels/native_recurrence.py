@@ -1,6 +1,6 @@
 """The training recurrence of a GRU layer on gru_step.c's fused C loops (gru_forward, gru_backward).
 
-    if runs(gates_x, h0, w_hh, b_hn):                        # the one place that decides
+    if runs(gates_x, h0, w_hh, b_hn):                        # why_not(...) is None: it decides
         hs, rz, gh_n, n = forward(gates_x, h0, w_hh, b_hn, keep=True)
         d_gates_x, d_gh, dh0 = backward(grad_hs, hs, rz, gh_n, n, w_hh)
 
@@ -21,42 +21,44 @@ import ctypes
 import torch
 
 from rnn_mnist.kernels import native
+from rnn_mnist.kernels.native import pointer
 
-_p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_FORWARD_ARGS = [ctypes.c_int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _p]
-_BACKWARD_ARGS = [ctypes.c_int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _p, _p, _p]
+
+def why_not(hidden: int, dtype: torch.dtype, device: torch.device, autocast: bool) -> str | None:
+    """Why the C recurrence does not run a GRU layer of ``hidden`` units whose tensors are ``dtype``
+    on ``device``, with CPU ``autocast`` on or off; None when it runs. The one place that decides:
+    it runs on the CPU, in fp32 without autocast (bf16 autocast keeps the torch ops), at most
+    native.MAX_HIDDEN units, with the library built ($RNN_MNIST_NATIVE not off)."""
+    if device.type != "cpu":
+        return f"on {device.type}, not the CPU"
+    if dtype != torch.float32:
+        return f"{str(dtype).removeprefix('torch.')}, not fp32"
+    if autocast:
+        return "under bf16 autocast"
+    if hidden > native.MAX_HIDDEN:
+        return f"over {native.MAX_HIDDEN} units"
+    return native.unavailable()
 
 
 def runs(gates_x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor) -> bool:
-    """Whether the C recurrence runs this layer: all on the CPU, fp32 (bf16 autocast keeps the torch
-    ops: any CPU autocast does), at most native.MAX_HIDDEN units, and the library built
-    ($RNN_MNIST_NATIVE not off)."""
+    """Whether the C recurrence runs this layer now (``why_not`` says no reason)."""
     tensors = (gates_x, h0, w_hh, b_hn)
-    return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not torch.is_autocast_enabled("cpu")
-        and h0.shape[-1] <= native.MAX_HIDDEN
-        and native.load_kernel() is not None
-    )
+    # The first tensor off the CPU or not fp32, if any, is the one that speaks for them all.
+    device = next((t.device for t in tensors if t.device.type != "cpu"), gates_x.device)
+    dtype = next((t.dtype for t in tensors if t.dtype != torch.float32), torch.float32)
+    return why_not(h0.shape[-1], dtype, device, torch.is_autocast_enabled("cpu")) is None
 
 
 def _library() -> ctypes.CDLL:
     library = native.load_kernel()
     if library is None:
         raise RuntimeError(f"the C recurrence is not available: {native.kernel_status()}")
-    if library.gru_forward.argtypes is None:
-        library.gru_forward.argtypes, library.gru_forward.restype = _FORWARD_ARGS, ctypes.c_int
-        library.gru_backward.argtypes, library.gru_backward.restype = _BACKWARD_ARGS, ctypes.c_int
     return library
 
 
 def _padded(hidden: int) -> int:
     """Each gate's columns in the C products: H rounded up to whole 8-float vectors."""
     return -(-hidden // 8) * 8
-
-
-def _ptr(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
-    return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
 
 
 def forward(
@@ -77,14 +79,15 @@ def forward(
     with torch.no_grad():
         gates_x, b_hn = gates_x.detach().contiguous(), b_hn.detach().contiguous()
         w_t = w_hh.detach().new_zeros(hidden, 3, padded)  # w_t[k, gate, j] = W_hh[gate H + j, k]
-        w_t[:, :, :hidden] = w_hh.detach().view(3, hidden, hidden).permute(2, 0, 1)
+        w_t[:, :, :hidden] = w_hh.detach().reshape(3, hidden, hidden).permute(2, 0, 1)
         hs = gates_x.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
         sizes = (2 * hidden, hidden, hidden) if keep else ()
         kept = [gates_x.new_empty(steps, batch, size) for size in sizes]
         failed = _library().gru_forward(
             torch.get_num_threads(), steps, batch, hidden, padded,
-            _ptr(gates_x), _ptr(w_t), _ptr(b_hn), _ptr(hs), *(_ptr(t) for t in kept or [None] * 3),
+            pointer(gates_x), pointer(w_t), pointer(b_hn), pointer(hs),
+            *(pointer(t) for t in kept or [None] * 3),
         )  # fmt: skip
     if failed:  # its one allocation, the packed weights
         raise MemoryError("C recurrence: no memory for the packed weights")
@@ -112,8 +115,8 @@ def backward(
         dh0 = hs.new_empty(batch, hidden)
         failed = _library().gru_backward(
             torch.get_num_threads(), steps, batch, hidden, padded,
-            _ptr(grad_hs), _ptr(hs), _ptr(rz), _ptr(gh_n), _ptr(n), _ptr(w_pad),
-            _ptr(d_gates_x), _ptr(d_gh), _ptr(dh0),
+            pointer(grad_hs), pointer(hs), pointer(rz), pointer(gh_n), pointer(n), pointer(w_pad),
+            pointer(d_gates_x), pointer(d_gh), pointer(dh0),
         )  # fmt: skip
     if failed:
         raise MemoryError("C recurrence: no memory for the packed weights")
