@@ -50,14 +50,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rnn_mnist.config import TrainConfig  # noqa: E402
-from rnn_mnist.data import (  # noqa: E402
-    DataConfig,
-    load_binarized_mnist,
-    load_mnist_split,
-    resolve_data_dir,
-)
+from rnn_mnist.data import DataConfig, load_binarized_mnist  # noqa: E402
 from rnn_mnist.distributed import World, all_reduce_sum, data_parallel, joined, shard, world_from_env  # noqa: E402
 from rnn_mnist.kernels import native  # noqa: E402
+from rnn_mnist.mnist_files import load_mnist_split, resolve_data_dir  # noqa: E402
 from rnn_mnist.models import ModelConfig, NextPixelModel  # noqa: E402
 from rnn_mnist.runtime import configure_cpu_math  # noqa: E402
 from rnn_mnist.tasks import make_task  # noqa: E402

@@ -29,10 +29,11 @@ from rnn_mnist.cli import (
     positive_int,
     rng_seed,
 )
-from rnn_mnist.data import DATA_ENV_VAR, NUM_PIXELS, DataConfig
+from rnn_mnist.data import NUM_PIXELS, DataConfig
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.lr_schedule import LR_SCHEDULES, LrSchedule
 from rnn_mnist.masks import MASK_KINDS, parse_mask
+from rnn_mnist.mnist_files import DATA_ENV_VAR
 from rnn_mnist.models import ClassifierConfig, ModelConfig
 from rnn_mnist.options import Option, option, options_of, recipe_name, unless, when
 from rnn_mnist.rollout import BEST_BY, INPAINTS, SAMPLINGS

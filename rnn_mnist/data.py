@@ -1,7 +1,8 @@
-"""MNIST as binarised 784-pixel sequences, held as whole tensors.
+"""MNIST as binarised 784-pixel sequences, held as whole tensors: the splits, their binarisation and
+where a checkpoint's digits are found.
 
-The raw IDX files are read straight into one uint8 tensor per split (no per-image Python objects),
-checked against their headers and each other; torchvision only downloads them when they are missing.
+The digits come from MNIST's raw files (rnn_mnist/mnist_files.py), or for ``--binarize larochelle``
+from the benchmark's .amat files with MNIST's labels where they fit (rnn_mnist/larochelle.py).
 
     data = load_binarized_mnist(DataConfig(data_dir="../shared/mnist"))
     data.train_pixels(generator)   # (N, 784) uint8 in {0, 1}
@@ -13,12 +14,8 @@ found again from any working directory (``checkpoint_data_folder``).
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import shutil
-import struct
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,23 +24,18 @@ import torch
 
 from rnn_mnist.cli import SEED_MAX, fraction, non_negative_int, positive_int, rng_seed
 from rnn_mnist.errors import RnnMnistError
-from rnn_mnist.larochelle import amat_folder, find_amat_folder, matching_labels, mnist_position, read_split
+from rnn_mnist.larochelle import find_amat_folder, labelled_splits, splits_note
+from rnn_mnist.mnist_files import DATA_ENV_VAR, find_raw_folder, load_mnist_split, resolve_data_dir
+
+# The digits' geometry, MNIST's (mnist_files checks the files against it): the package takes it from
+# here, with the digits (the kernels import nothing else of ours: tests/test_steps.py).
+from rnn_mnist.mnist_files import IMAGE_SIDE as IMAGE_SIDE
+from rnn_mnist.mnist_files import NUM_PIXELS as NUM_PIXELS
 from rnn_mnist.options import option, unless, when
 
-NUM_PIXELS = 784
-IMAGE_SIDE = 28
-DATA_ENV_VAR = "RNN_MNIST_DATA"
-DEFAULT_DATA_DIR = "data"
 BINARIZATIONS = ("threshold", "dynamic", "static", "larochelle")
 # Test digits that are one Bernoulli draw of MNIST's: they stand in for the benchmark's static set.
 DRAWN = ("dynamic", "static")
-# The raw files, as torchvision names them: train images and labels, then test images and labels.
-RAW_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 # Offsets that give the train and test splits their own, independent static binarisations.
 _TRAIN_STREAM, _TEST_STREAM = 0, 1
 # --binarize and --threshold shape binarised pixels only: --task classify without --binarized-input
@@ -130,11 +122,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def resolve_data_dir(data_dir: str | None) -> str:
-    """The folder that holds ``MNIST/raw``: the flag, else $RNN_MNIST_DATA, else ./data."""
-    return data_dir or os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_DIR
-
-
 def checkpoint_data_folder(
     saved: dict[str, Any], data_dir: str | None = None, experiment: str | Path | None = None
 ) -> str | None:
@@ -187,123 +174,6 @@ def checkpoint_data_config(
 ) -> DataConfig:
     """A checkpoint's data config (``saved``) with its data folder found (``checkpoint_data_folder``)."""
     return DataConfig.from_dict({**saved, "data_dir": checkpoint_data_folder(saved, data_dir, experiment)})
-
-
-def find_raw_folder(root: str | Path) -> Path | None:
-    """The folder holding the four raw files: ``<root>/MNIST/raw`` (torchvision's layout), or
-    ``root`` itself given as the MNIST folder or the raw folder (an easy mistake, accepted)."""
-    root = Path(root)
-    for folder in (root / "MNIST" / "raw", root / "raw", root):
-        if all(_raw_file(folder, name) is not None for name in RAW_FILES):
-            return folder
-    return None
-
-
-def _raw_file(folder: Path, name: str) -> Path | None:
-    """``name`` in ``folder``, as it is or gzipped as downloaded; None when neither is there."""
-    for path in (folder / name, folder / f"{name}.gz"):
-        if path.is_file():
-            return path
-    return None
-
-
-def load_mnist_split(data_dir: str | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grey levels (N, 784) uint8 and labels (N,) int64 of one MNIST split.
-
-    Reads the raw IDX files (``find_raw_folder``), checking that they are what they claim to be;
-    downloads them to ``<data_dir>/MNIST/raw`` only when no folder holds them.
-    """
-    root = resolve_data_dir(data_dir)
-    folder = find_raw_folder(root)
-    if folder is None:
-        folder = _download(Path(root))
-    images_name, labels_name = RAW_FILES[:2] if train else RAW_FILES[2:]
-    try:
-        images = read_idx(_raw_file(folder, images_name), IDX_IMAGES)
-        labels = read_idx(_raw_file(folder, labels_name), IDX_LABELS)
-    except (OSError, EOFError, ValueError) as exc:  # unreadable, a broken .gz, not what it claims
-        raise RnnMnistError(f"could not read MNIST from {folder}: {exc}") from None
-    if len(images) != len(labels):
-        raise RnnMnistError(
-            f"could not read MNIST from {folder}: {images_name} holds {len(images):,} images but "
-            f"{labels_name} holds {len(labels):,} labels; they do not belong together (is one of them "
-            "from the other split?)"
-        )
-    if len(labels) and int(labels.max()) > 9:
-        raise RnnMnistError(f"could not read MNIST from {folder}: {labels_name} has labels above 9")
-    return images.reshape(len(images), NUM_PIXELS).contiguous(), labels.long()
-
-
-# IDX headers: magic 0x000008NN (unsigned bytes, NN dimensions), then NN big-endian int32 sizes.
-IDX_IMAGES = ("images", 0x803, (IMAGE_SIDE, IMAGE_SIDE))
-IDX_LABELS = ("labels", 0x801, ())
-
-
-def read_idx(path: Path, kind: tuple[str, int, tuple[int, ...]]) -> torch.Tensor:
-    """The uint8 items (N, *item_shape) of an IDX file of MNIST ``kind`` (IDX_IMAGES or IDX_LABELS).
-
-    A file of the other kind, of another shape, or whose length does not match its header is a
-    ValueError that says which.
-    """
-    what, magic, item_shape = kind
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    header = 4 * (2 + len(item_shape))
-    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
-    if found != magic:
-        other = {k[1]: k[0] for k in (IDX_IMAGES, IDX_LABELS)}.get(found)
-        if other is not None:
-            raise ValueError(f"{path.name} holds {other}, not {what}: are the files swapped?")
-        raise ValueError(f"{path.name} is not an MNIST {what} file (no IDX {what} header)")
-    if len(data) < header:
-        raise ValueError(f"{path.name} is truncated: its header is incomplete")
-    count, *shape = struct.unpack(f">{1 + len(item_shape)}i", data[4:header])
-    if tuple(shape) != item_shape:
-        sizes = "x".join(map(str, shape))
-        raise ValueError(f"{path.name} holds {sizes} {what}; MNIST's are {IMAGE_SIDE}x{IMAGE_SIDE}")
-    expected = header + count * math.prod(item_shape)
-    if len(data) != expected:
-        raise ValueError(
-            f"{path.name} has {len(data):,} bytes where its header ({count:,} {what}) needs {expected:,}: "
-            + ("truncated" if len(data) < expected else "it is not one MNIST file")
-        )
-    items = torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8)
-    return items.reshape(count, *item_shape)
-
-
-def _download(root: Path) -> Path:
-    """Download MNIST to ``<root>/MNIST/raw`` and return that folder.
-
-    The download goes to a temporary folder first and moves into place only once complete, so a
-    download that fails (offline) creates nothing. If ``root`` looks like a raw folder of its own
-    (it holds some of the files), nothing is downloaded: the others are missing there.
-    """
-    for folder in (root / "raw", root):
-        present = [name for name in RAW_FILES if _raw_file(folder, name) is not None]
-        if present:
-            missing = [name for name in RAW_FILES if name not in present]
-            raise RnnMnistError(
-                f"{folder} holds {', '.join(present)} but not {', '.join(missing)}: put all four MNIST "
-                "raw files there"
-            )
-    from torchvision.datasets import MNIST  # imported here: torchvision is slow to import
-
-    raw = root / "MNIST" / "raw"
-    with tempfile.TemporaryDirectory(prefix="rnn-mnist-download-") as tmp:
-        try:
-            MNIST(tmp, train=True, download=True)
-        except Exception as exc:  # no network, a proxy, a checksum...
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise RnnMnistError(
-                f"MNIST is not in {raw} and could not be downloaded ({reason}). Point --data-dir "
-                f"(or ${DATA_ENV_VAR}) at a folder holding MNIST/raw/{RAW_FILES[0]} and the other "
-                "three raw files (the raw folder itself will do)."
-            ) from None
-        raw.mkdir(parents=True, exist_ok=True)
-        for name in RAW_FILES:
-            shutil.move(os.path.join(tmp, "MNIST", "raw", name), raw / name)
-    return raw
 
 
 def binarize(
@@ -367,8 +237,8 @@ def load_test_digits(config: DataConfig, grey: bool = False) -> tuple[torch.Tens
     if config.binarize == "larochelle":
         if grey:
             raise RnnMnistError("--binarize larochelle: the .amat digits have no grey levels to read")
-        digits, labels, _ = _larochelle_splits(config, ("test",))["test"]
-        return digits, labels
+        _, splits = labelled_splits(resolve_data_dir(config.data_dir), ("test",))
+        return splits["test"].digits, splits["test"].labels
     levels, labels = load_mnist_split(config.data_dir, train=False)
     return (levels if grey else binarize_fixed(levels, config, _TEST_STREAM)), labels
 
@@ -415,11 +285,12 @@ def load_binarized_mnist(config: DataConfig) -> BinarizedMNIST:
 
 def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
     """The three .amat files as they are (their own validation split), MNIST's labels where they fit."""
-    splits = _larochelle_splits(config, ("train", "valid", "test"))
+    root = resolve_data_dir(config.data_dir)
+    folder, splits = labelled_splits(root, ("train", "valid", "test"))
     (train, train_labels, _), (val, val_labels, _), (test, test_labels, _) = splits.values()
     train_end = len(train) if config.train_subset is None else config.train_subset
     test_indices = torch.arange(len(test))[: config.test_subset]
-    config.data_folder = os.path.abspath(resolve_data_dir(config.data_dir))
+    config.data_folder = os.path.abspath(root)
     return BinarizedMNIST(
         config=config,
         train_grey=None,
@@ -430,48 +301,8 @@ def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
         test=test[test_indices],
         test_labels=None if test_labels is None else test_labels[test_indices],
         test_indices=test_indices,
-        notes=(
-            f"digits: {amat_folder(resolve_data_dir(config.data_dir))}/binarized_mnist_*.amat; "
-            + _labels_note(tuple(reason for _, _, reason in splits.values())),
-        ),
+        notes=(splits_note(folder, splits),),
     )
-
-
-def _labels_note(reasons: tuple[str, ...]) -> str:
-    """Where the splits' labels come from, given each split's reason it has none ("": it has)."""
-    unknown = [reason for reason in dict.fromkeys(reasons) if reason]
-    if not unknown:
-        return "labels: MNIST's, matched by position (every .amat digit fits the MNIST digit there)"
-    return "labels unknown (" + "; ".join(unknown) + ")"
-
-
-def _larochelle_splits(
-    config: DataConfig, splits: tuple[str, ...]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, str]]:
-    """Each .amat split's digits, MNIST's labels when they fit them (``matching_labels``, at the
-    split's ``mnist_position``), and why they are None; each MNIST split is read once."""
-    root = resolve_data_dir(config.data_dir)
-    folder = amat_folder(root)
-    has_mnist = find_raw_folder(root) is not None
-    mnist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    found = {}
-    for split in splits:
-        digits = read_split(folder, split)
-        if not has_mnist:
-            found[split] = (digits, None, f"no MNIST raw files in {root} to take them from")
-            continue
-        source, start = mnist_position(split)
-        if source not in mnist:
-            mnist[source] = load_mnist_split(root, train=source == "train")
-        grey, labels = (t[start : start + len(digits)] for t in mnist[source])
-        matched = matching_labels(digits, grey, labels)
-        why = (
-            ""
-            if matched is not None
-            else f"{split}: MNIST's digits there do not match the .amat ones by position"
-        )
-        found[split] = (digits, matched, why)
-    return found
 
 
 def require_labels(labels: torch.Tensor | None, needed_by: str) -> torch.Tensor:

@@ -27,8 +27,9 @@ from torch import nn
 
 from rnn_mnist.checkpoint import atomic_write, safe_torch_load, weights_sha256
 from rnn_mnist.cli import DefaultsHelpFormatter, ShortErrorParser, positive_int, rng_seed, run_cli
-from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_mnist_split, load_test_digits
+from rnn_mnist.data import IMAGE_SIDE, DataConfig, binarize, load_test_digits
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.mnist_files import load_mnist_split
 from rnn_mnist.progress import progress
 from rnn_mnist.runtime import set_seed
 from rnn_mnist.training import optimize

@@ -1,24 +1,27 @@
 """Larochelle & Murray's statically binarised MNIST: the benchmark's own digits, read from .amat files.
 
-    folder = amat_folder("data")                           # data/ or data/binarized_mnist/
-    train = read_split(folder, "train")                    # (50000, 784) uint8 in {0, 1}
-    labels = matching_labels(train, grey[:50000], mnist_labels[:50000])   # or None
+    folder, splits = labelled_splits("data", ("train", "test"))   # data/ or data/binarized_mnist/
+    splits["train"].digits                                 # (50000, 784) uint8 in {0, 1}
+    splits["train"].labels                                 # MNIST's (50000,), or None: unknown
 
 The three files (binarized_mnist_{train,valid,test}.amat, 50,000 / 10,000 / 10,000 digits; Larochelle
 & Murray 2011) hold one digit a line: 784 whitespace-separated 0/1 integers. They carry no labels.
 They were drawn as Bernoulli(grey) from MNIST (train = MNIST train[:50000], valid = train[50000:],
 test = MNIST test, in order), so MNIST's labels are attached by position only where every digit of a
 split fits the MNIST digit at its position (``matching_labels``); otherwise the labels are unknown.
+rnn_mnist/data.py makes the splits a data set (``--binarize larochelle``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.mnist_files import find_raw_folder, load_mnist_split
 
 AMAT_FILES = {
     "train": "binarized_mnist_train.amat",
@@ -148,3 +151,49 @@ def matching_labels(digits: torch.Tensor, grey: torch.Tensor, labels: torch.Tens
         return None
     stray = ((digits != 0) & (grey == 0)).sum(dim=1)
     return labels.clone() if bool((stray <= MAX_STRAY_PIXELS).all()) else None
+
+
+class LabelledSplit(NamedTuple):
+    """One split's digits (N, 784) uint8 in {0, 1}, MNIST's labels for them (None: unknown) and why
+    they are unknown ("" when they are not)."""
+
+    digits: torch.Tensor
+    labels: torch.Tensor | None
+    unlabelled_because: str
+
+
+def labelled_splits(root: str, splits: tuple[str, ...]) -> tuple[Path, dict[str, LabelledSplit]]:
+    """The folder of the .amat files in the data folder ``root`` (``amat_folder``), and each of its
+    ``splits`` with MNIST's labels when they fit them (``matching_labels``, at the split's
+    ``mnist_position``; the raw files read from ``root``); each MNIST split is read once."""
+    folder = amat_folder(root)
+    has_mnist = find_raw_folder(root) is not None
+    mnist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    found = {}
+    for split in splits:
+        digits = read_split(folder, split)
+        if not has_mnist:
+            found[split] = LabelledSplit(digits, None, f"no MNIST raw files in {root} to take them from")
+            continue
+        source, start = mnist_position(split)
+        if source not in mnist:
+            mnist[source] = load_mnist_split(root, train=source == "train")
+        grey, labels = (t[start : start + len(digits)] for t in mnist[source])
+        matched = matching_labels(digits, grey, labels)
+        why = (
+            ""
+            if matched is not None
+            else f"{split}: MNIST's digits there do not match the .amat ones by position"
+        )
+        found[split] = LabelledSplit(digits, matched, why)
+    return folder, found
+
+
+def splits_note(folder: Path, splits: dict[str, LabelledSplit]) -> str:
+    """A line for the run's log: where the digits (in ``folder``) and their labels come from."""
+    unknown = [why for why in dict.fromkeys(split.unlabelled_because for split in splits.values()) if why]
+    if not unknown:
+        labels = "labels: MNIST's, matched by position (every .amat digit fits the MNIST digit there)"
+    else:
+        labels = "labels unknown (" + "; ".join(unknown) + ")"
+    return f"digits: {folder}/binarized_mnist_*.amat; {labels}"

@@ -38,7 +38,6 @@ from rnn_mnist.cli import file_path, fraction, positive_int, rng_seed, run_cli
 from rnn_mnist.config import device_option, exp_dir_option
 from rnn_mnist.data import (
     BINARIZATIONS,
-    DATA_ENV_VAR,
     DataConfig,
     binarization_name,
     load_test_digits,
@@ -54,6 +53,7 @@ from rnn_mnist.likelihood import (
     standard_error,
     teacher_forced_nll,
 )
+from rnn_mnist.mnist_files import DATA_ENV_VAR
 from rnn_mnist.models import NextPixelModel
 from rnn_mnist.options import Option, option, options_of, when
 from rnn_mnist.parsers import command_parser, parse_command_flags, refuse_ignored

@@ -24,17 +24,17 @@ from conftest import (
 
 import evaluate
 import train
-from rnn_mnist import data as data_module
+from rnn_mnist import mnist_files as data_module
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.data import (
     DataConfig,
     binarize,
     checkpoint_data_folder,
     load_binarized_mnist,
-    load_mnist_split,
     load_test_digits,
 )
 from rnn_mnist.errors import RnnMnistError
+from rnn_mnist.mnist_files import load_mnist_split
 
 
 def test_reads_the_idx_fixture(mnist_dir):
