@@ -11,7 +11,7 @@ Three backends run the same weights:
   device, and the reference the other two are tested against.
 - FAST: a GRU on the CPU, on rnn_mnist/kernels/gru.py (hand-written backward) and
   kernels/fast_step.py (table lookups for the one-hot inputs). ``model.fast_gru = False`` turns it off.
-- FUSED: a one-layer GRU with a linear head on the CPU, with no gradient wanted (it has no backward)
+- FUSED: a one-layer GRU on the CPU (any head), with no gradient wanted (it has no backward)
   and no dropout to apply (it has none), on the C step of kernels/native.py where it can be built.
   ``model.fused_step = False`` or ``RNN_MNIST_NATIVE=0`` (false, off, no) turns it off; where it
   cannot run, one line on stderr says why, once (kernels/native.py).
@@ -77,16 +77,15 @@ def uses_fast_gru(model: SteppedModel, device: torch.device) -> bool:
 
 
 def uses_fused_step(model: SteppedModel, device: torch.device) -> bool:
-    """Whether the fused C step runs ``model`` now: a one-layer GRU with a linear head, on the CPU,
-    with no gradient wanted (it has no backward pass) and no dropout to apply (it has none)."""
+    """Whether the fused C step runs ``model`` now: a one-layer GRU on the CPU, with no gradient
+    wanted (it has no backward pass) and no dropout to apply (it has none)."""
     config = model.config
-    head_layers = 2 if config.head_hidden else 1  # an MLP head, or a linear one
     return (
         not torch.is_grad_enabled()
         and not (model.training and config.dropout > 0)
         and uses_fast_gru(model, device)
         and model.fused_step
-        and native.supports(config.num_layers, config.hidden_size, 1 + config.num_context, head_layers)
+        and native.supports(config.num_layers, config.hidden_size, 1 + config.num_context)
     )
 
 
@@ -123,7 +122,7 @@ def describe_step(model: SteppedModel, device: torch.device) -> str:
             return native.kernel_status()
     if device.type == "cpu" and native.load_kernel() is None:
         return native.kernel_status()  # says why it could not be built
-    return "torch ops (the fused step is for a one-layer GRU with a linear head on the CPU)"
+    return "torch ops (the fused step is for a one-layer GRU on the CPU)"
 
 
 def describe_recurrence(model: SteppedModel, device: torch.device, precision: str) -> str:

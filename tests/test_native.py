@@ -31,6 +31,11 @@ CONFIGS = {
     "context-2x5-label": ModelConfig(
         hidden_size=24, context=True, context_rows=2, context_width=5, position=True, num_classes=10
     ),
+    # an MLP head (--head-hidden): the C step writes the state, the head's layers run in torch
+    "mlp-head": ModelConfig(hidden_size=16, context=True, position=True, head_hidden=8),
+    "context-2x5-label-mlp-head": ModelConfig(
+        hidden_size=24, context=True, context_rows=2, context_width=5, num_classes=10, head_hidden=12
+    ),
 }
 LABELS = torch.tensor([3, 0, 9, 3, 7])
 
@@ -132,6 +137,22 @@ def test_under_bf16_the_fused_step_follows_the_torch_step(name):
     assert (fused - fp32).abs().max() > 1e-4  # bf16 did run: it is not the fp32 result
 
 
+def test_under_bf16_an_mlp_head_runs_in_fp32_on_the_state_the_c_step_wrote():
+    """Only the recurrent GEMM follows bf16 autocast; the head stays fp32, as on the torch-op step
+    and in NextPixelModel.forward. In bf16 the head's logits would be off by about 1e-2."""
+    _require_kernel()
+    model, canvas = _model(CONFIGS["mlp-head"]), _canvas()
+    with torch.no_grad(), autocast(canvas.device, "bf16"):
+        state = model.read(canvas, 400)
+        step = model.stepper(None, len(canvas), canvas.device)
+        assert isinstance(step, native.FusedGRUStep)
+        logit, state = step(canvas, 400, state)
+    assert state.dtype == torch.float32
+    with torch.no_grad():
+        expected = model.head(state[0]).squeeze(1)  # fp32, outside autocast
+    torch.testing.assert_close(logit, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_a_state_changed_between_steps_is_read_afresh():
     """The step keeps the bf16 copy of the state it returned; a caller that changes that state
     (in place) must get a step on the changed state, not on the stale copy."""
@@ -148,21 +169,26 @@ def test_a_state_changed_between_steps_is_read_afresh():
     torch.testing.assert_close(logit, expected, rtol=0, atol=2e-2)
 
 
-def test_greedy_completions_match_the_torch_step():
+@pytest.mark.parametrize("name", ["context-position", "context-2x5-label-mlp-head"])
+def test_greedy_completions_match_the_torch_step(name):
     _require_kernel()
-    model = _model(CONFIGS["context-position"])
+    model = _model(CONFIGS[name])
     digits = _canvas(20, seed=3).to(torch.uint8)
-    fused = complete(model, digits, 284).completed[..., 500:]  # the generated pixels
+    labels = torch.arange(20) % 10 if model.config.num_classes else None
+    with torch.no_grad():
+        assert steps.choose(model, torch.device("cpu")) == steps.FUSED
+    fused = complete(model, digits, 284, labels=labels).completed[..., 500:]  # the generated pixels
     model.fused_step = False
-    reference = complete(model, digits, 284).completed[..., 500:]
+    reference = complete(model, digits, 284, labels=labels).completed[..., 500:]
     assert (fused == reference).float().mean() >= 0.99
 
 
-def test_in_painting_with_resampling_matches_the_torch_step():
+@pytest.mark.parametrize("name", ["context-position", "mlp-head"])
+def test_in_painting_with_resampling_matches_the_torch_step(name):
     """Sequential Monte Carlo replaces the canvas when it resamples and feeds visible runs between
     holes; the fused step's pixel mirror must follow both."""
     _require_kernel()
-    model = _model(CONFIGS["context-position"])
+    model = _model(CONFIGS[name])
     digits = _canvas(6, seed=4).to(torch.uint8)
     hidden = parse_mask("rows:10-13") | parse_mask("rows:18-20")
     results = []
@@ -205,7 +231,6 @@ def test_models_the_kernel_does_not_cover_keep_the_torch_step():
     for config in (
         ModelConfig(hidden_size=16, num_layers=2),
         ModelConfig(cell="lstm", hidden_size=16),
-        ModelConfig(hidden_size=16, head_hidden=8),
         ModelConfig(hidden_size=native.MAX_HIDDEN + 1),  # the C step's buffers are fixed-size
         ModelConfig(hidden_size=16, context=True, context_rows=10, context_width=27),  # 271 inputs
     ):

@@ -80,7 +80,7 @@ def test_the_backend_follows_the_gradient_mode_the_switches_and_the_cell():
         assert steps.choose(model, CPU) == steps.NN
         assert steps.choose(_model(cell="lstm"), CPU) == steps.NN
         assert steps.choose(_model(num_layers=2), CPU) == steps.FAST
-        assert steps.choose(_model(head_hidden=4), CPU) == steps.FAST
+        assert steps.choose(_model(head_hidden=4), CPU) == fused  # an MLP head: its layers in torch
         assert steps.choose(_model(), torch.device("meta")) == steps.NN  # not the CPU: torch's modules
 
 

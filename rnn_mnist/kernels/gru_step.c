@@ -9,7 +9,8 @@
      2. forms layer 0's input gates: pixel t's biases and position terms, the label's columns,
         and the columns of W_ih for the inputs that are not 0;
      3. applies the GRU cell and writes the new state, its bf16 copy for the next GEMM (under
-        bf16) and the head's logit.
+        bf16) and, for a linear head, the head's logit (with head_weight NULL it writes no logit:
+        an MLP head's layers run in torch on the new state, and a prefix read wants none).
    One pass over each row while it is in cache: torch's dozen separate ops each stream the whole
    (rows, 3H) batch through memory, and at 10,000 rows cost more than the GEMM itself.
 
@@ -93,10 +94,13 @@ void gru_step(
     const float *b_hn,                            /* (H,) the n part of b_hh */
     const float *h, float *h_new,                 /* (rows, H): may be the same buffer */
     uint16_t *h_new_bf16,                         /* (rows, H) or NULL */
-    const float *head_weight, float head_bias,    /* (H,) and the head's bias */
-    float *logits)                                /* (rows,) */
+    const float *head_weight, float head_bias,    /* (H,) and the head's bias; or NULL: no logits */
+    float *logits)                                /* (rows,); or NULL with head_weight */
 {
     const int64_t gates = 3 * hidden;
+    /* no head: the dot product runs on zeros (H multiply-adds a row) and is not written; one loop,
+       kept branch-free so that it vectorises as it does with a head */
+    const float *weight = head_weight ? head_weight : zeros;
     /* torch's thread count, whichever OpenMP runtime this library got; one thread for a few rows */
 #pragma omp parallel for schedule(static) num_threads(threads) if (rows > 64)
     for (int64_t row = 0; row < rows; row++) {
@@ -141,14 +145,14 @@ void gru_step(
             const float n = 2.0f * sigmoid(2.0f * (x[2 * hidden + j] + r * (g[2 * hidden + j] + b_hn[j]))) - 1.0f;
             const float next = n + z * (h_row[j] - n);
             out[j] = next;
-            logit += next * head_weight[j];
+            logit += next * weight[j];
         }
         if (h_new_bf16) {
             uint16_t *out_bf16 = h_new_bf16 + row * hidden;
 #pragma omp simd
             for (int64_t j = 0; j < hidden; j++) out_bf16[j] = float_to_bf16(out[j]);
         }
-        logits[row] = logit + head_bias;
+        if (head_weight) logits[row] = logit + head_bias;
     }
 }
 

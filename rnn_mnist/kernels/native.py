@@ -15,8 +15,10 @@ module loads it and sets every function's C signature.
 Why C: a rollout step of a one-layer GRU-128 over 10,000 digits is one (10000, 128) x (128, 384)
 GEMM and then a dozen elementwise torch ops, each streaming a (10000, 384) tensor through memory;
 those ops cost more than the GEMM. The C step does them all in one pass per digit while its row is
-in cache. It reads the canvas pixel-major (a transposed mirror of the pixels so far), so a step's
-gather of the context pixels walks memory in order instead of touching 22 cache lines per digit.
+in cache, a linear head's logit included (an MLP head's layers run in torch on the new state: a
+GEMM, which torch does well). It reads the canvas pixel-major (a transposed mirror of the pixels so
+far), so a step's gather of the context pixels walks memory in order instead of touching 22 cache
+lines per digit.
 The same step serves every pass without a gradient (prefix reads, evaluation NLLs), where torch's
 whole-sequence pass would hold (784, B, 3H) input gates.
 
@@ -36,6 +38,7 @@ import ctypes
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,12 +136,12 @@ def pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
 
 
-def supports(num_layers: int, hidden_size: int, num_pixel_inputs: int, head_layers: int) -> bool:
+def supports(num_layers: int, hidden_size: int, num_pixel_inputs: int) -> bool:
     """Whether the fused step can run a GRU of these sizes: one layer, at most MAX_HIDDEN units and
-    MAX_INPUTS pixel inputs, a linear head (one layer), and the library built."""
+    MAX_INPUTS pixel inputs, and the library built. Any head: a linear one runs in the C step, an
+    MLP head's layers in torch on the state it writes."""
     return (
         num_layers == 1
-        and head_layers == 1
         and hidden_size <= MAX_HIDDEN
         and num_pixel_inputs <= MAX_INPUTS
         and load_kernel() is not None
@@ -150,13 +153,15 @@ class FusedGRUStep:
 
     The tables it reads are prepared once: layer 0's input biases and position terms per pixel
     (784, 3H), the pixel inputs' columns of W_ih (C + 1, 3H), the label's columns (classes, 3H),
-    W_hh.T in the matmul dtype and the head. Only the recurrent GEMM runs in torch.
+    W_hh.T in the matmul dtype and the head. Only the recurrent GEMM runs in torch, and an MLP
+    head (``--head-hidden``): its GEMM, ReLU and dot product on the new state are what torch does
+    well, and they run in fp32 (apply_head, outside autocast) as on the torch-op step.
     """
 
     def __init__(self, weights: StepWeights, labels: torch.Tensor | None, matmul_dtype: torch.dtype) -> None:
         if matmul_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the fused step's GEMM runs in fp32 or bf16, not {matmul_dtype}")
-        (layer,), ((head_weight, head_bias),) = weights.layers, weights.head  # one layer, linear head
+        (layer,) = weights.layers  # one layer
         self.library = load_kernel()
         self.hidden = weights.hidden_size
         self.dtype = matmul_dtype
@@ -167,8 +172,7 @@ class FusedGRUStep:
         self.pixel_exists = weights.pixel_exists.contiguous()  # (784, C + 1)
         self.w_hh_t = layer.w_hh.detach().t().to(matmul_dtype).contiguous()  # (H, 3H)
         self.b_hn = detach(layer.b_hn)
-        self.head_weight = detach(head_weight.view(-1))
-        self.head_bias = float(head_bias.detach())
+        self._prepare_head(weights.head)
         self.label_gates = self.labels = None
         if weights.label_columns is not None:
             if labels is None:
@@ -186,6 +190,16 @@ class FusedGRUStep:
         self.last_state: torch.Tensor | None = None  # the state this step returned last, and
         self.last_matmul: torch.Tensor | None = None  # its copy in the matmul dtype
         self.last_version = 0
+
+    def _prepare_head(self, head: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
+        """A linear head goes to the C step as a vector and a bias; a deeper one stays for torch."""
+        # imported here: weights.py imports this module (through gru.py and native_recurrence.py)
+        from rnn_mnist.kernels.weights import apply_head
+
+        layers = tuple((weight.detach(), bias.detach()) for weight, bias in head)
+        self.mlp_head = partial(apply_head, layers) if len(layers) > 1 else None
+        self.head_weight = None if self.mlp_head else layers[0][0].float().reshape(-1).contiguous()
+        self.head_bias = 0.0 if self.mlp_head else float(layers[0][1])
 
     def _spoil_gates_as_torch_does(self) -> None:
         """The torch-op step multiplies every input by its column of W_ih, zeros included, and 0 * NaN
@@ -212,11 +226,12 @@ class FusedGRUStep:
         h_matmul: torch.Tensor,
         h_new: torch.Tensor,
         h_new_matmul: torch.Tensor | None,
-        logits: torch.Tensor,
+        logits: torch.Tensor | None,
         labels: torch.Tensor | None,
     ) -> None:
         """Step pixel t for the first len(h) digits of ``mirror`` (784, >= B): writes h_new (B, H),
-        its matmul-dtype copy (where given) and the logits (B,). h_new may be h itself."""
+        its matmul-dtype copy (where given) and the logits (B,) (where given: a read wants none).
+        h_new may be h itself."""
         rows = len(h)
         if rows == 0:
             return
@@ -234,8 +249,12 @@ class FusedGRUStep:
             pointer(self.label_gates), pointer(labels),
             pointer(gh), int(bf16), pointer(self.b_hn),
             pointer(h), pointer(h_new), pointer(h_new_matmul),
-            pointer(self.head_weight), self.head_bias, pointer(logits),
+            pointer(None if logits is None else self.head_weight), self.head_bias,
+            pointer(None if self.head_weight is None else logits),
         )  # fmt: skip
+        if logits is not None and self.mlp_head is not None:
+            with torch.autocast("cpu", enabled=False):  # the head stays fp32, as on the torch-op step
+                logits[:rows] = self.mlp_head(h_new).view(-1)
 
     def _check(self, mirror, t, rows, h, h_matmul, h_new, h_new_matmul, logits, labels) -> None:
         """What the C step takes on trust, checked: it indexes raw memory with these shapes."""
@@ -254,7 +273,11 @@ class FusedGRUStep:
                 h_new_matmul is not None and not fits(h_new_matmul, h_new_matmul.dtype, (rows, hidden)),
                 "new state copy",
             ),
-            (logits.dtype != torch.float32 or not logits.is_contiguous() or logits.numel() < rows, "logits"),
+            (
+                logits is not None
+                and (logits.dtype != torch.float32 or not logits.is_contiguous() or logits.numel() < rows),
+                "logits",
+            ),
             (self.labels is not None and (labels is None or len(labels) < rows), "labels: one per digit"),
         ]
         for failed, what in problems:
@@ -348,7 +371,6 @@ class FusedGRUStep:
         h, blank = torch.zeros(batch, hidden), torch.zeros(blanks, hidden)
         h_matmul, blank_matmul = h.to(self.dtype), blank.to(self.dtype)  # themselves in fp32
         joins = torch.searchsorted(first_ink, torch.arange(end + 1), right=False).tolist()
-        logits = torch.empty(max(batch, blanks))  # not wanted; the step writes them anyway
         active = 0
         for t in range(end):
             joined = joins[t]  # digits with first ink before pixel t: count(first_ink < t)
@@ -358,8 +380,8 @@ class FusedGRUStep:
                 active = joined
             if active:
                 now, now_matmul = h[:active], h_matmul[:active]
-                self.run(mirror, t, now, now_matmul, now, now_matmul, logits, labels)
-            self.run(blank_mirror, t, blank, blank_matmul, blank, blank_matmul, logits, blank_labels)
+                self.run(mirror, t, now, now_matmul, now, now_matmul, None, labels)
+            self.run(blank_mirror, t, blank, blank_matmul, blank, blank_matmul, None, blank_labels)
         h[active:] = blank[group[active:]]  # no ink before ``end``: where the blank canvas is
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(batch)
