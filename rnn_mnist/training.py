@@ -560,7 +560,9 @@ def _train_one_epoch(
     named = _stage_names(epoch, cfg.epochs, show_progress)
     entry = {
         "epoch": epoch,
-        "lr": lr_at(batches_done),
+        # The lr the epoch ended at (its last batch's, as the optimizer state holds it): the first
+        # batch's would show a warm-up's first step for a whole epoch.
+        "end_lr": lr_at(batches_done + len(batches) - 1),
         **{key: float(np.mean(values)) for key, values in extras.items()},
         "train_loss": float(np.mean(batch_losses)),
         **task.evaluate(fit.model, data, fit.device, named, fit.world),
