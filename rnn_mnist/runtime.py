@@ -23,6 +23,8 @@ because each of these can change speed and some change numbers.
   without native bf16 lack for some layer types (measured: ``nn.LSTM`` on an AMD EPYC without
   AVX512-BF16, "could not create a primitive descriptor"): there ``recurrent_autocast`` runs that
   layer in fp32 (a probe per layer type decides).
+- The record names the CPU (/proc/cpuinfo's model name and family, else ``platform``'s name), so
+  that the speed figures of a run name their host.
 - RNG states are saved as plain values and CPU tensors, so that a checkpoint holding them loads with
   ``weights_only=True`` on any machine, GPUs or none.
 """
@@ -33,7 +35,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import platform
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,12 +136,40 @@ def _route_fp32_gemms() -> str:
     return before
 
 
+def cpu_from_cpuinfo(text: str) -> dict[str, Any]:
+    """The CPU a run computes on, from the text of /proc/cpuinfo: its first ``model name`` and
+    ``cpu family`` (an int); where either is missing (ARM lists no model name) the model falls back
+    to ``platform``'s name for the processor and the family is None."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    family = fields.get("cpu family", "")
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
+        "cpu_family": int(family) if family.isdigit() else None,
+    }
+
+
+def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """This machine's CPU (``cpu_from_cpuinfo``), so that a run's speed figures name their host;
+    without ``cpuinfo`` (macOS, Windows) from ``platform`` alone."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    return cpu_from_cpuinfo(text)
+
+
 def configure_cpu_math() -> dict[str, Any]:
-    """Apply the allocator and fp32 GEMM settings once per process; return what was chosen."""
+    """Apply the allocator and fp32 GEMM settings once per process; return what was chosen, with the
+    torch version and the CPU it runs on."""
     global _settings
     if _settings is None:
         _settings = {
             "torch": str(torch.__version__),
+            **describe_cpu(),
             "cpu_threads": torch.get_num_threads(),
             "float32_matmul_precision": _route_fp32_gemms(),
             "allocator": _keep_freed_memory(),

@@ -269,7 +269,7 @@ class NextPixelTask:
         return (
             f"| epoch {entry['epoch']:3d} | train loss {entry['train_loss']:.4f} "
             f"| val nll {val_text} | test nll {entry['test_nll_nats']:6.2f}{error_text} nats "
-            f"| {entry['test_bits_per_pixel']:.4f} bits/dim | lr {entry['lr']:.1e} "
+            f"| {entry['test_bits_per_pixel']:.4f} bits/dim | end lr {entry['end_lr']:.1e} "
             f"| {entry['seconds']:6.1f} s |"
             + (f" eps {entry['teacher_forcing_prob']:.3f} |" if entry["teacher_forcing_prob"] < 1 else "")
         )
@@ -393,7 +393,8 @@ class ClassifyTask:
         return (
             f"| epoch {entry['epoch']:3d} | train loss {entry['train_loss']:.4f} "
             f"| val acc {val_text} | test acc {entry['test_accuracy']:6.4f} "
-            f"| test loss {entry['test_loss']:.4f} | lr {entry['lr']:.1e} | {entry['seconds']:6.1f} s |"
+            f"| test loss {entry['test_loss']:.4f} | end lr {entry['end_lr']:.1e} "
+            f"| {entry['seconds']:6.1f} s |"
         )
 
     def epoch_pictures(

@@ -43,7 +43,7 @@ _TAGS = {
 }
 # Where and how a run was started, not what it is: left out of the hyper-parameters.
 _NOT_HPARAMS = {"exp_dir", "data_dir", "resume", "overwrite", "tensorboard"}
-_NOT_CURVES = {"epoch", "lr"}  # the epoch is the x axis's business; the lr has its per-batch curve
+_NOT_CURVES = {"epoch", "end_lr"}  # the epoch is the x axis's business; the lr has its per-batch curve
 
 
 def epoch_tags(entry: dict[str, Any]) -> dict[str, float]:

@@ -510,6 +510,27 @@ def _fit_epoch(
     fit.board.epoch(entry, last_step, run.paths.samples / f"epoch-{epoch:03d}.png")
 
 
+@dataclass
+class _Tally:
+    """What an epoch's mini-batches add up to: their losses, the numbers the task reports for each
+    (eps of scheduled sampling) and the sequences seen."""
+
+    losses: list[float] = field(default_factory=list)
+    reported: dict[str, list[float]] = field(default_factory=dict)
+    seen: int = 0
+
+    def add(self, loss: float, reported: dict[str, float], sequences: int) -> None:
+        self.losses.append(loss)
+        for key, number in reported.items():
+            self.reported.setdefault(key, []).append(number)
+        self.seen += sequences
+
+    def means(self) -> dict[str, float]:
+        """The epoch's means of the reported numbers and of the loss (``train_loss``)."""
+        means = {key: float(np.mean(values)) for key, values in self.reported.items()}
+        return {**means, "train_loss": float(np.mean(self.losses))}
+
+
 def _train_one_epoch(
     fit: _Fit,
     data: BinarizedMNIST,
@@ -527,9 +548,7 @@ def _train_one_epoch(
     order = torch.randperm(len(inputs), generator=fit.generator)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     lr_at = cfg.lr_at(len(batches))
-    batch_losses: list[float] = []
-    extras: dict[str, list[float]] = {}  # per-batch numbers a task reports (eps of scheduled sampling)
-    seen = 0
+    tally = _Tally()
     fit.model.train()
     bar = progress(batches, f"epoch {epoch}/{cfg.epochs}", unit="batch", enabled=show_progress)
     for batch_index, idx in enumerate(bar):
@@ -548,26 +567,24 @@ def _train_one_epoch(
         except NonFiniteLoss as exc:
             bar.close()
             raise NonFiniteLoss(f"{exc} in epoch {epoch}, batch {batch_index + 1}") from None
-        for key, number in reported.items():
-            extras.setdefault(key, []).append(number)
-        batch_losses.append(loss)
+        tally.add(loss, reported, len(idx))
         fit.board.batch(batches_done + batch_index, loss, fit.optimizer.param_groups[0]["lr"])
-        seen += len(idx)
-        rate = seen / (time.perf_counter() - started)
+        rate = tally.seen / (time.perf_counter() - started)
         bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{rate:.0f}", refresh=False)
     bar.close()
     train_seconds = time.perf_counter() - started
     named = _stage_names(epoch, cfg.epochs, show_progress)
     entry = {
         "epoch": epoch,
-        "lr": lr_at(batches_done),
-        **{key: float(np.mean(values)) for key, values in extras.items()},
-        "train_loss": float(np.mean(batch_losses)),
+        # The lr the epoch ended at (its last batch's, as the optimizer state holds it): the first
+        # batch's would show a warm-up's first step for a whole epoch.
+        "end_lr": lr_at(batches_done + len(batches) - 1),
+        **tally.means(),
         **task.evaluate(fit.model, data, fit.device, named, fit.world),
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - started,
-        "train_sequences_per_second": seen / train_seconds,
-        "batch_losses": batch_losses,
+        "train_sequences_per_second": tally.seen / train_seconds,
+        "batch_losses": tally.losses,
     }
     _check_finite(entry, epoch)
     return entry

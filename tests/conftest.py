@@ -22,6 +22,18 @@ TRAIN_DIGITS, TEST_DIGITS = 96, 40
 TEST_DEVICES = [d.strip() for d in os.environ.get("RNN_MNIST_TEST_DEVICES", "cpu").split(",") if d.strip()]
 if "cuda" not in TEST_DEVICES:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# CI points $RNN_MNIST_DATA at real MNIST (.ci/run). A test's run would read that folder wherever
+# none is typed (a reloaded checkpoint's recorded folder defers to it), so every test runs without
+# it (_no_data_env); the tests that want real MNIST ask real_mnist_dir, which reads it as it was.
+_DATA_ENV_AT_START = os.environ.get("RNN_MNIST_DATA")
+
+
+def real_mnist_dir() -> Path | None:
+    """A copy of real MNIST at hand: $RNN_MNIST_DATA as the session found it, else ../shared/mnist."""
+    for candidate in (_DATA_ENV_AT_START, REPO.parent / "shared" / "mnist"):
+        if candidate and (Path(candidate) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+            return Path(candidate).resolve()
+    return None
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -109,6 +121,12 @@ def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
 def mnist_dir(tmp_path_factory) -> Path:
     """A data folder in torchvision's layout (MNIST/raw/*-ubyte) holding synthetic digits."""
     return make_mnist_folder(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch):
+    """No $RNN_MNIST_DATA in a test, nor in the scripts it starts; a test that wants it sets it."""
+    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
 
 
 @pytest.fixture(autouse=True)

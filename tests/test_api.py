@@ -235,7 +235,6 @@ def test_a_moved_experiment_reads_its_digits_from_the_folder_it_was_trained_on(
     experiments, tmp_path, monkeypatch
 ):
     """Issue 21, finding 1: the digits of a checkpoint resolve the same from any working directory."""
-    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
     shutil.copytree(experiments / "gen", tmp_path / "elsewhere" / "gen")
     monkeypatch.chdir(tmp_path)
     model = rnn_mnist.load("elsewhere/gen", device="cpu")

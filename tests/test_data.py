@@ -311,7 +311,6 @@ def test_evaluate_finds_a_checkpoints_digits_from_another_working_directory(
 
 
 def test_an_older_checkpoint_finds_its_typed_folder_from_where_it_was_trained(project, tmp_path, monkeypatch):
-    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)  # CI sets it; it would come first
     monkeypatch.chdir(tmp_path)
     saved = load_checkpoint(project / "experiments" / "rel" / "checkpoint.ckpt")["data_config"]
     del saved["data_folder"]  # saved before the absolute folder was recorded

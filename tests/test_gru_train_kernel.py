@@ -233,3 +233,20 @@ def test_the_training_record_says_which_recurrence_runs(monkeypatch):
     monkeypatch.setenv("RNN_MNIST_NATIVE", "off")
     line = steps.describe_recurrence(gru_model, cpu, "fp32")
     assert line == "torch ops (rnn_mnist/kernels/gru.py: RNN_MNIST_NATIVE=off)"  # said once
+
+
+def test_a_failed_allocation_in_the_c_loops_is_a_memory_error(monkeypatch):
+    class Failing:  # both C functions return -1 when malloc of the packed weights fails
+        def gru_forward(self, *args):
+            return -1
+
+        def gru_backward(self, *args):
+            return -1
+
+    inputs = [t.detach() for t in _inputs(steps=3, batch=2, hidden=4)]
+    hs, rz, gh_n, n = native_recurrence.forward(*inputs, keep=True)
+    monkeypatch.setattr(native_recurrence, "_library", Failing)
+    with pytest.raises(MemoryError, match="packed weights"):
+        native_recurrence.forward(*inputs, keep=True)
+    with pytest.raises(MemoryError, match="packed weights"):
+        native_recurrence.backward(torch.ones_like(hs), hs, rz, gh_n, n, inputs[2])

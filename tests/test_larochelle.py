@@ -32,8 +32,6 @@ def amat_dir(tmp_path, monkeypatch):
     root = tmp_path / "bmnist"
     # The fixture's files are tiny: the counts they must hold are theirs, not the published ones.
     monkeypatch.setattr(amat, "AMAT_COUNTS", {"train": 48, "valid": 16, "test": 20})
-    # CI sets $RNN_MNIST_DATA, which a reloaded checkpoint's data folder would otherwise defer to.
-    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
     return root, make_larochelle_folder(root, train=48, valid=16, test=20)
 
 

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_main, tiny_train_args
-from test_real_data import real_mnist_dir
+from conftest import REPO, real_mnist_dir, run_main, tiny_train_args
 
 import evaluate
 import train

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, real_mnist_dir
 
 import evaluate
 import train
@@ -107,13 +107,6 @@ def _check_exists(exp_dir: str, exp_name: str, command: str) -> None:
         assert exp_dir == "experiments" and exp_name in TRAINED_BEFORE[command]
 
 
-def _real_mnist() -> Path | None:
-    for candidate in (os.environ.get("RNN_MNIST_DATA"), REPO.parent / "shared" / "mnist"):
-        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
-            return Path(candidate).resolve()
-    return None
-
-
 SHIPPED = [
     c
     for c in COMMANDS
@@ -127,7 +120,7 @@ SHIPPED = [
 def fresh_clone(tmp_path_factory) -> Path:
     """A folder laid out as a fresh clone (the README's files, no plots/ or experiments/) with
     ``../shared/mnist`` beside it, as the README's commands expect."""
-    data = _real_mnist()
+    data = real_mnist_dir()
     if data is None:
         pytest.skip("no MNIST copy ($RNN_MNIST_DATA or ../shared/mnist)")
     root = tmp_path_factory.mktemp("clone")

@@ -6,22 +6,24 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import conftest
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, make_mnist_folder, real_mnist_dir
 
 from rnn_mnist import judge
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.data import DataConfig, load_test_digits
 
 
-def real_mnist_dir() -> Path | None:
-    for candidate in (os.environ.get("RNN_MNIST_DATA"), REPO.parent / "shared" / "mnist"):
-        if candidate and (Path(candidate) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
-            return Path(candidate)
-    return None
+def test_tests_run_without_the_data_variable_but_find_the_folder_it_named(tmp_path, monkeypatch):
+    # CI's $RNN_MNIST_DATA would stand in for a reloaded checkpoint's folder: conftest clears it for
+    # every test, and keeps the folder it named (here a stand-in) for the tests on real MNIST.
+    assert "RNN_MNIST_DATA" not in os.environ
+    named = make_mnist_folder(tmp_path / "named")
+    monkeypatch.setattr(conftest, "_DATA_ENV_AT_START", str(named))
+    assert real_mnist_dir() == named.resolve()
 
 
 @pytest.mark.skipif(real_mnist_dir() is None, reason="no MNIST copy ($RNN_MNIST_DATA or ../shared/mnist)")

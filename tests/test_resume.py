@@ -184,10 +184,10 @@ def test_a_cosine_bf16_run_resumed_after_ctrl_c_equals_an_uninterrupted_one(tmp_
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.ckpt")
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.ckpt")
     assert [e["epoch"] for e in resumed["history"]] == [1, 2, 3]
-    lrs = [e["lr"] for e in straight["history"]]
-    assert lrs[0] < lrs[1] > lrs[2]  # warm-up from a fraction of the peak, then the cosine
+    lrs = [e["end_lr"] for e in straight["history"]]
+    assert lrs[0] > lrs[1] > lrs[2]  # each epoch ends further down the cosine
     for a, b in zip(straight["history"], resumed["history"], strict=True):
-        assert a["batch_losses"] == b["batch_losses"] and a["lr"] == b["lr"]
+        assert a["batch_losses"] == b["batch_losses"] and a["end_lr"] == b["end_lr"]
     for key, value in straight["model_state"].items():
         assert torch.equal(value, resumed["model_state"][key]), key
 
@@ -205,7 +205,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, mnist_dir, capsys):
 
     straight = load_checkpoint(tmp_path / "experiments" / "straight" / "checkpoint.ckpt")
     resumed = load_checkpoint(tmp_path / "experiments" / "resumed" / "checkpoint.ckpt")
-    assert [e["lr"] for e in straight["history"]] == [1e-3, 1e-3, 5e-4]  # milestone 2: after epoch 2
+    assert [e["end_lr"] for e in straight["history"]] == [1e-3, 1e-3, 5e-4]  # milestone 2: after epoch 2
     assert without_timings(resumed["history"]) == without_timings(straight["history"])
     for key, value in straight["model_state"].items():
         assert torch.equal(value, resumed["model_state"][key]), key
@@ -247,7 +247,7 @@ def test_resume_may_lower_the_lr_from_the_resumed_epoch_on_and_records_it(tmp_pa
     assert code == 0, err
     folder = tmp_path / "lower"
     checkpoint = load_checkpoint(folder / "checkpoint.ckpt")
-    assert [entry["lr"] for entry in checkpoint["history"]] == [4e-3, 1e-3, 5e-4]
+    assert [entry["end_lr"] for entry in checkpoint["history"]] == [4e-3, 1e-3, 5e-4]
     assert checkpoint["optimizer_state"]["param_groups"][0]["lr"] == 5e-4  # what the last step used
     assert checkpoint["config"]["lr"] == 1e-3
     changed = {"epochs": {"from": 1, "to": 3}, "lr": {"from": 4e-3, "to": 1e-3}}

@@ -53,6 +53,33 @@ def test_cpu_settings_keep_fp32_gemms_at_fp32_accuracy():
     assert error < 1e-5  # bf16 arithmetic would be ~1e-3
 
 
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13 64-Core Processor
+flags\t\t: fpu vme de: pse
+
+processor\t: 1
+cpu family\t: 25
+model name\t: AMD EPYC 7B13 64-Core Processor
+"""
+ARM_CPUINFO = "processor\t: 0\nBogoMIPS\t: 243.75\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
+
+
+def test_the_cpu_is_named_from_cpuinfo_and_from_platform_without_it(monkeypatch, tmp_path):
+    assert runtime.cpu_from_cpuinfo(X86_CPUINFO) == {
+        "cpu": "AMD EPYC 7B13 64-Core Processor",
+        "cpu_family": 25,
+    }
+    monkeypatch.setattr(runtime.platform, "processor", lambda: "")  # as on Linux
+    monkeypatch.setattr(runtime.platform, "machine", lambda: "aarch64")
+    assert runtime.cpu_from_cpuinfo(ARM_CPUINFO) == {"cpu": "aarch64", "cpu_family": None}
+    monkeypatch.setattr(runtime.platform, "processor", lambda: "arm")  # as on macOS
+    assert runtime.describe_cpu(tmp_path / "no-cpuinfo") == {"cpu": "arm", "cpu_family": None}
+    assert runtime.configure_cpu_math()["cpu"]  # this machine's, whatever it is
+
+
 def test_bf16_training_runs_records_its_settings_and_evaluates_in_fp32(tmp_path, mnist_dir):
     args = tiny_train_args(tmp_path, mnist_dir, "bf16", "--precision", "bf16", "--context", "--position")
     assert train.main(args) == 0
@@ -60,7 +87,7 @@ def test_bf16_training_runs_records_its_settings_and_evaluates_in_fp32(tmp_path,
     for entry in checkpoint["history"]:
         assert entry["compute"]["precision"] == "bf16"
         assert math.isfinite(entry["test_nll_nats"]) and math.isfinite(entry["train_loss"])
-        assert set(entry["compute"]) >= {"float32_matmul_precision", "allocator", "torch", "device"}
+        assert set(entry["compute"]) >= {"float32_matmul_precision", "allocator", "torch", "device", "cpu"}
         assert entry["compute"]["training_recurrence"].startswith("torch ops")  # bf16: not the C loops
     assert all(v.dtype == torch.float32 for v in checkpoint["model_state"].values())  # fp32 master weights
 

@@ -131,7 +131,7 @@ def test_without_the_tensorboard_package_a_run_says_so_in_one_line_and_trains(
 
 
 def test_epoch_tags_name_every_number_of_an_epoch_by_split():
-    entry = {"epoch": 3, "lr": 1e-3, "train_loss": 0.1, "val_nll_nats": None, "test_accuracy": 0.9,
+    entry = {"epoch": 3, "end_lr": 1e-3, "train_loss": 0.1, "val_nll_nats": None, "test_accuracy": 0.9,
              "seconds": 2.0, "teacher_forcing_prob": 1.0, "batch_losses": [0.1], "compute": {}}  # fmt: skip
     assert epoch_tags(entry) == {"train/loss": 0.1, "test/accuracy": 0.9, "time/epoch_seconds": 2.0,
                                  "train/teacher_forcing_prob": 1.0}  # fmt: skip

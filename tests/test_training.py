@@ -32,7 +32,7 @@ HISTORY_KEYS = {
     "test_bits_per_pixel",
     "seconds",
     "batch_losses",
-    "lr",
+    "end_lr",
 }
 
 
@@ -113,6 +113,17 @@ def test_a_non_finite_evaluation_is_not_saved(tmp_path, mnist_dir, capsys, monke
     code, err = run_script_main(train.main, tiny_train_args(tmp_path, mnist_dir, "nan-eval"), capsys)
     assert code == 3 and "test nll" in err and "epoch 1" in err
     assert load_checkpoint(tmp_path / "nan-eval" / "checkpoint.ckpt")["epoch"] == 0
+
+
+def test_an_epochs_lr_is_the_one_its_last_batch_ran_at(tmp_path, mnist_dir, capsys):
+    # 3 batches an epoch; the warm-up ramps over 4: its first step (2.5e-4) is no epoch's figure.
+    args = tiny_train_args(tmp_path, mnist_dir, "warm", "--lr", "1e-3", "--warmup-batches", "4")
+    assert train.main(args) == 0
+    checkpoint = load_checkpoint(tmp_path / "warm" / "checkpoint.ckpt")
+    assert [e["end_lr"] for e in checkpoint["history"]] == pytest.approx([7.5e-4, 1e-3])
+    assert checkpoint["optimizer_state"]["param_groups"][0]["lr"] == checkpoint["history"][-1]["end_lr"]
+    log = (tmp_path / "warm" / "train.log").read_text()
+    assert "| end lr 7.5e-04 |" in log and "| end lr 1.0e-03 |" in log
 
 
 def test_cli_end_to_end_writes_pkl_and_checkpoint(tmp_path, mnist_dir):

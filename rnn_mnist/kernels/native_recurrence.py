@@ -56,6 +56,13 @@ def _library() -> ctypes.CDLL:
     return library
 
 
+def _check_allocated(failed: int) -> None:
+    """gru_forward and gru_backward return non-zero when their one allocation, the packed weights,
+    failed."""
+    if failed:
+        raise MemoryError("C recurrence: no memory for the packed weights")
+
+
 def _padded(hidden: int) -> int:
     """Each gate's columns in the C products: H rounded up to whole 8-float vectors."""
     return -(-hidden // 8) * 8
@@ -89,8 +96,7 @@ def forward(
             pointer(gates_x), pointer(w_t), pointer(b_hn), pointer(hs),
             *(pointer(t) for t in kept or [None] * 3),
         )  # fmt: skip
-    if failed:  # its one allocation, the packed weights
-        raise MemoryError("C recurrence: no memory for the packed weights")
+    _check_allocated(failed)
     return (hs, *kept)
 
 
@@ -118,6 +124,5 @@ def backward(
             pointer(grad_hs), pointer(hs), pointer(rz), pointer(gh_n), pointer(n), pointer(w_pad),
             pointer(d_gates_x), pointer(d_gh), pointer(dh0),
         )  # fmt: skip
-    if failed:
-        raise MemoryError("C recurrence: no memory for the packed weights")
+    _check_allocated(failed)
     return d_gates_x, d_gh, dh0
