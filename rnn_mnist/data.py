@@ -287,19 +287,19 @@ def _load_larochelle(config: DataConfig) -> BinarizedMNIST:
     """The three .amat files as they are (their own validation split), MNIST's labels where they fit."""
     root = resolve_data_dir(config.data_dir)
     folder, splits = labelled_splits(root, ("train", "valid", "test"))
-    (train, train_labels, _), (val, val_labels, _), (test, test_labels, _) = splits.values()
-    train_end = len(train) if config.train_subset is None else config.train_subset
-    test_indices = torch.arange(len(test))[: config.test_subset]
+    train, val, test = splits["train"], splits["valid"], splits["test"]
+    train_end = len(train.digits) if config.train_subset is None else config.train_subset
+    test_indices = torch.arange(len(test.digits))[: config.test_subset]
     config.data_folder = os.path.abspath(root)
     return BinarizedMNIST(
         config=config,
         train_grey=None,
-        train_fixed=train[:train_end],
-        train_labels=None if train_labels is None else train_labels[:train_end],
-        val=val,
-        val_labels=val_labels,
-        test=test[test_indices],
-        test_labels=None if test_labels is None else test_labels[test_indices],
+        train_fixed=train.digits[:train_end],
+        train_labels=None if train.labels is None else train.labels[:train_end],
+        val=val.digits,
+        val_labels=val.labels,
+        test=test.digits[test_indices],
+        test_labels=None if test.labels is None else test.labels[test_indices],
         test_indices=test_indices,
         notes=(splits_note(folder, splits),),
     )

@@ -197,8 +197,7 @@ class NextPixelModel(nn.Module):
             canvas = canvas.float()
         backend = steps.choose(self, canvas.device)
         if backend == steps.FUSED:  # no gradient wanted: the fused C step
-            fused_logits, state = steps.fused_step(self, labels).forward(canvas, start, end, state)
-            return (fused_logits if logits else None), state
+            return steps.fused_step(self, labels).forward(canvas, start, end, state, logits)
         if backend == steps.FAST:
             weights, dropout, training = self.step_weights(), self.rnn.dropout, self.training
             out, state = fast_step.sequence(weights, canvas, start, end, labels, state, dropout, training)

@@ -48,7 +48,7 @@ Stepper = Callable[[torch.Tensor, int, "State | None"], tuple[torch.Tensor, Stat
 class SteppedModel(Protocol):
     """What the choice reads of a model (NextPixelModel): its config, mode and runtime switches."""
 
-    config: Any  # ModelConfig: cell, num_layers, hidden_size, dropout, num_context, head_hidden
+    config: Any  # ModelConfig: cell, num_layers, hidden_size, dropout, num_context
     training: bool
     fast_gru: bool  # False: GRUs run on nn.GRU on the CPU too
     fused_step: bool  # False: passes without a gradient stay on torch ops

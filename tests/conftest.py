@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from rnn_mnist.mnist_files import find_raw_folder
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_DIGITS, TEST_DIGITS = 96, 40
 # The devices that device-sensitive tests (those taking ``test_device``) run on, for example
@@ -23,15 +25,16 @@ TEST_DEVICES = [d.strip() for d in os.environ.get("RNN_MNIST_TEST_DEVICES", "cpu
 if "cuda" not in TEST_DEVICES:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # CI points $RNN_MNIST_DATA at real MNIST (.ci/run). A test's run would read that folder wherever
-# none is typed (a reloaded checkpoint's recorded folder defers to it), so every test runs without
-# it (_no_data_env); the tests that want real MNIST ask real_mnist_dir, which reads it as it was.
-_DATA_ENV_AT_START = os.environ.get("RNN_MNIST_DATA")
+# none is typed (a reloaded checkpoint's recorded folder defers to it), so it is taken out of the
+# environment here, before any fixture of any scope or script runs; the tests that want real MNIST
+# ask real_mnist_dir, which reads it as it was; a test that wants the variable sets it.
+_DATA_ENV_AT_START = os.environ.pop("RNN_MNIST_DATA", None)
 
 
 def real_mnist_dir() -> Path | None:
     """A copy of real MNIST at hand: $RNN_MNIST_DATA as the session found it, else ../shared/mnist."""
     for candidate in (_DATA_ENV_AT_START, REPO.parent / "shared" / "mnist"):
-        if candidate and (Path(candidate) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        if candidate and find_raw_folder(candidate) is not None:
             return Path(candidate).resolve()
     return None
 
@@ -121,12 +124,6 @@ def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
 def mnist_dir(tmp_path_factory) -> Path:
     """A data folder in torchvision's layout (MNIST/raw/*-ubyte) holding synthetic digits."""
     return make_mnist_folder(tmp_path_factory.mktemp("mnist"))
-
-
-@pytest.fixture(autouse=True)
-def _no_data_env(monkeypatch):
-    """No $RNN_MNIST_DATA in a test, nor in the scripts it starts; a test that wants it sets it."""
-    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from conftest import (
 
 import evaluate
 import train
-from rnn_mnist import mnist_files as data_module
+from rnn_mnist import mnist_files
 from rnn_mnist.checkpoint import load_checkpoint
 from rnn_mnist.data import (
     DataConfig,
@@ -275,13 +275,12 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def no_download(monkeypatch):
-    """Fail the test on any download attempt; and no $RNN_MNIST_DATA to fall back on."""
-    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
+    """Fail the test on any download attempt (conftest leaves no $RNN_MNIST_DATA to fall back on)."""
 
     def refuse(root):
         raise AssertionError(f"a download to {root} was attempted")
 
-    monkeypatch.setattr(data_module, "_download", refuse)
+    monkeypatch.setattr(mnist_files, "_download", refuse)
 
 
 def test_training_records_the_absolute_data_folder_beside_the_typed_one(project):
@@ -321,7 +320,6 @@ def test_an_older_checkpoint_finds_its_typed_folder_from_where_it_was_trained(pr
 
 
 def test_an_explicit_folder_then_the_environment_come_before_the_recorded_one(mnist_dir, monkeypatch):
-    monkeypatch.delenv("RNN_MNIST_DATA", raising=False)
     saved = {"data_dir": "typed", "data_folder": str(mnist_dir)}
     assert checkpoint_data_folder(saved) == str(mnist_dir)
     assert checkpoint_data_folder(saved, data_dir="given") == "given"  # as typed: downloaded there if missing

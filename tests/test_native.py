@@ -106,6 +106,9 @@ def test_a_teacher_forced_pass_without_gradient_equals_the_torch_pass(name, star
         state = model.read(canvas, start, labels) if start else None
         assert steps.uses_fused_step(model, canvas.device)
         fused_logits, fused_state = model(canvas, start, end, labels, state)
+        no_logits, state_alone = model(canvas, start, end, labels, state, logits=False)
+    assert no_logits is None  # the state alone: no head run (an MLP head's GEMMs skipped)
+    torch.testing.assert_close(state_alone, fused_state, rtol=0, atol=0)
     logits, final = model(canvas, start, end, labels, state)  # with a gradient: the torch ops
     assert logits.requires_grad
     torch.testing.assert_close(fused_logits, logits.detach(), rtol=1e-4, atol=1e-4)

@@ -88,7 +88,7 @@ def experiments(tmp_path_factory, mnist_dir):
 
 
 def _evaluate(experiments, tmp_path, name, *extra):
-    # The experiment's own (synthetic) data, typed: $RNN_MNIST_DATA, set in CI, would win otherwise.
+    # The experiment's own (synthetic) data, typed: what a user of a moved experiment would type.
     data_dir = load_checkpoint(experiments / name / "checkpoint.ckpt")["data_config"]["data_dir"]
     folders = ["--exp-dir", str(experiments), "--out-dir", str(tmp_path / name), "--data-dir", data_dir]
     return ["--exp-name", name, *folders, *extra]

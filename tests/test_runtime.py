@@ -68,6 +68,7 @@ ARM_CPUINFO = "processor\t: 0\nBogoMIPS\t: 243.75\nCPU implementer\t: 0x41\nCPU 
 
 
 def test_the_cpu_is_named_from_cpuinfo_and_from_platform_without_it(monkeypatch, tmp_path):
+    assert runtime.configure_cpu_math()["cpu"]  # this machine's (before platform is faked: it is cached)
     assert runtime.cpu_from_cpuinfo(X86_CPUINFO) == {
         "cpu": "AMD EPYC 7B13 64-Core Processor",
         "cpu_family": 25,
@@ -77,7 +78,6 @@ def test_the_cpu_is_named_from_cpuinfo_and_from_platform_without_it(monkeypatch,
     assert runtime.cpu_from_cpuinfo(ARM_CPUINFO) == {"cpu": "aarch64", "cpu_family": None}
     monkeypatch.setattr(runtime.platform, "processor", lambda: "arm")  # as on macOS
     assert runtime.describe_cpu(tmp_path / "no-cpuinfo") == {"cpu": "arm", "cpu_family": None}
-    assert runtime.configure_cpu_math()["cpu"]  # this machine's, whatever it is
 
 
 def test_bf16_training_runs_records_its_settings_and_evaluates_in_fp32(tmp_path, mnist_dir):

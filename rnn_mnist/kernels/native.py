@@ -328,21 +328,23 @@ class FusedGRUStep:
         )
 
     def forward(
-        self, canvas: torch.Tensor, start: int, end: int, state: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, canvas: torch.Tensor, start: int, end: int, state: torch.Tensor | None, logits: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Logits (B, end - start) of pixels start..end-1 of ``canvas`` (B, >= end), each given the
         pixels before it, and the state (1, B, H) after them: NextPixelModel.forward without a
-        gradient. ``state`` is the state after pixel start - 1 (None at pixel 0)."""
+        gradient. ``state`` is the state after pixel start - 1 (None at pixel 0). ``logits=False``:
+        the state alone (None for the logits; an MLP head's layers are not run)."""
         batch = len(canvas)
         if canvas.shape[1] < end:
             raise ValueError(f"fused GRU step: pixels up to {end} of a canvas of {canvas.shape[1]}")
         mirror = canvas[:, :end].t().float().contiguous()  # (end, B): the step reads pixels < t
         h = torch.zeros(batch, self.hidden) if state is None else state[0].float().clone()
         h_matmul = h.to(self.dtype)  # h itself in fp32
-        logits = torch.empty(end - start, batch)
+        out = torch.empty(end - start, batch) if logits else None
         for t in range(start, end):  # in place: each step's GEMM has read h before it is written
-            self.run(mirror, t, h, h_matmul, h, h_matmul, logits[t - start], self.labels)
-        return logits.t().contiguous(), h.unsqueeze(0)
+            row = None if out is None else out[t - start]
+            self.run(mirror, t, h, h_matmul, h, h_matmul, row, self.labels)
+        return (None if out is None else out.t().contiguous()), h.unsqueeze(0)
 
     def read(self, canvas: torch.Tensor, end: int) -> torch.Tensor:
         """The state (1, B, H) after pixels 0..end-1 of ``canvas`` (B, >= end), as NextPixelModel.read.
