@@ -136,19 +136,25 @@ def _route_fp32_gemms() -> str:
     return before
 
 
+# The instruction sets that change our speed: Zen 3 and Zen 4 share `cpu family` 25 (and a cloud
+# host's model name may be a bare "AMD EPYC"), but only Zen 4 has AVX-512 and bf16 arithmetic.
+SPEED_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def cpu_from_cpuinfo(text: str) -> dict[str, Any]:
-    """The CPU a run computes on, from the text of /proc/cpuinfo: its first ``model name`` and
-    ``cpu family`` (an int); where either is missing (ARM lists no model name) the model falls back
-    to ``platform``'s name for the processor and the family is None."""
+    """The CPU a run computes on, from the text of /proc/cpuinfo: its first ``model name``, ``cpu
+    family`` (an int) and which of SPEED_FEATURES its ``flags`` list; where the model is missing
+    (ARM lists no model name) it falls back to ``platform``'s name, and the family is None."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, colon, value = line.partition(":")
         if colon:
             fields.setdefault(key.strip(), value.strip())
-    family = fields.get("cpu family", "")
+    family, flags = fields.get("cpu family", ""), set(fields.get("flags", "").split())
     return {
         "cpu": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
         "cpu_family": int(family) if family.isdigit() else None,
+        "cpu_features": " ".join(f for f in SPEED_FEATURES if f in flags),
     }
 
 

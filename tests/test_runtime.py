@@ -58,7 +58,7 @@ vendor_id\t: AuthenticAMD
 cpu family\t: 25
 model\t\t: 1
 model name\t: AMD EPYC 7B13 64-Core Processor
-flags\t\t: fpu vme de: pse
+flags\t\t: fpu vme de: pse avx2 fma avx512f avx512_bf16x
 
 processor\t: 1
 cpu family\t: 25
@@ -72,12 +72,14 @@ def test_the_cpu_is_named_from_cpuinfo_and_from_platform_without_it(monkeypatch,
     assert runtime.cpu_from_cpuinfo(X86_CPUINFO) == {
         "cpu": "AMD EPYC 7B13 64-Core Processor",
         "cpu_family": 25,
+        "cpu_features": "avx2 fma avx512f",  # whole words only: avx512_bf16x is none of them
     }
     monkeypatch.setattr(runtime.platform, "processor", lambda: "")  # as on Linux
     monkeypatch.setattr(runtime.platform, "machine", lambda: "aarch64")
-    assert runtime.cpu_from_cpuinfo(ARM_CPUINFO) == {"cpu": "aarch64", "cpu_family": None}
+    unnamed = {"cpu_family": None, "cpu_features": ""}
+    assert runtime.cpu_from_cpuinfo(ARM_CPUINFO) == {"cpu": "aarch64", **unnamed}
     monkeypatch.setattr(runtime.platform, "processor", lambda: "arm")  # as on macOS
-    assert runtime.describe_cpu(tmp_path / "no-cpuinfo") == {"cpu": "arm", "cpu_family": None}
+    assert runtime.describe_cpu(tmp_path / "no-cpuinfo") == {"cpu": "arm", **unnamed}
 
 
 def test_bf16_training_runs_records_its_settings_and_evaluates_in_fp32(tmp_path, mnist_dir):
