@@ -49,6 +49,7 @@ RECIPES = {
     "smnist": SMNIST,
     "psmnist": SMNIST + " --permute",
     "bench-long": BENCH + " --epochs 9",
+    "bench-gru256": BENCH + " --hidden-size 256 --epochs 6",
 }
 
 
