@@ -28,7 +28,8 @@ def test_the_readme_models_are_shipped():
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
 def test_a_shipped_model_loads_safely_and_is_small_and_documented(folder):
     model, checkpoint = load_model(folder / "checkpoint.ckpt", torch.device("cpu"))  # weights_only inside
-    assert (folder / "checkpoint.ckpt").stat().st_size < 1_000_000
+    # small: fp32 weights and the records; the largest, bench-gru256's 388,610 parameters, is 1.6 MB
+    assert (folder / "checkpoint.ckpt").stat().st_size < 2_000_000
     assert checkpoint["optimizer_state"] == {} and "rng_state" not in checkpoint
     assert weights_sha256(checkpoint["model_state"]) == checkpoint["shipped"]["weights_sha256"]
     command = (folder / "COMMAND").read_text()
