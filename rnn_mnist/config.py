@@ -245,7 +245,7 @@ class RunOptions:
     preset: str | None = option(
         None, "--config", "--preset", kind=recipe_name, metavar="RECIPE", group="experiment", recipe=False,
         help="start from a recipe: a .toml file, or the name of one in configs/ (fast, fast-label, "
-        "ctx-10ep, bench-long, smnist, psmnist); flags typed too override it",
+        "ctx-10ep, bench-quick, bench-long, bench-gru256, smnist, psmnist); flags typed too override it",
     )  # fmt: skip
     condition: str = option(
         "none", "--condition", choices=("none", "label"), help="label: tell the model the digit's class",

@@ -48,6 +48,7 @@ RECIPES = {
     "ctx-10ep": "--context --position --epochs 10 --lr-milestones 7,9 --lr-gamma 0.3",
     "smnist": SMNIST,
     "psmnist": SMNIST + " --permute",
+    "bench-quick": BENCH + " --epochs 5",
     "bench-long": BENCH + " --epochs 9",
     "bench-gru256": BENCH + " --hidden-size 256 --epochs 6",
 }
