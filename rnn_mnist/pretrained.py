@@ -34,24 +34,65 @@ from rnn_mnist.cli import run_cli
 from rnn_mnist.data import checkpoint_data_config, load_test_digits, require_labels
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
-from rnn_mnist.likelihood import teacher_forced_nll
+from rnn_mnist.likelihood import standard_error, teacher_forced_nll
+from rnn_mnist.models import NextPixelModel
 
 # What a shipped checkpoint keeps of a training one.
 KEPT_KEYS = ("format", "version", "config", "model_config", "data_config", "model_state", "epoch")
 CHECK_DIGITS = 200  # the first test digits whose NLL is recorded, for a quick check on any machine
 
 
-def slice_nll(folder: Path, data_dir: str | None, digits: int = CHECK_DIGITS) -> float:
-    """The mean test NLL (nats) of the experiment in ``folder`` on the first ``digits`` test digits,
-    binarised as in its training."""
-    model, checkpoint = load_model(Path(folder) / "checkpoint.ckpt", torch.device("cpu"))
-    config = checkpoint_data_config(checkpoint.get("data_config", {}), data_dir, folder)
+def nlls_of_test_digits(
+    model: NextPixelModel, checkpoint: dict[str, Any], folder: Path, data_dir: str | None, digits: int | None
+) -> torch.Tensor:
+    """The NLLs (nats, (N,)) of the first ``digits`` test digits (None: all), binarised as in the
+    training of ``checkpoint``, the experiment in ``folder``, under ``model``."""
+    config = checkpoint_data_config(checkpoint.get("data_config", {}), data_dir, Path(folder))
     pixels, labels = load_test_digits(config)
     if model.config.num_classes:
         labels = require_labels(labels, "a label-conditioned model")[:digits]
     else:
         labels = None
-    return teacher_forced_nll(model, pixels[:digits], labels).mean().item()
+    return teacher_forced_nll(model, pixels[:digits], labels)
+
+
+def slice_nll(folder: Path, data_dir: str | None, digits: int = CHECK_DIGITS) -> float:
+    """The mean test NLL (nats) of the experiment in ``folder`` on the first ``digits`` test digits,
+    binarised as in its training."""
+    model, checkpoint = load_model(Path(folder) / "checkpoint.ckpt", torch.device("cpu"))
+    return nlls_of_test_digits(model, checkpoint, folder, data_dir, digits).mean().item()
+
+
+def stored_weights(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The weights as shipped: floating-point tensors in ``dtype`` (float16 halves the file; a load
+    casts them back into the fp32 model), the rest as they are."""
+    return {
+        name: t.detach().cpu().to(dtype) if t.is_floating_point() else t.detach().cpu()
+        for name, t in state.items()
+    }
+
+
+def _shipped_record(
+    source: Path, state: dict[str, torch.Tensor], command: str, data_dir: str | None
+) -> dict[str, Any]:
+    """What the shipped checkpoint records of itself: the command, the weights' hash and the NLL of
+    the first CHECK_DIGITS test digits under the stored weights; weights stored in float16 also get
+    the NLL ± standard error of every test digit, the figure to quote for them."""
+    model, checkpoint = load_model(source / "checkpoint.ckpt", torch.device("cpu"))
+    model.load_state_dict(state)  # what a load of the shipped file computes with
+    dtype = next(t.dtype for t in state.values() if t.is_floating_point())
+    first = nlls_of_test_digits(model, checkpoint, source, data_dir, CHECK_DIGITS)
+    record = {
+        "command": command,
+        WEIGHTS_HASH_KEY: weights_sha256(state),
+        "weights_dtype": str(dtype).removeprefix("torch."),
+        f"test_nll_first_{CHECK_DIGITS}": first.mean().item(),
+    }
+    if dtype != torch.float32:
+        nlls = nlls_of_test_digits(model, checkpoint, source, data_dir, None).double()
+        record["test_nll_nats"] = nlls.mean().item()
+        record["test_nll_se"] = standard_error(len(nlls), nlls.sum().item(), nlls.square().sum().item())
+    return record
 
 
 def _without_local_folder(data_config: dict[str, Any]) -> dict[str, Any]:
@@ -60,9 +101,12 @@ def _without_local_folder(data_config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data_config.items() if key != "data_folder"}
 
 
-def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[str, Any]:
-    """Write the shipped copy of the experiment folder ``source`` into ``dest``; record its NLL on
-    the first CHECK_DIGITS test digits (MNIST from ``data_dir``) for tests/test_pretrained.py."""
+def ship(
+    source: Path, dest: Path, command: str, data_dir: str | None, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """Write the shipped copy of the experiment folder ``source`` into ``dest``, its weights in
+    ``dtype``; record its NLL on the first CHECK_DIGITS test digits (MNIST from ``data_dir``) for
+    tests/test_pretrained.py."""
     source, dest = Path(source), Path(dest)
     checkpoint = load_checkpoint(source / "checkpoint.ckpt")
     for record in ("metrics.json", "train.log"):
@@ -75,18 +119,13 @@ def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[s
     shipped = {key: checkpoint[key] for key in KEPT_KEYS if key in checkpoint}
     if "data_config" in shipped:  # this machine's absolute folder means nothing on another one
         shipped["data_config"] = _without_local_folder(shipped["data_config"])
+    state = stored_weights(checkpoint["model_state"], dtype)
     shipped.update(
         history=history,
         optimizer_state={},  # required by the format; empty: a shipped model is not resumed
         scheduler_state={},
-        model_state={name: t.detach().cpu() for name, t in checkpoint["model_state"].items()},
-        **{
-            SHIPPED_KEY: {
-                "command": command,
-                WEIGHTS_HASH_KEY: weights_sha256(checkpoint["model_state"]),
-                f"test_nll_first_{CHECK_DIGITS}": slice_nll(source, data_dir),
-            }
-        },
+        model_state=state,
+        **{SHIPPED_KEY: _shipped_record(source, state, command, data_dir)},
     )
     dest.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest / "checkpoint.ckpt", shipped)  # records the weights' sha256 in it
@@ -103,7 +142,7 @@ def ship(source: Path, dest: Path, command: str, data_dir: str | None) -> dict[s
     last = metrics["history"][-1]
     return {
         "epochs": shipped["epoch"],
-        "test_nll_nats": last.get("test_nll_nats"),
+        "test_nll_nats": shipped[SHIPPED_KEY].get("test_nll_nats", last.get("test_nll_nats")),
         "bytes": (dest / "checkpoint.ckpt").stat().st_size,
     }
 
@@ -118,10 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", help="the shipped folder, e.g. pretrained/fast")
     parser.add_argument("--command", required=True, help="the exact train.py command that made it")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (unset: $RNN_MNIST_DATA)")
+    parser.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store the weights in float16: half the bytes, for the larger models; the NLL of every test "
+        "digit under the stored weights is then measured and recorded, the figure to quote",
+    )
     args = parser.parse_args(argv)
 
     def run() -> None:
-        report = ship(Path(args.source), Path(args.dest), args.command, args.data_dir)
+        dtype = torch.float16 if args.fp16_weights else torch.float32
+        report = ship(Path(args.source), Path(args.dest), args.command, args.data_dir, dtype)
         nll, size = report["test_nll_nats"], report["bytes"]
         print(f"{args.dest}: epoch {report['epochs']}, test NLL {nll:.2f} nats, {size:,} bytes")
 

@@ -13,10 +13,11 @@ from conftest import REPO, real_mnist_dir, run_main, tiny_train_args
 
 import evaluate
 import train
+from rnn_mnist import pretrained
 from rnn_mnist.checkpoint import weights_sha256
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
-from rnn_mnist.pretrained import CHECK_DIGITS, ship, slice_nll
+from rnn_mnist.pretrained import CHECK_DIGITS, nlls_of_test_digits, ship, slice_nll
 
 SHIPPED = sorted(path for path in (REPO / "pretrained").iterdir() if path.is_dir())
 
@@ -123,3 +124,31 @@ def test_ship_records_the_weights_sha256_in_the_checkpoint_and_metrics_json(tmp_
     # This machine's absolute data folder stays here: the shipped model reads the folder as typed.
     assert "data_folder" not in checkpoint["data_config"] and "data_folder" not in metrics["data_config"]
     assert checkpoint["data_config"]["data_dir"] == str(mnist_dir)
+
+
+def test_ship_with_fp16_weights_halves_the_file_and_records_the_nll_of_the_stored_weights(
+    tmp_path, mnist_dir, capsys
+):
+    exp_dir, shipped = tmp_path / "experiments", tmp_path / "pretrained"
+    assert train.main(tiny_train_args(exp_dir, mnist_dir, "small", "--epochs", "1", "--hidden", "64")) == 0
+    ship(exp_dir / "small", shipped / "fp32", "python train.py --exp-name small", str(mnist_dir))
+    argv = [str(exp_dir / "small"), str(shipped / "fp16"), "--command", "python train.py --exp-name small"]
+    assert pretrained.main([*argv, "--data-dir", str(mnist_dir), "--fp16-weights"]) == 0
+    full, half = (torch.load(shipped / n / "checkpoint.ckpt", weights_only=True) for n in ("fp32", "fp16"))
+    assert {t.dtype for t in half["model_state"].values() if t.is_floating_point()} == {torch.float16}
+    assert (shipped / "fp16" / "checkpoint.ckpt").stat().st_size < 0.6 * (
+        shipped / "fp32" / "checkpoint.ckpt"
+    ).stat().st_size
+    assert (full["shipped"]["weights_dtype"], half["shipped"]["weights_dtype"]) == ("float32", "float16")
+    # A load casts the stored weights back into the fp32 model; the records are of that model.
+    model, checkpoint = load_model(shipped / "fp16" / "checkpoint.ckpt", torch.device("cpu"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    first = half["shipped"][f"test_nll_first_{CHECK_DIGITS}"]
+    assert slice_nll(shipped / "fp16", str(mnist_dir)) == pytest.approx(first, abs=1e-4)
+    assert first != full["shipped"][f"test_nll_first_{CHECK_DIGITS}"]  # rounded weights, another NLL
+    assert first == pytest.approx(full["shipped"][f"test_nll_first_{CHECK_DIGITS}"], rel=1e-2)
+    every = nlls_of_test_digits(model, checkpoint, shipped / "fp16", str(mnist_dir), None)
+    assert half["shipped"]["test_nll_nats"] == pytest.approx(every.mean().item(), abs=1e-4)
+    assert half["shipped"]["test_nll_se"] == pytest.approx(every.std().item() / len(every) ** 0.5, rel=1e-3)
+    assert f"test NLL {half['shipped']['test_nll_nats']:.2f} nats" in capsys.readouterr().out
+    assert "test_nll_nats" not in full["shipped"]  # fp32 weights: the training's own figures stand
