@@ -7,7 +7,8 @@ The shipped folder is an experiment folder that evaluate.py reads like any other
 (``--exp-dir pretrained --exp-name fast``): ``checkpoint.ckpt`` (the weights, the model, data and
 training configs, the per-epoch history without per-batch losses; no optimizer or RNG state, so a
 shipped model is evaluated, not resumed), ``metrics.json``, ``train.log`` and ``COMMAND``, the exact
-command that trained it.
+command that trained it. ``--fp16-weights`` stores the weights in float16 (half the bytes) and
+records the NLL of every test digit under them, in the checkpoint and in metrics.json.
 """
 
 from __future__ import annotations
@@ -65,31 +66,37 @@ def slice_nll(folder: Path, data_dir: str | None, digits: int = CHECK_DIGITS) ->
 
 def stored_weights(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The weights as shipped: floating-point tensors in ``dtype`` (float16 halves the file; a load
-    casts them back into the fp32 model), the rest as they are."""
-    return {
+    casts them back into the fp32 model), the rest as they are; a weight ``dtype`` cannot hold
+    (float16: beyond 65504) is refused rather than shipped as inf."""
+    stored = {
         name: t.detach().cpu().to(dtype) if t.is_floating_point() else t.detach().cpu()
         for name, t in state.items()
     }
+    overflowed = [name for name, t in stored.items() if t.is_floating_point() and not t.isfinite().all()]
+    if overflowed:
+        name = str(dtype).removeprefix("torch.")
+        raise RnnMnistError(f"{name} cannot hold the weights {', '.join(overflowed)}: ship them in float32")
+    return stored
 
 
 def _shipped_record(
-    source: Path, state: dict[str, torch.Tensor], command: str, data_dir: str | None
+    source: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, command: str, data_dir: str | None
 ) -> dict[str, Any]:
-    """What the shipped checkpoint records of itself: the command, the weights' hash and the NLL of
-    the first CHECK_DIGITS test digits under the stored weights; weights stored in float16 also get
-    the NLL ± standard error of every test digit, the figure to quote for them."""
+    """What the shipped checkpoint records of itself: the command, the weights' hash and dtype, and
+    the NLL of the first CHECK_DIGITS test digits under the stored weights; weights stored in another
+    dtype than float32 also get the NLL ± standard error of every test digit, the figure to quote."""
     model, checkpoint = load_model(source / "checkpoint.ckpt", torch.device("cpu"))
     model.load_state_dict(state)  # what a load of the shipped file computes with
-    dtype = next(t.dtype for t in state.values() if t.is_floating_point())
-    first = nlls_of_test_digits(model, checkpoint, source, data_dir, CHECK_DIGITS)
+    every = dtype != torch.float32
+    nlls = nlls_of_test_digits(model, checkpoint, source, data_dir, None if every else CHECK_DIGITS)
     record = {
         "command": command,
         WEIGHTS_HASH_KEY: weights_sha256(state),
         "weights_dtype": str(dtype).removeprefix("torch."),
-        f"test_nll_first_{CHECK_DIGITS}": first.mean().item(),
+        f"test_nll_first_{CHECK_DIGITS}": nlls[:CHECK_DIGITS].mean().item(),
     }
-    if dtype != torch.float32:
-        nlls = nlls_of_test_digits(model, checkpoint, source, data_dir, None).double()
+    if every:
+        nlls = nlls.double()
         record["test_nll_nats"] = nlls.mean().item()
         record["test_nll_se"] = standard_error(len(nlls), nlls.sum().item(), nlls.square().sum().item())
     return record
@@ -125,7 +132,7 @@ def ship(
         optimizer_state={},  # required by the format; empty: a shipped model is not resumed
         scheduler_state={},
         model_state=state,
-        **{SHIPPED_KEY: _shipped_record(source, state, command, data_dir)},
+        **{SHIPPED_KEY: _shipped_record(source, state, dtype, command, data_dir)},
     )
     dest.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest / "checkpoint.ckpt", shipped)  # records the weights' sha256 in it
@@ -136,6 +143,9 @@ def ship(
     # checkpoints recorded it themselves.
     metrics = json.loads((source / "metrics.json").read_text())
     metrics[WEIGHTS_HASH_KEY] = shipped[SHIPPED_KEY][WEIGHTS_HASH_KEY]
+    if "test_nll_nats" in shipped[SHIPPED_KEY]:  # the stored weights' own figures, beside the training's
+        keys = ("weights_dtype", "test_nll_nats", "test_nll_se")
+        metrics["shipped_weights"] = {key: shipped[SHIPPED_KEY][key] for key in keys}
     if isinstance(metrics.get("data_config"), dict):
         metrics["data_config"] = _without_local_folder(metrics["data_config"])
     atomic_write(dest / "metrics.json", lambda f: f.write(json_bytes(metrics)))

@@ -15,9 +15,11 @@ import evaluate
 import train
 from rnn_mnist import pretrained
 from rnn_mnist.checkpoint import weights_sha256
+from rnn_mnist.data import checkpoint_data_config, load_test_digits
 from rnn_mnist.errors import RnnMnistError
 from rnn_mnist.evaluation import load_model
-from rnn_mnist.pretrained import CHECK_DIGITS, nlls_of_test_digits, ship, slice_nll
+from rnn_mnist.likelihood import teacher_forced_nll
+from rnn_mnist.pretrained import CHECK_DIGITS, ship, slice_nll, stored_weights
 
 SHIPPED = sorted(path for path in (REPO / "pretrained").iterdir() if path.is_dir())
 
@@ -136,9 +138,8 @@ def test_ship_with_fp16_weights_halves_the_file_and_records_the_nll_of_the_store
     assert pretrained.main([*argv, "--data-dir", str(mnist_dir), "--fp16-weights"]) == 0
     full, half = (torch.load(shipped / n / "checkpoint.ckpt", weights_only=True) for n in ("fp32", "fp16"))
     assert {t.dtype for t in half["model_state"].values() if t.is_floating_point()} == {torch.float16}
-    assert (shipped / "fp16" / "checkpoint.ckpt").stat().st_size < 0.6 * (
-        shipped / "fp32" / "checkpoint.ckpt"
-    ).stat().st_size
+    weight_bytes = lambda state: sum(t.nbytes for t in state.values())  # noqa: E731
+    assert 2 * weight_bytes(half["model_state"]) == weight_bytes(full["model_state"])
     assert (full["shipped"]["weights_dtype"], half["shipped"]["weights_dtype"]) == ("float32", "float16")
     # A load casts the stored weights back into the fp32 model; the records are of that model.
     model, checkpoint = load_model(shipped / "fp16" / "checkpoint.ckpt", torch.device("cpu"))
@@ -147,8 +148,21 @@ def test_ship_with_fp16_weights_halves_the_file_and_records_the_nll_of_the_store
     assert slice_nll(shipped / "fp16", str(mnist_dir)) == pytest.approx(first, abs=1e-4)
     assert first != full["shipped"][f"test_nll_first_{CHECK_DIGITS}"]  # rounded weights, another NLL
     assert first == pytest.approx(full["shipped"][f"test_nll_first_{CHECK_DIGITS}"], rel=1e-2)
-    every = nlls_of_test_digits(model, checkpoint, shipped / "fp16", str(mnist_dir), None)
+    pixels, _ = load_test_digits(checkpoint_data_config(checkpoint["data_config"], str(mnist_dir), shipped))
+    every = teacher_forced_nll(model, pixels)  # every test digit of the fixture, scored here
+    assert len(pixels) > CHECK_DIGITS
     assert half["shipped"]["test_nll_nats"] == pytest.approx(every.mean().item(), abs=1e-4)
     assert half["shipped"]["test_nll_se"] == pytest.approx(every.std().item() / len(every) ** 0.5, rel=1e-3)
     assert f"test NLL {half['shipped']['test_nll_nats']:.2f} nats" in capsys.readouterr().out
-    assert "test_nll_nats" not in full["shipped"]  # fp32 weights: the training's own figures stand
+    metrics = json.loads((shipped / "fp16" / "metrics.json").read_text())
+    assert metrics["shipped_weights"]["test_nll_nats"] == half["shipped"]["test_nll_nats"]
+    # fp32 weights: the training's own figures stand
+    assert "test_nll_nats" not in full["shipped"]
+    assert "shipped_weights" not in json.loads((shipped / "fp32" / "metrics.json").read_text())
+
+
+def test_a_weight_float16_cannot_hold_is_refused_not_shipped_as_inf():
+    state = {"small": torch.ones(3), "huge": torch.tensor([1.0, 7e4]), "steps": torch.tensor([3])}
+    assert stored_weights(state, torch.float32)["huge"][1] == 7e4
+    with pytest.raises(RnnMnistError, match="float16 cannot hold the weights huge: ship them in float32"):
+        stored_weights(state, torch.float16)
