@@ -35,7 +35,7 @@ from rnn_mnist.lr_schedule import LR_SCHEDULES, LrSchedule
 from rnn_mnist.masks import MASK_KINDS, parse_mask
 from rnn_mnist.mnist_files import DATA_ENV_VAR
 from rnn_mnist.models import ClassifierConfig, ModelConfig
-from rnn_mnist.options import Option, option, options_of, recipe_name, unless, when
+from rnn_mnist.options import Option, option, options_of, recipe_name, shipped_recipes, unless, when
 from rnn_mnist.rollout import BEST_BY, INPAINTS, SAMPLINGS
 from rnn_mnist.runtime import DEVICES, PRECISIONS
 from rnn_mnist.scheduled_sampling import MODES, SCHEDULES, Schedule
@@ -244,8 +244,8 @@ class RunOptions:
     # The destination keeps its first name, "preset": checkpoints save the flags under it.
     preset: str | None = option(
         None, "--config", "--preset", kind=recipe_name, metavar="RECIPE", group="experiment", recipe=False,
-        help="start from a recipe: a .toml file, or the name of one in configs/ (fast, fast-label, "
-        "ctx-10ep, bench-quick, bench-long, bench-gru256, smnist, psmnist); flags typed too override it",
+        help=f"start from a recipe: a .toml file, or the name of one in configs/ ({shipped_recipes()}); "
+        "flags typed too override it",
     )  # fmt: skip
     condition: str = option(
         "none", "--condition", choices=("none", "label"), help="label: tell the model the digit's class",

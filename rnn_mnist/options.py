@@ -227,10 +227,15 @@ def recipe_path(text: str) -> Path:
     return CONFIGS_DIR / f"{text}.toml"
 
 
+def shipped_recipes() -> str:
+    """The names of the recipes in configs/, for --help and errors: "bench-gru256, bench-long, ..."."""
+    return ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.toml")))
+
+
 def recipe_name(text: str) -> str:
     """The argparse type of --config: the text as typed (saved so), once its file is found."""
     if not recipe_path(text).is_file():
-        shipped = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.toml")))
+        shipped = shipped_recipes()
         where = f"no file {text}" if recipe_path(text) == Path(text) else f"no recipe {text!r}"
         raise argparse.ArgumentTypeError(f"{where} (a .toml file, or one of {shipped})")
     return text
