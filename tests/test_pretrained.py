@@ -129,8 +129,10 @@ def test_ship_records_the_weights_sha256_in_the_checkpoint_and_metrics_json(tmp_
 
 
 def test_ship_with_fp16_weights_halves_the_file_and_records_the_nll_of_the_stored_weights(
-    tmp_path, mnist_dir, capsys
+    tmp_path, mnist_dir, capsys, monkeypatch
 ):
+    check_digits = 10  # fewer than the fixture's test digits, so that "every digit" means more
+    monkeypatch.setattr(pretrained, "CHECK_DIGITS", check_digits)
     exp_dir, shipped = tmp_path / "experiments", tmp_path / "pretrained"
     assert train.main(tiny_train_args(exp_dir, mnist_dir, "small", "--epochs", "1", "--hidden", "64")) == 0
     ship(exp_dir / "small", shipped / "fp32", "python train.py --exp-name small", str(mnist_dir))
@@ -144,13 +146,13 @@ def test_ship_with_fp16_weights_halves_the_file_and_records_the_nll_of_the_store
     # A load casts the stored weights back into the fp32 model; the records are of that model.
     model, checkpoint = load_model(shipped / "fp16" / "checkpoint.ckpt", torch.device("cpu"))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    first = half["shipped"][f"test_nll_first_{CHECK_DIGITS}"]
-    assert slice_nll(shipped / "fp16", str(mnist_dir)) == pytest.approx(first, abs=1e-4)
-    assert first != full["shipped"][f"test_nll_first_{CHECK_DIGITS}"]  # rounded weights, another NLL
-    assert first == pytest.approx(full["shipped"][f"test_nll_first_{CHECK_DIGITS}"], rel=1e-2)
+    first = half["shipped"][f"test_nll_first_{check_digits}"]
+    assert slice_nll(shipped / "fp16", str(mnist_dir), check_digits) == pytest.approx(first, abs=1e-4)
+    assert first != full["shipped"][f"test_nll_first_{check_digits}"]  # rounded weights, another NLL
+    assert first == pytest.approx(full["shipped"][f"test_nll_first_{check_digits}"], rel=1e-2)
     pixels, _ = load_test_digits(checkpoint_data_config(checkpoint["data_config"], str(mnist_dir), shipped))
     every = teacher_forced_nll(model, pixels)  # every test digit of the fixture, scored here
-    assert len(pixels) > CHECK_DIGITS
+    assert len(pixels) > check_digits and every[:check_digits].mean().item() == pytest.approx(first, abs=1e-4)
     assert half["shipped"]["test_nll_nats"] == pytest.approx(every.mean().item(), abs=1e-4)
     assert half["shipped"]["test_nll_se"] == pytest.approx(every.std().item() / len(every) ** 0.5, rel=1e-3)
     assert f"test NLL {half['shipped']['test_nll_nats']:.2f} nats" in capsys.readouterr().out
