@@ -51,6 +51,7 @@ RECIPES = {
     "bench-quick": BENCH + " --epochs 5",
     "bench-long": BENCH + " --epochs 9",
     "bench-gru256": BENCH + " --hidden-size 256 --epochs 6",
+    "bench-gru384": BENCH + " --hidden-size 384 --epochs 7",
 }
 
 
