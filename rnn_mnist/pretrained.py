@@ -27,7 +27,6 @@ from rnn_mnist.checkpoint import (
     WEIGHTS_HASH_KEY,
     atomic_write,
     json_bytes,
-    load_checkpoint,
     save_checkpoint,
     weights_sha256,
 )
@@ -74,25 +73,34 @@ def stored_weights(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[s
     }
     overflowed = [name for name, t in stored.items() if t.is_floating_point() and not t.isfinite().all()]
     if overflowed:
-        name = str(dtype).removeprefix("torch.")
-        raise RnnMnistError(f"{name} cannot hold the weights {', '.join(overflowed)}: ship them in float32")
+        raise RnnMnistError(
+            f"{_dtype_name(dtype)} cannot hold the weights {', '.join(overflowed)}: ship them in float32"
+        )
     return stored
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")  # "float16"
+
+
 def _shipped_record(
-    source: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, command: str, data_dir: str | None
+    model: NextPixelModel,
+    checkpoint: dict[str, Any],
+    source: Path,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    data_dir: str | None,
 ) -> dict[str, Any]:
-    """What the shipped checkpoint records of itself: the command, the weights' hash and dtype, and
-    the NLL of the first CHECK_DIGITS test digits under the stored weights; weights stored in another
-    dtype than float32 also get the NLL ± standard error of every test digit, the figure to quote."""
-    model, checkpoint = load_model(source / "checkpoint.ckpt", torch.device("cpu"))
+    """What the shipped checkpoint records of its weights ``state`` (stored in ``dtype``): their hash
+    and dtype, and the NLL of the first CHECK_DIGITS test digits under them; weights stored in another
+    dtype than float32 also get the NLL ± standard error of every test digit, the figure to quote.
+    ``model`` is the experiment's (``checkpoint``, read from ``source``); it is given ``state`` here."""
     model.load_state_dict(state)  # what a load of the shipped file computes with
     every = dtype != torch.float32
     nlls = nlls_of_test_digits(model, checkpoint, source, data_dir, None if every else CHECK_DIGITS)
     record = {
-        "command": command,
         WEIGHTS_HASH_KEY: weights_sha256(state),
-        "weights_dtype": str(dtype).removeprefix("torch."),
+        "weights_dtype": _dtype_name(dtype),
         f"test_nll_first_{CHECK_DIGITS}": nlls[:CHECK_DIGITS].mean().item(),
     }
     if every:
@@ -115,7 +123,7 @@ def ship(
     ``dtype``; record its NLL on the first CHECK_DIGITS test digits (MNIST from ``data_dir``) for
     tests/test_pretrained.py."""
     source, dest = Path(source), Path(dest)
-    checkpoint = load_checkpoint(source / "checkpoint.ckpt")
+    model, checkpoint = load_model(source / "checkpoint.ckpt", torch.device("cpu"))  # read once
     for record in ("metrics.json", "train.log"):
         if not (source / record).is_file():
             raise RnnMnistError(f"{source} has no {record}: ship a finished train.py experiment")
@@ -127,12 +135,13 @@ def ship(
     if "data_config" in shipped:  # this machine's absolute folder means nothing on another one
         shipped["data_config"] = _without_local_folder(shipped["data_config"])
     state = stored_weights(checkpoint["model_state"], dtype)
+    record = _shipped_record(model, checkpoint, source, state, dtype, data_dir)
     shipped.update(
         history=history,
         optimizer_state={},  # required by the format; empty: a shipped model is not resumed
         scheduler_state={},
         model_state=state,
-        **{SHIPPED_KEY: _shipped_record(source, state, dtype, command, data_dir)},
+        **{SHIPPED_KEY: {"command": command, **record}},
     )
     dest.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest / "checkpoint.ckpt", shipped)  # records the weights' sha256 in it
